@@ -1,0 +1,102 @@
+"""Broker URLs and paho clients configured from them.
+
+`mqtt://[user[:password]@]host[:port]` or `mqtts://…` (TLS). A password can
+also come from a file (`password_file`) or the environment (`FABPASS_MQTT_PASSWORD`),
+so that it never has to stand on a command line.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import urllib.parse
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+PASSWORD_ENV = "FABPASS_MQTT_PASSWORD"
+
+
+class BadBrokerURL(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Broker:
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> Broker:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise BadBrokerURL(f"{url!r}: a broker URL starts with mqtt:// or mqtts://")
+        try:
+            port = parts.port
+        except ValueError:
+            raise BadBrokerURL(f"{url!r}: the port is not a number from 1 to 65535") from None
+        if not parts.hostname:
+            raise BadBrokerURL(f"{url!r}: no host")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise BadBrokerURL(f"{url!r}: a broker URL has no path or query")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            tls=tls,
+            username=urllib.parse.unquote(parts.username) if parts.username else None,
+            password=urllib.parse.unquote(parts.password) if parts.password else None,
+        )
+
+    def with_credentials(
+        self,
+        username: str | None = None,
+        password_file: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+    ) -> Broker:
+        """Fill what the URL left out from config: a password file, then the environment."""
+        password = self.password
+        if password is None and password_file:
+            password = Path(password_file).read_text(encoding="utf-8").strip()
+        if password is None:
+            password = os.environ.get(PASSWORD_ENV) or None
+        return replace(
+            self,
+            username=self.username or username,
+            password=password,
+            ca_file=ca_file or self.ca_file,
+            cert_file=cert_file or self.cert_file,
+            key_file=key_file or self.key_file,
+        )
+
+    def __str__(self) -> str:
+        """The URL without its password, for logs."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def make_client(broker: Broker, client_id: str = "", protocol: int = mqtt.MQTTv5) -> mqtt.Client:
+    """A paho 2.x client (callback API v2) with credentials and TLS from `broker`."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=protocol,
+    )
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls:
+        context = ssl.create_default_context(cafile=broker.ca_file)
+        if broker.cert_file:
+            context.load_cert_chain(broker.cert_file, broker.key_file)
+        client.tls_set_context(context)
+    return client

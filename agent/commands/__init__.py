@@ -1,0 +1,1 @@
+"""One module per family of `fabpass` commands; each command calls into the library."""

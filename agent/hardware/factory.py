@@ -1,0 +1,35 @@
+"""Chooses real or simulated parts, as gpiozero chooses a pin factory.
+
+Backends import their vendor libraries only when configured, so the package
+imports on a laptop or in CI without any Pi library.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from gpiozero import Factory
+from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+from agent.config import ReaderConfig
+from agent.hardware.reader import Reader
+
+BACKENDS = {
+    "mfrc522": "agent.hardware.mfrc522:MFRC522Reader",
+    "rdm6300": "agent.hardware.rdm6300:RDM6300Reader",
+    "head": "agent.hardware.head:HeadReader",
+    "simulated": "agent.hardware.simulated:SimulatedReader",
+}
+
+
+def pin_factory(simulate: bool) -> Factory | None:
+    """MockFactory when simulating; otherwise None, leaving the choice to gpiozero
+    (so GPIOZERO_PIN_FACTORY=mock gives mock pins with a real reader)."""
+    return MockFactory(pin_class=MockPWMPin) if simulate else None
+
+
+def make_reader(config: ReaderConfig, simulate: bool, pins: Factory | None = None) -> Reader:
+    kind = "simulated" if simulate else config.type
+    module_name, class_name = BACKENDS[kind].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls() if kind == "simulated" else cls(config, pins)

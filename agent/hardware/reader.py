@@ -1,0 +1,112 @@
+"""The reader interface that every backend implements, and the tap debouncer they share."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from enum import Enum
+
+TapHandler = Callable[[str], None]
+HealthHandler = Callable[[bool, "str | None"], None]
+
+
+class Signal(str, Enum):
+    """What the member is told, by LEDs and buzzer on the Pi or on a reader head."""
+
+    GRANTED = "granted"
+    REFUSED = "refused"
+    ENDED = "ended"
+    WARNING = "warning"
+    IDLE = "idle"
+    OFFLINE = "offline"
+
+
+class Reader(ABC):
+    """An initiator: reports badges presented to it.
+
+    `start` begins reporting: `on_tap(badge)` is called once per presentation
+    with a normalised badge (see `agent.model.normalise_badge`), from the
+    reader's own thread; `on_health(ok, detail)` when the reader stops or
+    resumes answering. `close` is idempotent and stops the thread.
+    """
+
+    name = "reader"
+
+    def __init__(self) -> None:
+        self._on_tap: TapHandler = lambda badge: None
+        self._on_health: HealthHandler = lambda ok, detail: None
+        self.healthy = True
+        self.detail: str | None = None
+
+    def start(self, on_tap: TapHandler, on_health: HealthHandler | None = None) -> None:
+        self._on_tap = on_tap
+        if on_health is not None:
+            self._on_health = on_health
+        self._start()
+
+    @abstractmethod
+    def _start(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def indicate(self, signal: Signal) -> None:
+        """Show `signal` on the reader itself, for readers that have LEDs (a reader head)."""
+
+    def _report_health(self, ok: bool, detail: str | None = None) -> None:
+        if ok != self.healthy or detail != self.detail:
+            self.healthy, self.detail = ok, detail
+            self._on_health(ok, detail)
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TapDebouncer:
+    """Turns a stream of sightings into taps: a card held on a reader is one tap.
+
+    `seen(badge, now)` is True when this sighting starts a new presentation:
+    a different card, or the same card after more than `rearm` seconds without
+    a sighting. Failed reads are simply not sightings, so a few of them while a
+    card is held do not make a second tap. `now` is a monotonic clock.
+    """
+
+    def __init__(self, rearm: float) -> None:
+        self.rearm = rearm
+        self._badge: str | None = None
+        self._last = float("-inf")
+
+    def seen(self, badge: str, now: float) -> bool:
+        new = badge != self._badge or now - self._last > self.rearm
+        self._badge, self._last = badge, now
+        return new
+
+
+class ThreadedReader(Reader):
+    """A reader whose backend runs a blocking loop in a daemon thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    @abstractmethod
+    def _run(self) -> None:
+        """The loop; return when `self._stop` is set."""
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._release()
+
+    def _release(self) -> None:
+        """Free the device (serial port, SPI); called once the loop has ended."""

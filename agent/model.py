@@ -1,0 +1,81 @@
+"""The nouns of fabpass: badges, members, refusal reasons, event types.
+
+Pure data and pure helpers; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+# ISO 14443 UIDs are 4, 7 or 10 bytes; EM4100 tags are 5 bytes.
+BADGE_HEX_LENGTHS = frozenset({8, 10, 14, 20})
+_SEPARATORS = re.compile(r"[\s:\-]")
+_HEX = re.compile(r"[0-9A-F]+")
+
+
+class BadBadge(ValueError):
+    """A badge string that is not a 4, 5, 7 or 10 byte UID in hex."""
+
+
+def normalise_badge(text: str) -> str:
+    """`04:a1:b2:c3` or `04 A1 B2 C3` -> `04A1B2C3`; anything else raises BadBadge."""
+    if not isinstance(text, str):
+        raise BadBadge(f"a badge must be a string, not {type(text).__name__}")
+    badge = _SEPARATORS.sub("", text).upper()
+    if not _HEX.fullmatch(badge):
+        raise BadBadge(f"badge {text!r} is not hexadecimal")
+    if len(badge) not in BADGE_HEX_LENGTHS:
+        raise BadBadge(
+            f"badge {text!r} has {len(badge)} hex digits; expected 8, 10, 14 or 20 "
+            "(a 4, 5, 7 or 10 byte UID)"
+        )
+    return badge
+
+
+def badge_from_bytes(uid: bytes) -> str:
+    return normalise_badge(uid.hex())
+
+
+class Reason(str, Enum):
+    """Why a tap was refused. Declared in the contract's order of precedence."""
+
+    UNKNOWN_BADGE = "unknown_badge"
+    STALE_MEMBER_LIST = "stale_member_list"
+    SUSPENDED = "suspended"
+    MEMBERSHIP_EXPIRED = "membership_expired"
+    NOT_INDUCTED = "not_inducted"
+    INDUCTION_EXPIRED = "induction_expired"
+    MACHINE_LOCKED = "machine_locked"
+    OUTSIDE_HOURS = "outside_hours"
+    IN_USE = "in_use"
+    STORAGE_ERROR = "storage_error"
+    CLOCK_UNSYNCHRONISED = "clock_unsynchronised"
+
+
+class EndReason(str, Enum):
+    BADGE_OFF = "badge_off"
+    TIMEOUT = "timeout"
+    IDLE = "idle"
+    REMOTE = "remote"
+    STAFF = "staff"
+    SHUTDOWN = "shutdown"
+    AGENT_RESTART = "agent_restart"
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    name: str
+    status: str  # "active" | "suspended"
+    expires: dt.date | None = None
+    roles: frozenset[str] = frozenset()
+    # induction name -> expiry date, or None for no expiry
+    inductions: dict[str, dt.date | None] = field(default_factory=dict)
+    badges: tuple[str, ...] = ()
+
+    @property
+    def is_staff(self) -> bool:
+        return "staff" in self.roles
