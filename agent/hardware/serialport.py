@@ -1,0 +1,104 @@
+"""A reader on a serial port that stays open: a device that goes away is reopened with backoff.
+
+USB-serial adapters and USB reader heads vanish when unplugged and come back
+(often at the same path, always at the same udev symlink). The reader thread
+never dies of it: it reports the reader unhealthy, waits (0.2 s, doubling up
+to 5 s) and tries again until the device answers or the reader is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import serial
+
+from agent.config import ReaderConfig
+from agent.hardware.reader import ThreadedReader
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 0.1  # bounds how long close() waits for the thread, and a stuck write
+BACKOFF_FIRST = 0.2
+BACKOFF_LONGEST = 5.0
+
+
+class SerialReader(ThreadedReader):
+    """Base of the serial backends: owns the port and the open/read/reopen loop.
+
+    Subclasses implement `_received(data, now)`, and may override `_connected()`
+    (the port has just opened) and `_tick(now)` (called after every read, so at
+    least every READ_TIMEOUT). `now` is time.monotonic().
+    """
+
+    default_port = "/dev/serial0"
+
+    def __init__(self, config: ReaderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.port = config.port or self.default_port
+        self.healthy, self.detail = False, f"{self.port} not opened yet"
+        self._serial: serial.SerialBase | None = None
+        self._lock = threading.Lock()  # guards self._serial against writers on other threads
+
+    def _run(self) -> None:
+        delay = BACKOFF_FIRST
+        while not self._stop.is_set():
+            try:
+                port = serial.serial_for_url(
+                    self.port, baudrate=self.config.baudrate, timeout=READ_TIMEOUT, write_timeout=READ_TIMEOUT
+                )
+            except (serial.SerialException, OSError, ValueError) as err:
+                self._lost(f"cannot open {self.port}: {err}")
+                self._stop.wait(delay)
+                delay = min(delay * 2, BACKOFF_LONGEST)
+                continue
+            delay = BACKOFF_FIRST
+            with self._lock:
+                self._serial = port
+            try:
+                self._connected()
+                while not self._stop.is_set():
+                    data = port.read(port.in_waiting or 1)
+                    now = time.monotonic()
+                    if data:
+                        self._received(data, now)
+                    self._tick(now)
+            except (serial.SerialException, OSError) as err:
+                self._lost(f"{self.port} went away: {err}")
+            finally:
+                self._release()
+
+    def _received(self, data: bytes, now: float) -> None:
+        raise NotImplementedError
+
+    def _connected(self) -> None:
+        log.info("%s: reading %s", self.name, self.port)
+        self._report_health(True)
+
+    def _tick(self, now: float) -> None:
+        pass
+
+    def _lost(self, detail: str) -> None:
+        if self.healthy or detail != self.detail:
+            log.warning("%s: %s; retrying", self.name, detail)
+        self._report_health(False, detail)
+
+    def _write(self, data: bytes) -> bool:
+        """Send `data` if the port is open; False when it is not (the device is away)."""
+        with self._lock:
+            if self._serial is None:
+                return False
+            try:
+                self._serial.write(data)
+                return True
+            except (serial.SerialException, OSError) as err:
+                log.debug("%s: write failed: %s", self.name, err)
+                return False
+
+    def _release(self) -> None:
+        with self._lock:
+            port, self._serial = self._serial, None
+        if port is not None:
+            port.close()
