@@ -1,0 +1,208 @@
+"""The member cache: one SQLite file per agent, replaced whole by each new list.
+
+A snapshot is written to a new file beside the cache and renamed into place,
+so an apply is atomic (all of the new list, or the old one untouched) and taps
+never wait for it: lookups keep reading the old file until the rename, then
+reopen. A lookup is one indexed query on the badge.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from agent.model import Member
+
+log = logging.getLogger(__name__)
+
+FILENAME = "members.db"
+SCHEMA = """
+CREATE TABLE members (id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
+                      expires TEXT, roles TEXT NOT NULL, inductions TEXT NOT NULL);
+CREATE TABLE badges (badge TEXT PRIMARY KEY, member_id TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+LOOKUP = ("SELECT m.id, m.name, m.status, m.expires, m.roles, m.inductions FROM badges b "
+          "JOIN members m ON m.id = b.member_id WHERE b.badge = ?")
+BATCH = 2000
+
+
+class SnapshotLike(Protocol):
+    version: int
+    generated_at: str | None
+
+    def members(self) -> Iterator[Member]: ...
+
+
+class VersionNotNewer(ValueError):
+    """The list's version is not above the cached one."""
+
+    def __init__(self, version: int, cached: int) -> None:
+        self.same = version == cached
+        super().__init__(f"version {version} is not newer than the cached version {cached}")
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    version: int | None
+    count: int
+    generated_at: str | None
+
+
+def _date(text: str | None) -> dt.date | None:
+    return dt.date.fromisoformat(text) if text else None
+
+
+class MemberCache:
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / FILENAME
+        self._local = threading.local()
+        self._apply_lock = threading.Lock()
+        self._check_integrity()
+
+    def _check_integrity(self) -> None:
+        """A corrupt cache is moved aside: the agent starts empty and the next list rebuilds it."""
+        if not self.path.exists():
+            return
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                ok = conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+                conn.execute("SELECT count(*) FROM meta").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as err:
+            ok, why = False, str(err)
+        else:
+            why = "integrity check failed"
+        if not ok:
+            aside = self.path.with_suffix(".corrupt")
+            os.replace(self.path, aside)
+            log.error("member cache %s is corrupt (%s): moved to %s; waiting for a new member list",
+                      self.path, why, aside)
+
+    def _conn(self) -> sqlite3.Connection | None:
+        """This thread's connection to the current file, reopened after a rename."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        key = (stat.st_ino, stat.st_mtime_ns)
+        cached = getattr(self._local, "conn", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        self._local.conn = (key, conn)
+        return conn
+
+    def lookup(self, badge: str) -> Member | None:
+        conn = self._conn()
+        if conn is None:
+            return None
+        row = conn.execute(LOOKUP, (badge,)).fetchone()
+        if row is None:
+            return None
+        member_id, name, status, expires, roles, inductions = row
+        return Member(
+            id=member_id, name=name, status=status, expires=_date(expires),
+            roles=frozenset(json.loads(roles)),
+            inductions={k: _date(v) for k, v in json.loads(inductions).items()},
+        )
+
+    def info(self) -> CacheInfo:
+        conn = self._conn()
+        if conn is None:
+            return CacheInfo(None, 0, None)
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        return CacheInfo(int(meta["version"]), int(meta["count"]), meta.get("generated_at") or None)
+
+    @property
+    def version(self) -> int | None:
+        return self.info().version
+
+    def check_version(self, version: int) -> None:
+        """Raise VersionNotNewer unless `version` is above the cached one."""
+        cached = self.version
+        if cached is not None and version <= cached:
+            raise VersionNotNewer(version, cached)
+
+    def apply(self, snapshot: SnapshotLike) -> int:
+        """Replace the cache with `snapshot`; returns the member count.
+
+        Raises VersionNotNewer, or whatever the snapshot raises while its
+        members are read (a bad member): then the cache is untouched.
+        """
+        with self._apply_lock:
+            self.check_version(snapshot.version)
+            tmp = self.path.with_name(FILENAME + ".new")
+            tmp.unlink(missing_ok=True)
+            try:
+                count = self._write(tmp, snapshot)
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            _fsync_dir(self.path.parent)
+            return count
+
+    @staticmethod
+    def _write(path: Path, snapshot: SnapshotLike) -> int:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            # A half-written new file is thrown away, so it needs no journal.
+            conn.execute("PRAGMA journal_mode=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.executescript(SCHEMA)
+            conn.execute("BEGIN")
+            count = 0
+            members, badges = [], []
+            for member in snapshot.members():
+                count += 1
+                members.append((
+                    member.id, member.name, member.status,
+                    member.expires.isoformat() if member.expires else None,
+                    json.dumps(sorted(member.roles)),
+                    json.dumps({k: v.isoformat() if v else None for k, v in member.inductions.items()}),
+                ))
+                badges.extend((badge, member.id) for badge in member.badges)
+                if len(members) >= BATCH:
+                    _flush(conn, members, badges)
+            _flush(conn, members, badges)
+            meta = {"version": snapshot.version, "count": count, "generated_at": snapshot.generated_at or ""}
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        return count
+
+    def close(self) -> None:
+        cached = getattr(self._local, "conn", None)
+        if cached is not None:
+            cached[1].close()
+            self._local.conn = None
+
+
+def _flush(conn: sqlite3.Connection, members: list, badges: list) -> None:
+    conn.executemany("INSERT INTO members VALUES (?, ?, ?, ?, ?, ?)", members)
+    conn.executemany("INSERT INTO badges VALUES (?, ?)", badges)
+    members.clear()
+    badges.clear()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

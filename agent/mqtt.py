@@ -1,0 +1,219 @@
+"""The agent's MQTT link: drains the outbox, publishes status, receives lists and commands.
+
+paho's network thread only hands messages over: callbacks never block and
+never touch SQLite. A publisher thread of our own sends the outbox in `seq`
+order with QoS 1 and deletes an event only once the broker has acknowledged
+it. paho keeps unacknowledged messages in memory and resends them after a
+reconnect; after a restart, the outbox sends them again (same `event_id`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent import remote
+from agent.broker import Broker, make_client
+from agent.config import Config
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+
+log = logging.getLogger("fabpass.mqtt")
+
+SESSION_EXPIRY_S = 7 * 24 * 3600  # commands sent while the Pi was unreachable wait this long
+WINDOW = 200  # events published and not yet acknowledged
+BATCH = 100
+
+
+def topics(prefix: str, machine: str) -> dict[str, str]:
+    base = f"{prefix}/machines/{machine}"
+    return {"members": f"{prefix}/members", "status": f"{base}/status", "events": f"{base}/events",
+            "commands": f"{base}/commands", "sim_tap": f"{base}/sim/tap"}
+
+
+def offline_status(machine: str) -> bytes:
+    return json.dumps({"v": 1, "machine": machine, "state": "offline"}).encode()
+
+
+class AgentLink:
+    @classmethod
+    def factory(cls, config: Config) -> Callable[[Agent], AgentLink]:
+        return lambda agent: cls(agent, config)
+
+    def __init__(self, agent: Agent, config: Config) -> None:
+        assert config.mqtt is not None
+        self.agent = agent
+        self.config = config
+        mc = config.mqtt
+        self.broker = Broker.parse(mc.url).with_credentials(
+            mc.username, mc.password_file, mc.ca_file, mc.cert_file, mc.key_file)
+        self.topics = topics(mc.topic_prefix, config.machine.id)
+        self.client = make_client(self.broker, f"fabpass-{config.machine.id}")
+        self.client.will_set(self.topics["status"], offline_status(config.machine.id), qos=1, retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.max_inflight_messages_set(WINDOW)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self.connected = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        self._lists: queue.Queue[bytes] = queue.Queue(maxsize=1)
+        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._sent_up_to = 0
+        self._threads = [threading.Thread(target=self._publisher, name="mqtt-publisher", daemon=True),
+                         threading.Thread(target=self._list_worker, name="members-sync", daemon=True)]
+        self._guard = None
+        if config.members.public_key:
+            from agent.signing import ReplayGuard, load_public_key
+
+            self._public_key = load_public_key(config.members.public_key)
+            self._guard = ReplayGuard()
+        else:
+            self._public_key = None
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=min(self.config.mqtt.keepalive, 30),
+                                  clean_start=False, properties=props)
+        self.client.loop_start()
+        for thread in self._threads:
+            thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self.connected:
+            # A clean stop: say so ourselves (the will is only for vanishing).
+            info = self.client.publish(self.topics["status"], offline_status(self.config.machine.id), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wake(self) -> None:
+        """New events are in the outbox."""
+        self._wake.set()
+
+    def publish_status(self, status: dict[str, Any]) -> None:
+        self.client.publish(self.topics["status"], json.dumps(status), qos=1, retain=True)
+
+    # -- paho callbacks (network thread): hand over, never block ------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s refused the connection: %s", self.broker, reason_code)
+            return
+        self.connected = True
+        log.info("connected to %s", self.broker)
+        subscriptions = [(self.topics["members"], 1), (self.topics["commands"], 1)]
+        if self.agent.simulated:
+            subscriptions.append((self.topics["sim_tap"], 1))
+        client.subscribe(subscriptions)
+        self.agent.submit(self.agent._status_changed)
+        self._wake.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self.connected:
+            log.warning("disconnected from %s (%s); events wait in the outbox", self.broker, reason_code)
+        self.connected = False
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        self._acks.put((mid, not reason_code.is_failure))
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        topic, payload = message.topic, message.payload
+        if topic == self.topics["members"]:
+            try:
+                self._lists.get_nowait()  # a newer list replaces one not yet started
+            except queue.Empty:
+                pass
+            self._lists.put_nowait(payload)
+        elif topic == self.topics["commands"]:
+            self._command(payload)
+        elif topic == self.topics["sim_tap"] and self.agent.simulated:
+            from agent.model import BadBadge, normalise_badge
+
+            try:
+                badge = normalise_badge(payload.decode("utf-8", "replace").strip())
+            except BadBadge as err:
+                log.warning("sim/tap ignored: %s", err)
+                return
+            self.agent.submit(self.agent._tap, badge)
+
+    def _command(self, payload: bytes) -> None:
+        try:
+            command = remote.parse(payload, self._public_key, self._guard)
+        except remote.CommandError as err:
+            self.agent.submit(self.agent.reject_command, str(err))
+            return
+        self.agent.submit(self.agent.command, command.kind, command.by, command.reason, command.now)
+
+    # -- our threads ---------------------------------------------------------------------
+
+    def _list_worker(self) -> None:
+        from agent.snapshot import load_json
+
+        while not self._stop.is_set():
+            try:
+                payload = self._lists.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if not payload:
+                continue  # a cleared retained list
+            self.agent.apply_members(lambda: load_json(payload, self.config.members.public_key))
+
+    def _publisher(self) -> None:
+        outbox = self.agent.outbox
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            self._settle_acks(outbox)
+            if not self.connected:
+                continue
+            while len(self._inflight) < WINDOW and not self._stop.is_set():
+                batch = outbox.pending(self._sent_up_to, min(BATCH, WINDOW - len(self._inflight)))
+                if not batch:
+                    break
+                for seq, payload in batch:
+                    info = self.client.publish(self.topics["events"], payload, qos=1)
+                    if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                        log.error("cannot publish event %d: %s", seq, mqtt.error_string(info.rc))
+                        break
+                    self._inflight[info.mid] = seq
+                    self._sent_up_to = seq
+                self._settle_acks(outbox)
+
+    def _settle_acks(self, outbox: Any) -> None:
+        done = []
+        while True:
+            try:
+                mid, ok = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue  # a status message
+            if ok:
+                done.append(seq)
+            else:
+                log.error("broker refused event %d (not authorised?); it stays in the outbox", seq)
+        if done:
+            outbox.acknowledge(done)

@@ -1,0 +1,160 @@
+"""The durable event outbox, and the little state that must survive a restart.
+
+Events are written here first, each step's events and state in one
+transaction, and leave only when the broker has acknowledged them. WAL with
+`synchronous=FULL`: every commit is on disk before it returns, so a power cut
+cannot lose an event that explained switching a relay on (with NORMAL the
+last commits of a WAL can vanish on power loss). `seq` comes from a counter
+kept in the same database: it starts at 1, grows by one per event and is
+never reused, even after every event has been delivered and deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from agent.timespec import rfc3339
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = (
+    "CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, payload TEXT NOT NULL)",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+class StorageError(RuntimeError):
+    """An event could not be made durable (full or failing disk, full outbox)."""
+
+
+class Outbox:
+    """One agent's outbox in `path`. Safe to use from several threads (one connection each)."""
+
+    def __init__(self, path: Path, machine: str, limit: int = 100_000) -> None:
+        self.path = Path(path)
+        self.machine = machine
+        self.limit = limit
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self.dropped = 0
+        self._migrate()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=10, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    def _migrate(self) -> None:
+        db = sqlite_utils.Database(self._conn())
+        db.execute("CREATE TABLE IF NOT EXISTS migrations (id INTEGER PRIMARY KEY, applied TEXT)")
+        done = {row[0] for row in db.execute("SELECT id FROM migrations").fetchall()}
+        for number, statement in enumerate(MIGRATIONS, 1):
+            if number not in done:
+                with db.conn:
+                    db.execute(statement)
+                    db.execute("INSERT INTO migrations VALUES (?, ?)", [number, rfc3339(dt.datetime.now(dt.timezone.utc))])
+
+    def commit(self, records: Iterable[tuple[str, dict[str, Any]]], now: dt.datetime,
+               meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Write events `(type, fields)` and `meta` keys in one durable transaction.
+
+        Returns the events as published. Raises StorageError when they could not
+        be written; then nothing was.
+        """
+        records = list(records)
+        conn = self._conn()
+        ts = rfc3339(now)
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    depth = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                    if depth + len(records) > self.limit:
+                        records = self._at_bound(records, depth)
+                    events = []
+                    last = self._get(conn, "last_seq", 0)
+                    for seq, (kind, fields) in enumerate(records, last + 1):
+                        event = {"v": 1, "event_id": str(uuid.uuid4()), "seq": seq, "type": kind,
+                                 "machine": self.machine, "ts": ts, **fields}
+                        conn.execute("INSERT INTO events VALUES (?, ?, ?)",
+                                     (seq, event["event_id"], json.dumps(event, separators=(",", ":"))))
+                        events.append(event)
+                    if events:
+                        self._set(conn, "last_seq", events[-1]["seq"])
+                    for key, value in (meta or {}).items():
+                        self._set(conn, key, value)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                raise StorageError(f"cannot write the outbox {self.path}: {err}") from err
+        return events
+
+    def _at_bound(self, records: list[tuple[str, dict[str, Any]]], depth: int) -> list:
+        """At the bound a session cannot start; ends and lock changes are kept; refusals are dropped."""
+        if any(kind == "session_started" for kind, _ in records):
+            raise StorageError(f"outbox full ({depth} events waiting for the broker)")
+        kept = [r for r in records if r[0] != "access_denied"]
+        if len(kept) < len(records):
+            self.dropped += len(records) - len(kept)
+            log.error("outbox full (%d events waiting for the broker): dropped a refusal event "
+                      "(%d dropped so far)", depth, self.dropped)
+        return kept
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, key: str, default: Any = None) -> Any:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    @staticmethod
+    def _set(conn: sqlite3.Connection, key: str, value: Any) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._get(self._conn(), key, default)
+
+    def pending(self, after_seq: int = 0, limit: int = 500) -> list[tuple[int, str]]:
+        """Events not yet acknowledged, in `seq` order, as (seq, JSON payload)."""
+        return self._conn().execute(
+            "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        ).fetchall()
+
+    def acknowledge(self, seqs: Iterable[int]) -> None:
+        conn = self._conn()
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("DELETE FROM events WHERE seq = ?", ((s,) for s in seqs))
+                conn.execute("COMMIT")
+            except sqlite3.Error as err:
+                conn.execute("ROLLBACK") if conn.in_transaction else None
+                log.error("cannot remove acknowledged events from the outbox: %s", err)
+
+    @property
+    def depth(self) -> int:
+        return self._conn().execute("SELECT count(*) FROM events").fetchone()[0]
+
+    @property
+    def last_seq(self) -> int:
+        return self.get("last_seq", 0)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,74 @@
+"""May this member use this machine now?  A pure function: no I/O, `now` passed in."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from agent.hours import OpeningHours
+from agent.model import Member, Reason
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the machine's config says about access."""
+
+    induction: str
+    hours: OpeningHours | None = None
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What the machine and its list are doing at the moment of a tap."""
+
+    locked: bool = False
+    in_use_by_other: bool = False
+    list_stale: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    granted: bool
+    reason: Reason | None = None
+
+    @classmethod
+    def refuse(cls, reason: Reason) -> Decision:
+        return cls(False, reason)
+
+
+GRANT = Decision(True)
+
+
+def _expired(until: dt.date | None, today: dt.date) -> bool:
+    """Dates are valid through the end of that day."""
+    return until is not None and today > until
+
+
+def decide(member: Member | None, rules: Rules, situation: Situation, now: dt.datetime) -> Decision:
+    """The first refusal in the contract's order, or a grant.
+
+    `now` is the machine's local time: expiry dates and opening hours are read
+    in it. Staff may use a locked machine, outside opening hours, and with a
+    stale list; they still need an active membership and the induction.
+    """
+    if member is None:
+        return Decision.refuse(Reason.UNKNOWN_BADGE)
+    staff = member.is_staff
+    today = now.date()
+    if situation.list_stale and not staff:
+        return Decision.refuse(Reason.STALE_MEMBER_LIST)
+    if member.status != "active":
+        return Decision.refuse(Reason.SUSPENDED)
+    if _expired(member.expires, today):
+        return Decision.refuse(Reason.MEMBERSHIP_EXPIRED)
+    if rules.induction not in member.inductions:
+        return Decision.refuse(Reason.NOT_INDUCTED)
+    if _expired(member.inductions[rules.induction], today):
+        return Decision.refuse(Reason.INDUCTION_EXPIRED)
+    if situation.locked and not staff:
+        return Decision.refuse(Reason.MACHINE_LOCKED)
+    if rules.hours is not None and not staff and not rules.hours.is_open(now):
+        return Decision.refuse(Reason.OUTSIDE_HOURS)
+    if situation.in_use_by_other:
+        return Decision.refuse(Reason.IN_USE)
+    return GRANT

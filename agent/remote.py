@@ -1,0 +1,77 @@
+"""Technicians' commands as they arrive over MQTT: validated before anything happens."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+MAX_BYTES = 4096
+MAX_REASON = 200
+MAX_BY = 100
+KINDS = ("lock", "unlock", "end_session")
+KEYS = {"v", "command", "reason", "by", "now", "ts", "nonce", "sig"}
+
+
+class CommandError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: str
+    by: str
+    reason: str
+    now: bool = False
+
+    def as_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"v": 1, "command": self.kind, "reason": self.reason, "by": self.by}
+        if self.now:
+            payload["now"] = True
+        return payload
+
+
+def parse(payload: bytes, public_key: Any = None, guard: Any = None,
+          now: dt.datetime | None = None) -> Command:
+    """A Command from an MQTT payload, or CommandError saying what is wrong.
+
+    With `public_key` the command must be signed, fresh and not seen before
+    (`guard` is an agent.signing.ReplayGuard).
+    """
+    if len(payload) > MAX_BYTES:
+        raise CommandError(f"command of {len(payload)} bytes is larger than {MAX_BYTES}")
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CommandError(f"command is not JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise CommandError("command is not a JSON object")
+    unknown = set(obj) - KEYS
+    if unknown:
+        raise CommandError(f"command has unknown keys: {', '.join(sorted(unknown))}")
+    if obj.get("v") != 1:
+        raise CommandError(f"command version {obj.get('v')!r} is not 1")
+    kind = obj.get("command")
+    if kind not in KINDS:
+        raise CommandError(f"unknown command {kind!r} (known: {', '.join(KINDS)})")
+    reason, by, immediate = obj.get("reason", ""), obj.get("by", ""), obj.get("now", False)
+    if reason is None:
+        reason = ""
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise CommandError(f"reason must be a string of at most {MAX_REASON} characters")
+    if not isinstance(by, str) or not by or len(by) > MAX_BY:
+        raise CommandError(f"by must be a non-empty string of at most {MAX_BY} characters")
+    if not isinstance(immediate, bool):
+        raise CommandError("now must be true or false")
+    if public_key is not None:
+        from agent.signing import SignatureError, verify
+
+        try:
+            verify(obj, public_key)
+            if not isinstance(obj.get("ts"), str) or not isinstance(obj.get("nonce"), str):
+                raise SignatureError("a signed command needs ts and nonce")
+            guard.check(obj["ts"], obj["nonce"], now or dt.datetime.now(dt.timezone.utc))
+        except SignatureError as err:
+            raise CommandError(f"command refused: {err}") from None
+    return Command(kind, by, reason, immediate)
