@@ -1,0 +1,77 @@
+"""Validating event payloads from `P/machines/ID/events` before they are archived (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any
+
+from agent.timespec import rfc3339
+
+SESSION_STARTED = "session_started"
+SESSION_ENDED = "session_ended"
+ACCESS_DENIED = "access_denied"
+SESSION_TYPES = frozenset({SESSION_STARTED, SESSION_ENDED})
+
+_MACHINE_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
+# Fields each type needs beyond the common ones, with the types they must have.
+_REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
+    SESSION_STARTED: {"member_id": (str,), "badge": (str,)},
+    SESSION_ENDED: {"member_id": (str,), "duration_s": (int, float), "reason": (str,)},
+    ACCESS_DENIED: {"badge": (str,), "reason": (str,)},
+}
+
+
+class MalformedEvent(ValueError):
+    """A payload that is not a contract-shaped event; it is logged and skipped."""
+
+
+def parse_event(payload: bytes, topic_machine: str) -> dict[str, Any]:
+    """The event in `payload`, with `ts` normalised to sortable RFC 3339 UTC.
+
+    The payload's `machine` must be the one in its topic: the broker's ACL lets
+    a machine publish only under its own topic, so a mismatch is a forgery or a bug.
+    """
+    try:
+        event = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MalformedEvent(f"not JSON: {err}") from None
+    if not isinstance(event, dict):
+        raise MalformedEvent("not a JSON object")
+    if event.get("v") != 1:
+        raise MalformedEvent(f"unsupported version v={event.get('v')!r}")
+    for key in ("event_id", "type", "machine", "ts"):
+        if not isinstance(event.get(key), str) or not event[key]:
+            raise MalformedEvent(f"{key!r} is missing or not a string")
+    seq = event.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise MalformedEvent("'seq' is missing or not a positive integer")
+    if event["machine"] != topic_machine or not _MACHINE_ID.fullmatch(topic_machine):
+        raise MalformedEvent(f"machine {event['machine']!r} does not match its topic's {topic_machine!r}")
+    try:
+        moment = dt.datetime.fromisoformat(event["ts"].replace("Z", "+00:00"))
+    except ValueError:
+        raise MalformedEvent(f"'ts' {event['ts']!r} is not an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise MalformedEvent(f"'ts' {event['ts']!r} has no UTC offset")
+    for key, types in _REQUIRED.get(event["type"], {}).items():
+        value = event.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise MalformedEvent(f"{event['type']} without a valid {key!r}")
+    if event["type"] == SESSION_ENDED and event["duration_s"] < 0:
+        raise MalformedEvent("'duration_s' is negative")
+    return {**event, "ts": rfc3339(moment)}
+
+
+def parse_status(payload: bytes, topic_machine: str) -> dict[str, Any]:
+    """A retained status object (its shape is the agent's; only `machine` and `state` are relied on)."""
+    try:
+        status = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MalformedEvent(f"status is not JSON: {err}") from None
+    if not isinstance(status, dict) or not isinstance(status.get("state"), str):
+        raise MalformedEvent("status is not an object with a 'state'")
+    if status.get("machine") != topic_machine:
+        raise MalformedEvent(f"status machine {status.get('machine')!r} does not match its topic")
+    return status

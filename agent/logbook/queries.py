@@ -1,0 +1,159 @@
+"""Reading the logbook: sessions, the usage report, exports.
+
+Times in and out are RFC 3339 UTC strings in the database (they sort as
+text); callers pass aware datetimes and `now`, so every answer is reproducible.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sqlite_utils import Database
+
+from agent.logbook.events import ACCESS_DENIED
+from agent.timespec import rfc3339
+
+SESSION_KEYS = ("machine", "member_id", "badge", "start", "end", "duration_s", "end_reason")
+
+
+def parse_ts(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def sessions(db: Database, now: dt.datetime, *, machine: str | None = None,
+             member: str | None = None, since: dt.datetime | None = None,
+             until: dt.datetime | None = None, by_start: bool = False) -> list[dict[str, Any]]:
+    """Sessions oldest first, with exactly SESSION_KEYS.
+
+    By default a session matches a period when it overlaps it (who was on the
+    laser between 14:00 and 18:00?); with `by_start`, when it started in it
+    (each session billed in exactly one period). An open session has `end`
+    None and `duration_s` the seconds so far.
+    """
+    where, params = ["1 = 1"], {}
+    if machine:
+        where.append("machine = :machine")
+        params["machine"] = machine
+    if member:
+        where.append("member_id = :member")
+        params["member"] = member
+    if since:
+        where.append("start >= :since" if by_start else '("end" IS NULL OR "end" >= :since)')
+        params["since"] = rfc3339(since)
+    if until:
+        where.append("start < :until")
+        params["until"] = rfc3339(until)
+    rows = db.query(
+        f'SELECT machine, member_id, badge, start, "end", duration_s, end_reason FROM sessions'
+        f" WHERE {' AND '.join(where)} ORDER BY start, machine", params)
+    return [_with_duration(row, now) for row in rows]
+
+
+def _with_duration(row: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    if row["end"] is None:
+        row["duration_s"] = round(max(0.0, (now - parse_ts(row["start"])).total_seconds()), 3)
+    return row
+
+
+def refusals(db: Database, *, machine: str | None = None, reason: str | None = None,
+             since: dt.datetime | None = None, until: dt.datetime | None = None,
+             limit: int | None = None) -> list[dict[str, Any]]:
+    """access_denied events, newest first: machine, ts, member_id, badge, reason."""
+    where, params = ["type = :type"], {"type": ACCESS_DENIED}
+    for key, value in (("machine", machine), ("reason", reason)):
+        if value:
+            where.append(f"{key} = :{key}")
+            params[key] = value
+    if since:
+        where.append("ts >= :since")
+        params["since"] = rfc3339(since)
+    if until:
+        where.append("ts < :until")
+        params["until"] = rfc3339(until)
+    sql = (f"SELECT machine, ts, member_id, badge, reason FROM events WHERE {' AND '.join(where)}"
+           " ORDER BY ts DESC, machine")
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    return list(db.query(sql, params))
+
+
+def _hours(seconds: float) -> float:
+    return round(seconds / 3600, 2)
+
+
+def _seconds_by_hour_of_day(start: dt.datetime, end: dt.datetime, tz: dt.tzinfo) -> Iterator[tuple[int, float]]:
+    """Split a session at the hour boundaries of the local clock."""
+    moment = start.astimezone(tz)
+    end = end.astimezone(tz)
+    while moment < end:
+        boundary = min(end, moment.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1))
+        yield moment.hour, (boundary - moment).total_seconds()
+        moment = boundary
+
+
+def report(db: Database, now: dt.datetime, tz: dt.tzinfo, *, since: dt.datetime | None = None,
+           until: dt.datetime | None = None) -> dict[str, Any]:
+    """Hours per machine and per member (sessions started in the period), refusals by
+    machine and reason, and hours of use by hour of the day in `tz`."""
+    rows = sessions(db, now, since=since, until=until, by_start=True)
+    per_machine: dict[str, list[float]] = defaultdict(list)
+    per_member: dict[str, list[float]] = defaultdict(list)
+    by_hour = [0.0] * 24
+    for row in rows:
+        per_machine[row["machine"]].append(row["duration_s"])
+        per_member[row["member_id"]].append(row["duration_s"])
+        start = parse_ts(row["start"])
+        end = start + dt.timedelta(seconds=row["duration_s"])
+        for hour, seconds in _seconds_by_hour_of_day(start, end, tz):
+            by_hour[hour] += seconds
+    refused: dict[tuple[str, str], int] = defaultdict(int)
+    for refusal in refusals(db, since=since, until=until):
+        refused[refusal["machine"], refusal["reason"]] += 1
+
+    def usage(groups: dict[str, list[float]], key: str) -> list[dict[str, Any]]:
+        return sorted(({key: name, "hours": _hours(sum(d)), "sessions": len(d)}
+                       for name, d in groups.items()), key=lambda u: (-u["hours"], u[key]))
+
+    return {
+        "since": rfc3339(since) if since else None,
+        "until": rfc3339(until) if until else None,
+        "machines": usage(per_machine, "machine"),
+        "members": usage(per_member, "member_id"),
+        "refusals": [{"machine": m, "reason": r, "count": n} for (m, r), n in
+                     sorted(refused.items(), key=lambda item: (-item[1], item[0]))],
+        "busiest_hours": sorted(({"hour": h, "hours": _hours(s)} for h, s in enumerate(by_hour) if s),
+                                key=lambda b: (-b["hours"], b["hour"])),
+    }
+
+
+def weekly_hours(db: Database, now: dt.datetime, tz: dt.tzinfo, weeks: int) -> dict[str, dict[str, float]]:
+    """Hours per machine for each of the last `weeks` weeks (Monday first, in `tz`), by start."""
+    today = now.astimezone(tz).date()
+    monday = today - dt.timedelta(days=today.weekday() + 7 * (weeks - 1))
+    since = dt.datetime.combine(monday, dt.time(), tzinfo=tz)
+    result: dict[str, dict[str, float]] = {
+        (monday + dt.timedelta(weeks=i)).isoformat(): {} for i in range(weeks)}
+    for row in sessions(db, now, since=since, by_start=True):
+        day = parse_ts(row["start"]).astimezone(tz).date()
+        week = (day - dt.timedelta(days=day.weekday())).isoformat()
+        hours = result[week]
+        hours[row["machine"]] = hours.get(row["machine"], 0.0) + row["duration_s"] / 3600
+    return result
+
+
+def to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=SESSION_KEYS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def to_json(rows: Iterable[dict[str, Any]]) -> str:
+    return json.dumps(list(rows), ensure_ascii=False, indent=1) + "\n"
