@@ -20,14 +20,15 @@ from typing import Any
 
 from gpiozero import DigitalInputDevice, Factory
 
-from agent import __version__, session
+from agent import __version__, membersync, session
 from agent.clock import now as system_now
 from agent.config import Config
 from agent.control import ControlError, ControlServer
 from agent.hardware.factory import make_reader, pin_factory
 from agent.hardware.outputs import Indicators, MachineRelay
 from agent.hardware.reader import Reader, Signal
-from agent.members import MemberCache, VersionNotNewer
+from agent.members import MemberCache
+from agent.notify import Notifier
 from agent.model import BadBadge, EndReason, Reason, normalise_badge
 from agent.outbox import Outbox, StorageError
 from agent.policy import Rules
@@ -91,6 +92,8 @@ class Agent:
         self.control: ControlServer | None = None
         self.loop_thread: threading.Thread | None = None
         self.started = threading.Event()
+        self.notifier = Notifier.from_env()
+        self._last_ping = float("-inf")
 
     # -- calls onto the loop ------------------------------------------------
 
@@ -110,9 +113,12 @@ class Agent:
         try:
             self._start()
             self.started.set()
+            self.notifier.ready()
             self._loop()
         finally:
+            self.notifier.stopping()
             self._shutdown()
+            self.notifier.close()
         return 0
 
     def install_signal_handlers(self) -> None:
@@ -180,6 +186,15 @@ class Agent:
                         future.set_exception(err)
             self._input(session.Tick())
             self.indicators.beat()
+            self._ping_watchdog()
+
+    def _ping_watchdog(self) -> None:
+        """Tell systemd the loop is alive, but only while the reader answers too."""
+        interval = self.notifier.watchdog_interval
+        mono = self.clock().mono
+        if interval is not None and self.reader.healthy and mono - self._last_ping >= interval:
+            self.notifier.watchdog()
+            self._last_ping = mono
 
     def _shutdown(self) -> None:
         self.relay.switch(False)
@@ -272,55 +287,20 @@ class Agent:
     # -- members -------------------------------------------------------------------
 
     def _list_stale(self) -> bool:
-        limit = self.config.members.max_list_age
-        age = self.members_age()
-        return limit is not None and (age is None or age > limit)
+        return membersync.is_stale(self.config.members.max_list_age, self.members_age())
 
     def members_age(self) -> float | None:
-        confirmed = self.outbox.get("members_confirmed_at")
-        if confirmed is None:
-            return None
-        return max(0.0, self.clock().wall.timestamp() - confirmed)
+        return membersync.list_age(self.outbox, self.clock().wall)
 
     def apply_members(self, load: Callable[[], Any]) -> dict[str, Any]:
-        """Apply a list off the loop (taps go on from the old one); record what happened.
-
-        `load` parses the list and raises ValueError (with a message naming the
-        problem, and `.version` when readable) for a bad one.
-        """
+        """Apply a list off the loop, so taps go on from the old one until it is in place."""
         with self._members_lock:
-            version = None
-            try:
-                snapshot = load()
-                version = snapshot.version
-                count = self.cache.apply(snapshot)
-            except VersionNotNewer as err:
-                if err.same:
-                    self.call(self._confirm_members)
-                    return {"applied": False, "version": version, "error": None}
-                return self.call(self._members_rejected, version, str(err))
-            except (ValueError, OSError) as err:
-                return self.call(self._members_rejected, getattr(err, "version", version), str(err))
-            self.call(self._members_updated, version, count)
-            return {"applied": True, "version": version, "count": count, "error": None}
-
-    def _confirm_members(self) -> None:
-        self._commit([], self.clock(), {"members_confirmed_at": self.clock().wall.timestamp()})
-
-    def _members_updated(self, version: int, count: int) -> None:
-        log.info("member list version %d applied: %d members", version, count)
-        now = self.clock()
-        self._commit([("members_updated", {"version": version, "count": count})], now,
-                     {"members_confirmed_at": now.wall.timestamp()})
-        self._status_changed()
-
-    def _members_rejected(self, version: int | None, error: str) -> dict[str, Any]:
-        log.warning("member list rejected (the last good list stays in force): %s", error)
-        fields: dict[str, Any] = {"error": error}
-        if version is not None:
-            fields["version"] = version
-        self._commit([("members_rejected", fields)], self.clock())
-        return {"applied": False, "version": version, "error": error}
+            result = membersync.apply_list(self.cache, self.outbox, load, self.clock().wall)
+        if self.link is not None:
+            self.link.wake()
+        if result.applied:
+            self.submit(self._status_changed)
+        return result.as_dict()
 
     # -- remote commands -----------------------------------------------------------
 
