@@ -104,6 +104,7 @@ class AgentLink:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass
+        self.connected = False
         self.client.disconnect()
         self.client.loop_stop()
 
