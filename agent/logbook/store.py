@@ -75,7 +75,16 @@ def open_db(path: str | Path, create: bool = False) -> Database:
     db = Database(sqlite3.connect(str(path), check_same_thread=False, timeout=10))
     db.enable_wal()
     db.execute("PRAGMA synchronous=FULL")
-    migrations.apply(db)
+    if migrations.pending(db):
+        # Under a write lock, so that a query run while the collector starts
+        # does not race it to create the same tables; apply() checks again.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(db)
+        except BaseException:
+            db.rollback()
+            raise
+        db.commit()
     return db
 
 
