@@ -8,24 +8,28 @@ broker, which routes messages in the order it acknowledges them.
 
 from __future__ import annotations
 
+import os
+import shutil
+import ssl
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.broker import Broker, make_client
-from tests.helpers import Mosquitto, wait_for
+from tests.helpers import Mosquitto, free_port, port_open, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ACL = ROOT / "deploy" / "mosquitto" / "acl"
 ADD_MACHINE = ROOT / "deploy" / "mosquitto" / "add-machine"
 NOT_AUTHORISED = 0x87
+NO_MATCHING_SUBSCRIBERS = 0x10  # accepted; nobody listens
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 class Session:
@@ -271,3 +275,75 @@ def test_broker_acl_refuses_unknown_clients(lab: Lab, username: str | None, pass
         assert session.connect().is_failure
     finally:
         session.client.loop_stop()
+
+
+@pytest.fixture
+def shipped_broker(tmp_path: Path) -> Iterator[tuple[int, int, Path, dict[str, str]]]:
+    """The shipped drop-in config, in a layout like Debian's (a main config that
+    includes conf.d), with /etc/mosquitto/ moved to tmp_path, the two listeners on
+    free loopback ports, and a certificate from deploy/mosquitto/lab-ca."""
+    plain_port, tls_port = free_port(), free_port()
+    conf = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    rewritten = (conf.replace("/etc/mosquitto/", f"{tmp_path}/")
+                 .replace("listener 1883 127.0.0.1\n", f"listener {plain_port} 127.0.0.1\n")
+                 .replace("listener 8883\n", f"listener {tls_port} 127.0.0.1\n"))
+    settings = [line for line in rewritten.splitlines() if line and not line.startswith("#")]
+    assert not [line for line in settings if "/etc/" in line or line.split()[:2] in (["listener", "1883"], ["listener", "8883"])], \
+        "the shipped config changed shape: update this test's rewriting"
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "fabpass.conf").write_text(rewritten)
+    main = tmp_path / "mosquitto.conf"
+    main.write_text(f"persistence_location {tmp_path}/\nlog_dest stderr\n"
+                    + ("user root\n" if os.geteuid() == 0 else "")
+                    + f"include_dir {tmp_path}/conf.d\n")
+    (tmp_path / "fabpass.acl").write_bytes(ACL.read_bytes())
+    subprocess.run([str(ROOT / "deploy" / "mosquitto" / "lab-ca"), "--dir", str(tmp_path / "certs"),
+                    "localhost", "127.0.0.1"], check=True, capture_output=True)
+    password = subprocess.run(
+        [str(ADD_MACHINE), "--passwd-file", str(tmp_path / "passwd"), "--out", str(tmp_path), "--no-reload", "laser-1"],
+        check=True, capture_output=True, text=True).stdout.strip()
+    with open(tmp_path / "mosquitto.log", "wb") as log:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(main)], stdout=log, stderr=log)
+    try:
+        wait_for(lambda: (port_open(plain_port) and port_open(tls_port)) or proc.poll() is not None,
+                 10, "mosquitto to listen")
+        assert proc.poll() is None, (tmp_path / "mosquitto.log").read_text()
+        yield plain_port, tls_port, tmp_path / "certs" / "ca.crt", {"laser-1": password}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_broker_config_serves_machines_over_tls_with_the_lab_ca(shipped_broker) -> None:
+    _, tls_port, ca_file, passwords = shipped_broker
+    machine = Broker("localhost", tls_port, tls=True, username="laser-1", password=passwords["laser-1"],
+                     ca_file=str(ca_file))
+    session = Session(machine)
+    try:
+        assert not session.connect().is_failure
+        assert session.publish("fabpass/machines/laser-1/events", "over-tls") == NO_MATCHING_SUBSCRIBERS
+        assert session.publish("fabpass/members", "forged") == NOT_AUTHORISED
+    finally:
+        session.client.disconnect()
+        session.client.loop_stop()
+
+
+def test_broker_config_refuses_anonymous_on_both_listeners(shipped_broker) -> None:
+    plain_port, tls_port, ca_file, _ = shipped_broker
+    for broker in (Broker("127.0.0.1", plain_port),
+                   Broker("localhost", tls_port, tls=True, ca_file=str(ca_file))):
+        session = Session(broker)
+        try:
+            assert session.connect().is_failure
+        finally:
+            session.client.loop_stop()
+
+
+def test_broker_config_tls_refuses_a_broker_outside_the_lab_ca(shipped_broker, tmp_path: Path) -> None:
+    _, tls_port, _, passwords = shipped_broker
+    subprocess.run([str(ROOT / "deploy" / "mosquitto" / "lab-ca"), "--dir", str(tmp_path / "other-ca"),
+                    "localhost"], check=True, capture_output=True)
+    stranger = Broker("localhost", tls_port, tls=True, username="laser-1", password=passwords["laser-1"],
+                      ca_file=str(tmp_path / "other-ca" / "ca.crt"))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        make_client(stranger).connect(stranger.host, stranger.port)
