@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from agent.config import ReaderConfig
 from agent.hardware import headproto
+from agent.hardware.factory import make_reader
 from agent.hardware.head import HeadReader
 from agent.hardware.reader import Signal
 from tests.helpers import wait_for
@@ -168,6 +169,11 @@ def test_head_survives_unplug_and_replug(device: SerialDevice, agent: tuple[Head
         wait_for(lambda: reader.healthy, 10, "the head to be heard after the replug")
         head.send(headproto.CARD, CARD_B)
         wait_for(lambda: seen.taps == [CARD_B], 5, "a tap after the replug")
+
+
+def test_head_is_made_by_the_factory(tmp_path: Path) -> None:
+    with make_reader(ReaderConfig(type="head", port=str(tmp_path / "ttyACM9")), simulate=False) as reader:
+        assert isinstance(reader, HeadReader) and reader.silence == headproto.SILENCE_S
 
 
 # -- the protocol ---------------------------------------------------------------------

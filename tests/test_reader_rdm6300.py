@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.config import ReaderConfig
+from agent.hardware.factory import make_reader
 from agent.hardware.rdm6300 import FrameParser, RDM6300Reader
 from tests.helpers import wait_for
 from tests.serialdevice import SerialDevice
@@ -51,10 +52,10 @@ def device(tmp_path: Path) -> Iterator[SerialDevice]:
     dev.close()
 
 
-def start_reader(port: str, rearm: float = 1.0) -> tuple[RDM6300Reader, Recorder]:
+def start_reader(port: str, rearm: float = 1.0, on_tap=None) -> tuple[RDM6300Reader, Recorder]:
     reader = RDM6300Reader(ReaderConfig(type="rdm6300", port=port, rearm=rearm))
     seen = Recorder()
-    reader.start(seen.tap, seen.health_changed)
+    reader.start(on_tap or seen.tap, seen.health_changed)
     wait_for(lambda: seen.health and seen.health[-1][0], 5, "the reader to open its port")
     return reader, seen
 
@@ -147,6 +148,29 @@ def test_rdm6300_reads_through_a_pyserial_url() -> None:
                 conn.sendall(frame(CARD_B))
                 wait_for(lambda: seen.taps, 5, "a tap over TCP")
         assert seen.taps == ["1100FF2233"]
+
+
+def test_rdm6300_survives_a_failing_tap_handler(device: SerialDevice) -> None:
+    taps: list[str] = []
+
+    def handler(badge: str) -> None:
+        taps.append(badge)
+        if len(taps) == 1:
+            raise RuntimeError("the agent had a bad moment")
+
+    reader, _ = start_reader(str(device.path), on_tap=handler)
+    with reader:
+        device.write(frame(CARD_A))
+        wait_for(lambda: taps, 5, "the first tap")
+        device.write(frame(CARD_B))
+        wait_for(lambda: len(taps) == 2, 5, "the next tap, after the handler failed")
+        assert taps == ["0A1B2C3D4E", "1100FF2233"] and reader.healthy
+
+
+def test_rdm6300_is_made_by_the_factory(tmp_path: Path) -> None:
+    config = ReaderConfig(type="rdm6300", port=str(tmp_path / "ttyX"), baudrate=9600)
+    with make_reader(config, simulate=False) as reader:
+        assert isinstance(reader, RDM6300Reader) and reader.port == config.port
 
 
 # -- the frame parser ---------------------------------------------------------------

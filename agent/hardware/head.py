@@ -88,7 +88,7 @@ class HeadReader(SerialReader):
             log.debug("%s: %s", self.name, err)
             return
         if self._debouncer.seen(badge, now):
-            self._on_tap(badge)
+            self._tap(badge)
 
     def _hello(self, firmware: str, protocol: str) -> None:
         self.firmware = firmware

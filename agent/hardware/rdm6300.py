@@ -82,4 +82,4 @@ class RDM6300Reader(SerialReader):
     def _received(self, data: bytes, now: float) -> None:
         for badge in self._parser.feed(data):
             if self._debouncer.seen(badge, now):
-                self._on_tap(badge)
+                self._tap(badge)

@@ -67,6 +67,9 @@ class SerialReader(ThreadedReader):
                     self._tick(now)
             except (serial.SerialException, OSError) as err:
                 self._lost(f"{self.port} went away: {err}")
+            except Exception:  # a bug must not silence the reader for good
+                log.exception("%s: unexpected error; reopening %s", self.name, self.port)
+                self._stop.wait(BACKOFF_LONGEST)
             finally:
                 self._release()
 
@@ -79,6 +82,13 @@ class SerialReader(ThreadedReader):
 
     def _tick(self, now: float) -> None:
         pass
+
+    def _tap(self, badge: str) -> None:
+        """Hand a tap to the agent; its handler failing costs that tap, not the reader."""
+        try:
+            self._on_tap(badge)
+        except Exception:
+            log.exception("%s: the tap handler failed for %s", self.name, badge)
 
     def _lost(self, detail: str) -> None:
         if self.healthy or detail != self.detail:
