@@ -61,12 +61,12 @@ def _with_duration(row: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     return row
 
 
-def refusals(db: Database, *, machine: str | None = None, reason: str | None = None,
-             since: dt.datetime | None = None, until: dt.datetime | None = None,
+def refusals(db: Database, *, machine: str | None = None, member: str | None = None,
+             reason: str | None = None, since: dt.datetime | None = None, until: dt.datetime | None = None,
              limit: int | None = None) -> list[dict[str, Any]]:
     """access_denied events, newest first: machine, ts, member_id, badge, reason."""
     where, params = ["type = :type"], {"type": ACCESS_DENIED}
-    for key, value in (("machine", machine), ("reason", reason)):
+    for key, value in (("machine", machine), ("member_id", member), ("reason", reason)):
         if value:
             where.append(f"{key} = :{key}")
             params[key] = value
