@@ -1,0 +1,485 @@
+"""An emulated MFRC522 on an emulated SPI bus, virtual ISO 14443 A cards, and
+test doubles for `spidev` and `RPi.GPIO`, so that the unmodified `mfrc522`
+driver runs in CI.
+
+The chip follows the NXP MFRC522 datasheet where the driver and the reader
+backend can tell: SPI single and burst register access (8.1.2), the 64-byte
+FIFO, the command register (Idle, CalcCRC, Transceive, SoftReset), interrupt
+flags with their Set1/Set2 write semantics, the timer (TAuto, prescaler,
+reload), the CRC coprocessor and TxCRCEn, bit-oriented framing (TxLastBits,
+RxAlign, RxLastBits), collisions (CollErr, CollReg) and the antenna switch.
+Anything else it is asked to do fails loudly.
+
+Time is emulated, so it is deterministic: every SPI transfer takes
+TRANSFER_SECONDS, `sleep` moves the clock on, and the timer fires when the
+clock passes its deadline. TRANSFER_SECONDS is also the CPU cost model: about
+30 us of CPU per spidev transfer on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+
+TRANSFER_SECONDS = 30e-6
+CARRIER_HZ = 13.56e6
+
+# Registers.
+COMMAND, COMM_IRQ, DIV_IRQ, ERROR = 0x01, 0x04, 0x05, 0x06
+FIFO_DATA, FIFO_LEVEL, CONTROL, BIT_FRAMING, COLL = 0x09, 0x0A, 0x0C, 0x0D, 0x0E
+MODE, TX_MODE, TX_CONTROL = 0x11, 0x12, 0x14
+CRC_RESULT_M, CRC_RESULT_L = 0x21, 0x22
+T_MODE, T_PRESCALER, T_RELOAD_H, T_RELOAD_L = 0x2A, 0x2B, 0x2C, 0x2D
+VERSION = 0x37
+# Power-on values of the registers that matter here (datasheet 9.3); others are 0.
+RESET_VALUES = {COMMAND: 0x20, 0x02: 0x80, 0x08: 0x00, 0x0B: 0x08, CONTROL: 0x10, COLL: 0xA0,
+                MODE: 0x3F, TX_CONTROL: 0x80, 0x16: 0x10, 0x17: 0x84, 0x18: 0x84, 0x19: 0x4D,
+                CRC_RESULT_M: 0xFF, CRC_RESULT_L: 0xFF, 0x24: 0x26, 0x26: 0x48, 0x27: 0x88}
+
+IDLE, CALC_CRC, TRANSCEIVE, SOFT_RESET = 0x0, 0x3, 0xC, 0xF
+TX_IRQ, RX_IRQ, ERR_IRQ, TIMER_IRQ = 0x40, 0x20, 0x02, 0x01
+CRC_IRQ = 0x04
+BUFFER_OVFL, COLL_ERR, PARITY_ERR = 0x10, 0x08, 0x02
+CRC_PRESETS = (0x0000, 0x6363, 0xA671, 0xFFFF)  # ModeReg CRCPreset[1:0]
+
+# ISO 14443-3 type A.
+REQA, WUPA, HLTA, CASCADE_TAG = 0x26, 0x52, 0x50, 0x88
+SELECT = (0x93, 0x95, 0x97)
+
+
+def crc_a(data: bytes, preset: int = 0x6363) -> bytes:
+    """ISO 14443-3 CRC_A (reflected CCITT polynomial), low byte first as transmitted."""
+    crc = preset
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
+    return bytes((crc & 0xFF, crc >> 8))
+
+
+def to_bits(data: bytes, last_bits: int = 0) -> list[int]:
+    """Bits in air order (least significant first); the last byte holds `last_bits` (0: all 8)."""
+    bits = [(byte >> i) & 1 for byte in data for i in range(8)]
+    return bits[: len(bits) - 8 + last_bits] if last_bits and bits else bits
+
+
+def from_bits(bits: list[int]) -> bytes:
+    return bytes(sum(bit << i for i, bit in enumerate(bits[at:at + 8])) for at in range(0, len(bits), 8))
+
+
+class Card:
+    """An ISO 14443 A card (PICC) with a 4, 7 or 10 byte UID and the ISO 14443-3
+    state machine: OFF, IDLE, READY, ACTIVE, HALT (READY* and ACTIVE* are READY
+    and ACTIVE with `from_halt`, and fall back to HALT instead of IDLE)."""
+
+    SAK_BY_SIZE = {4: 0x08, 7: 0x00, 10: 0x20}  # MIFARE Classic 1K, Ultralight/NTAG, DESFire
+    ATQA_BY_SIZE = {4: b"\x04\x00", 7: b"\x44\x00", 10: b"\x84\x00"}
+
+    def __init__(self, uid: bytes | str) -> None:
+        self.uid = bytes.fromhex(uid) if isinstance(uid, str) else bytes(uid)
+        if len(self.uid) not in self.SAK_BY_SIZE:
+            raise ValueError(f"a type A UID has 4, 7 or 10 bytes, not {len(self.uid)}")
+        self.state = "OFF"
+        self.from_halt = False
+        self.level = 0
+        self.answers = 0  # ATQAs sent: how many polls saw the card
+
+    @property
+    def badge(self) -> str:
+        return self.uid.hex().upper()
+
+    def cascade_levels(self) -> list[bytes]:
+        """The 5 bytes each cascade level sends: 4 UID bytes (or CT + 3) and BCC."""
+        rest, levels = self.uid, []
+        while rest:
+            part = rest if len(rest) == 4 else bytes([CASCADE_TAG]) + rest[:3]
+            rest = b"" if len(rest) == 4 else rest[3:]
+            levels.append(part + bytes([part[0] ^ part[1] ^ part[2] ^ part[3]]))
+        return levels
+
+    def power(self, on: bool) -> None:
+        self.state, self.from_halt, self.level = ("IDLE" if on else "OFF"), False, 0
+
+    def receive(self, bits: list[int]) -> list[int] | None:
+        """A frame from the reader (in air order) -> the card's answer, or None for silence."""
+        if self.state == "OFF":
+            return None
+        data = from_bits(bits)
+        if len(bits) == 7 and data[0] in (REQA, WUPA):
+            if self.state == "IDLE" or (self.state == "HALT" and data[0] == WUPA):
+                self.state, self.from_halt, self.level = "READY", self.state == "HALT", 0
+                self.answers += 1
+                return to_bits(self.ATQA_BY_SIZE[len(self.uid)])
+            return self._fall_back()
+        if self.state == "READY" and len(bits) >= 16 and data[0] == SELECT[self.level]:
+            return self._anticollision_or_select(bits, data)
+        if self.state == "ACTIVE" and data == bytes([HLTA, 0]) + crc_a(bytes([HLTA, 0])):
+            self.state = "HALT"
+            return None
+        return self._fall_back()
+
+    def _anticollision_or_select(self, bits: list[int], data: bytes) -> list[int] | None:
+        levels = self.cascade_levels()
+        mine = to_bits(levels[self.level])
+        nvb = data[1]
+        if nvb == 0x70:
+            if len(data) != 9 or data[2:7] != levels[self.level] or crc_a(data[:7]) != data[7:]:
+                return self._fall_back()
+            last = self.level == len(levels) - 1
+            sak = self.SAK_BY_SIZE[len(self.uid)] if last else 0x04
+            if last:
+                self.state = "ACTIVE"
+            else:
+                self.level += 1
+            return to_bits(bytes([sak]) + crc_a(bytes([sak])))
+        known = (nvb >> 4) * 8 + (nvb & 0x0F) - 16
+        if not 0 <= known < 40 or len(bits) != 16 + known or bits[16:] != mine[:known]:
+            return self._fall_back()
+        return mine[known:]
+
+    def _fall_back(self) -> None:
+        """Anything unexpected sends a READY or ACTIVE card back to IDLE, or to HALT
+        if it was woken from there; an IDLE or HALT card stays put. No answer."""
+        if self.state in ("READY", "ACTIVE"):
+            self.state, self.level = ("HALT" if self.from_halt else "IDLE"), 0
+        return None
+
+
+@dataclass
+class Fault:
+    """RF trouble on the next card answer: `drop` it, `flip` one bit, a `parity`
+    error, or a `collision` at a bit (as when a second card answers)."""
+
+    kind: str
+    bit: int = 0
+
+
+class EmulatedMFRC522:
+    """The chip behind one SPI chip select. Thread-safe: the reader thread talks
+    SPI while a test places cards, injects faults or pulls the plug."""
+
+    def __init__(self, version: int = 0x92) -> None:
+        self.version = version
+        self.now = 0.0
+        self.transfers = 0
+        self.timeouts = 0  # TimerIRq raised
+        self.requests = 0  # REQA/WUPA frames sent: polls
+        self.open_handles = 0
+        self.spi_error: OSError | None = None
+        self.plugged = True
+        self.floating = 0x00  # what MISO reads while unplugged
+        self.cards: list[Card] = []
+        self.faults: deque[Fault] = deque()
+        self._lock = threading.RLock()
+        self.power_on_reset()
+
+    # What a test does to the world.
+
+    def power_on_reset(self) -> None:
+        """Registers to their power-on values, as after a brown-out or SoftReset."""
+        with self._lock:
+            self.regs = bytearray(64)
+            for register, value in RESET_VALUES.items():
+                self.regs[register] = value
+            self.fifo = bytearray()
+            self.comm_irq, self.div_irq, self.error = 0x14, 0x00, 0x00
+            self.timer_deadline: float | None = None
+            self.crc = 0
+            self._power_cards()
+
+    def place(self, card: Card) -> Card:
+        with self._lock:
+            self.cards.append(card)
+            card.power(self.field_on)
+        return card
+
+    def remove(self, card: Card) -> None:
+        with self._lock:
+            self.cards.remove(card)
+            card.power(False)
+
+    def inject(self, *faults: Fault) -> None:
+        with self._lock:
+            self.faults.extend(faults)
+
+    def unplug(self, floating: int = 0x00) -> None:
+        with self._lock:
+            self.plugged, self.floating = False, floating
+            self._power_cards()
+
+    def plug(self) -> None:
+        with self._lock:
+            self.plugged = True
+            self.power_on_reset()
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self.now
+
+    @property
+    def field_on(self) -> bool:
+        return self.plugged and bool(self.regs[TX_CONTROL] & 0x03)
+
+    # SPI.
+
+    def xfer2(self, data: list[int]) -> list[int]:
+        with self._lock:
+            if self.spi_error is not None:
+                raise self.spi_error
+            self.now += TRANSFER_SECONDS
+            self.transfers += 1
+            self._run_timer()
+            if not self.plugged:
+                return [self.floating] * len(data)
+            first = data[0]
+            assert first & 0x01 == 0, f"address byte 0x{first:02X}: bit 0 must be 0"
+            if first & 0x80:  # read: each byte names the next register, the last is 0
+                assert data[-1] == 0 and all(a & 0x81 == 0x80 for a in data[:-1]), f"bad burst read {data}"
+                return [0] + [self._read((a >> 1) & 0x3F) for a in data[:-1]]
+            for value in data[1:]:  # write: every byte goes to the same register
+                self._write(first >> 1, value)
+            return [0] * len(data)
+
+    def _read(self, register: int) -> int:
+        if register == FIFO_DATA:
+            return self.fifo.pop(0) if self.fifo else 0
+        if register == FIFO_LEVEL:
+            return len(self.fifo)
+        if register == COMM_IRQ:
+            return self.comm_irq
+        if register == DIV_IRQ:
+            return self.div_irq
+        if register == ERROR:
+            return self.error
+        if register == VERSION:
+            return self.version
+        return self.regs[register]
+
+    def _write(self, register: int, value: int) -> None:
+        if register == FIFO_DATA:
+            self._push_fifo(value)
+        elif register == FIFO_LEVEL:
+            if value & 0x80:
+                self.fifo.clear()
+                self.error &= ~BUFFER_OVFL
+        elif register == COMM_IRQ:
+            self.comm_irq = self.comm_irq | (value & 0x7F) if value & 0x80 else self.comm_irq & ~value
+        elif register == DIV_IRQ:
+            self.div_irq = self.div_irq | (value & 0x7F) if value & 0x80 else self.div_irq & ~value
+        elif register == COMMAND:
+            self._command(value)
+        elif register == BIT_FRAMING:
+            self.regs[BIT_FRAMING] = value
+            if value & 0x80 and self.regs[COMMAND] & 0x0F == TRANSCEIVE:
+                self._transmit()
+        elif register == TX_CONTROL:
+            self.regs[TX_CONTROL] = value
+            self._power_cards()
+        elif register not in (ERROR, 0x07, VERSION, CRC_RESULT_M, CRC_RESULT_L):  # read-only
+            self.regs[register] = value
+
+    def _push_fifo(self, value: int) -> None:
+        if len(self.fifo) >= 64:
+            self.error |= BUFFER_OVFL
+            return
+        if self.regs[COMMAND] & 0x0F == CALC_CRC:
+            self._calc_crc(bytes([value]))
+        else:
+            self.fifo.append(value)
+
+    def _command(self, value: int) -> None:
+        command = value & 0x0F
+        if command == SOFT_RESET:
+            self.power_on_reset()
+            return
+        if command not in (IDLE, CALC_CRC, TRANSCEIVE):
+            raise NotImplementedError(f"command 0x{command:X} is not emulated")
+        self.regs[COMMAND] = value & 0x30 | command
+        if command == CALC_CRC:
+            self.crc = CRC_PRESETS[self.regs[MODE] & 0x03]
+            data, self.fifo = bytes(self.fifo), bytearray()
+            self._calc_crc(data)
+
+    def _calc_crc(self, data: bytes) -> None:
+        """The coprocessor takes the FIFO's bytes, and any written while CalcCRC runs."""
+        low, high = crc_a(data, self.crc)
+        self.crc = high << 8 | low
+        self.regs[CRC_RESULT_L], self.regs[CRC_RESULT_M] = low, high
+        self.div_irq |= CRC_IRQ
+
+    # RF.
+
+    def _power_cards(self) -> None:
+        for card in self.cards:
+            if (card.state != "OFF") != self.field_on:
+                card.power(self.field_on)
+
+    def _timer_period(self) -> float:
+        prescaler = (self.regs[T_MODE] & 0x0F) << 8 | self.regs[T_PRESCALER]
+        reload = self.regs[T_RELOAD_H] << 8 | self.regs[T_RELOAD_L]
+        return (2 * prescaler + 1) * (reload + 1) / CARRIER_HZ
+
+    def _run_timer(self) -> None:
+        if self.timer_deadline is not None and self.now >= self.timer_deadline:
+            self.timer_deadline = None
+            self.comm_irq |= TIMER_IRQ
+            self.timeouts += 1
+
+    def _transmit(self) -> None:
+        framing = self.regs[BIT_FRAMING]
+        data, self.fifo = bytes(self.fifo), bytearray()
+        bits = to_bits(data, framing & 0x07)
+        if self.regs[TX_MODE] & 0x80:
+            assert framing & 0x07 == 0, "TxCRCEn with a bit-oriented frame"
+            bits += to_bits(crc_a(data, CRC_PRESETS[self.regs[MODE] & 0x03]))
+        if len(bits) == 7 and data[0] in (REQA, WUPA):
+            self.requests += 1
+        self.error &= BUFFER_OVFL
+        self.comm_irq |= TX_IRQ
+        self.timer_deadline = None
+        answers = [a for card in self.cards if (a := card.receive(bits)) is not None] if self.field_on else []
+        answer, collision = self._superpose(answers)
+        fault = self.faults.popleft() if answer and self.faults else None
+        if fault is not None and fault.kind == "drop":
+            answer = []
+        if not answer:
+            if self.regs[T_MODE] & 0x80:  # TAuto: the timer starts when sending ends
+                self.timer_deadline = self.now + self._timer_period()
+            return
+        if fault is not None and fault.kind == "flip":
+            answer[fault.bit % len(answer)] ^= 1
+        if fault is not None and fault.kind == "parity":
+            self.error |= PARITY_ERR
+        if fault is not None and fault.kind == "collision":
+            collision = min(collision, fault.bit % len(answer)) if collision is not None else fault.bit % len(answer)
+        rx_align = (framing >> 4) & 0x07
+        if collision is not None:
+            position = rx_align + collision + 1
+            self.error |= COLL_ERR
+            self.regs[COLL] = (position & 0x1F) | (0x20 if position > 32 else 0)
+        stored = [0] * rx_align + answer
+        self.fifo.extend(from_bits(stored))
+        self.regs[CONTROL] = (self.regs[CONTROL] & 0xF8) | (len(stored) % 8)
+        self.comm_irq |= RX_IRQ | (ERR_IRQ if self.error else 0)
+
+    @staticmethod
+    def _superpose(answers: list[list[int]]) -> tuple[list[int], int | None]:
+        """Several cards answering at once: where their bits differ the reader
+        sees a collision (and, Manchester-coded, a 1)."""
+        length = max((len(a) for a in answers), default=0)
+        merged, collision = [], None
+        for i in range(length):
+            seen = {a[i] for a in answers if i < len(a)}
+            if len(seen) > 1 and collision is None:
+                collision = i
+            merged.append(max(seen))
+        return merged, collision
+
+
+# Test doubles for the driver's imports.
+
+
+class SpiDev:
+    """spidev.SpiDev on the emulated bus: `open(bus, device)` finds the chip at that chip select."""
+
+    def __init__(self, chips: dict[tuple[int, int], EmulatedMFRC522]) -> None:
+        self._chips = chips
+        self._chip: EmulatedMFRC522 | None = None
+        self.max_speed_hz = 500_000
+        self.mode = 0
+
+    def open(self, bus: int, device: int) -> None:
+        if (bus, device) not in self._chips:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", f"/dev/spidev{bus}.{device}")
+        self._chip = self._chips[(bus, device)]
+        self._chip.open_handles += 1
+
+    def xfer2(self, data: list[int]) -> list[int]:
+        assert self._chip is not None, "xfer2 on a closed SpiDev"
+        return self._chip.xfer2(list(data))
+
+    def close(self) -> None:
+        if self._chip is not None:
+            self._chip.open_handles -= 1
+            self._chip = None
+
+
+class SpidevModule(ModuleType):
+    def __init__(self, chips: dict[tuple[int, int], EmulatedMFRC522]) -> None:
+        super().__init__("spidev")
+        self.chips = chips
+
+    def SpiDev(self) -> SpiDev:  # noqa: N802 - spidev's name
+        return SpiDev(self.chips)
+
+
+class GPIOModule(ModuleType):
+    """RPi.GPIO that records every call, so a test can see who touched it."""
+
+    BOARD, BCM, OUT, IN, LOW, HIGH = 10, 11, 0, 1, 0, 1
+
+    def __init__(self) -> None:
+        super().__init__("RPi.GPIO")
+        self.calls: list[tuple] = []
+        self._mode: int | None = None
+
+    def getmode(self) -> int | None:
+        return self._mode
+
+    def setmode(self, mode: int) -> None:
+        self.calls.append(("setmode", mode))
+        if self._mode not in (None, mode):
+            raise ValueError("A different mode has already been set!")
+        self._mode = mode
+
+    def setup(self, channel: int, direction: int, **kwargs: object) -> None:
+        self.calls.append(("setup", channel, direction))
+
+    def output(self, channel: int, value: int) -> None:
+        self.calls.append(("output", channel, value))
+
+    def setwarnings(self, flag: bool) -> None:
+        self.calls.append(("setwarnings", flag))
+
+    def cleanup(self, *channels: int) -> None:
+        self.calls.append(("cleanup", *channels))
+
+
+@dataclass
+class Doubles:
+    spidev: SpidevModule
+    gpio: GPIOModule
+
+
+@contextmanager
+def installed(chips: dict[tuple[int, int], EmulatedMFRC522]) -> Iterator[Doubles]:
+    """Put the doubles in sys.modules (the driver is imported afresh against
+    them) and take them, and the driver, out again afterwards."""
+    gpio = GPIOModule()
+    rpi = ModuleType("RPi")
+    rpi.GPIO = gpio  # type: ignore[attr-defined]
+    doubles = {"spidev": SpidevModule(chips), "RPi": rpi, "RPi.GPIO": gpio}
+
+    def driver_modules() -> list[str]:
+        return [name for name in sys.modules if name == "mfrc522" or name.startswith("mfrc522.")]
+
+    saved = {name: sys.modules[name] for name in [*doubles, *driver_modules()] if name in sys.modules}
+    for name in driver_modules():
+        del sys.modules[name]
+    sys.modules.update(doubles)
+    try:
+        yield Doubles(doubles["spidev"], gpio)  # type: ignore[arg-type]
+    finally:
+        for name in [*doubles, *driver_modules()]:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
