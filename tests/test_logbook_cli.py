@@ -6,11 +6,13 @@ import csv
 import datetime as dt
 import io
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
+from agent.commands.logbook import logbook
 from agent.logbook import queries
 from agent.logbook.store import ingest, open_db
 from agent.timespec import rfc3339
@@ -203,3 +205,10 @@ def test_logbook_member_export_holds_only_that_members_data(db_path):
     assert export["refusals"] == [{"machine": "laser-1", "ts": rfc3339(NOW - 2 * DAY),
                                    "badge": "04A1B2C5", "reason": "not_inducted"}]
     assert {e.get("member_id") for e in export["events"]} == {"m-3"}
+
+
+def test_logbook_every_command_has_help_and_is_documented():
+    docs = (Path(__file__).parent.parent / "docs" / "logbook.md").read_text()
+    for name, command in logbook.commands.items():
+        assert command.help, name
+        assert f"fabpass logbook {name}" in docs, name

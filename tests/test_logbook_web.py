@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -15,6 +18,7 @@ import pytest
 
 from agent.logbook.store import ingest, open_db, record_status
 from agent.logbook.web import make_server
+from tests.helpers import free_port, port_open, wait_for
 from tests.logbook_support import UTC, FakeMachine
 
 PASSWORD = "correct horse battery"
@@ -85,3 +89,20 @@ def test_logbook_web_asks_for_the_password(web_url, password):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 401 and "Basic" in refused.value.headers["WWW-Authenticate"]
+
+
+def test_logbook_web_command_serves_and_stops_on_sigterm(tmp_path):
+    open_db(tmp_path / "logbook.db", create=True).close()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "logbook", "web", "--db", str(tmp_path / "logbook.db"),
+                             "--port", str(port)], stderr=subprocess.PIPE, env=os.environ)
+    try:
+        wait_for(lambda: port_open(port) or proc.poll() is not None, 20, "the web view to listen")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            assert page.status == 200 and b'<table id="sessions">' in page.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
