@@ -154,10 +154,15 @@ class Card:
 @dataclass
 class Fault:
     """RF trouble on the next card answer: `drop` it, `flip` one bit, a `parity`
-    error, or a `collision` at a bit (as when a second card answers)."""
+    error, a `collision` at a bit (as when a second card answers), or none
+    (`clean`: lets a list of faults aim past the first answers)."""
 
     kind: str
     bit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("clean", "drop", "flip", "parity", "collision"):
+            raise ValueError(f"unknown fault {self.kind!r}")
 
 
 class EmulatedMFRC522:
