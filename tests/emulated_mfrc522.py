@@ -90,10 +90,6 @@ class Card:
         self.level = 0
         self.answers = 0  # ATQAs sent: how many polls saw the card
 
-    @property
-    def badge(self) -> str:
-        return self.uid.hex().upper()
-
     def cascade_levels(self) -> list[bytes]:
         """The 5 bytes each cascade level sends: 4 UID bytes (or CT + 3) and BCC."""
         rest, levels = self.uid, []

@@ -193,9 +193,11 @@ def test_reader_reads_any_uid(uid: bytes) -> None:
 def test_reader_held_card_is_one_tap_and_seen_on_every_poll(rig: Rig) -> None:
     reader = rig.reader(rearm=0.5, poll_interval=0.1)
     card = rig.chip.place(Card(UIDS[7]))
+    requests = rig.chip.requests
     taps = rig.poll(reader, 100)  # ten seconds on the reader
     assert taps == [UIDS[7]]
-    assert card.answers == 100  # halted after each read, woken by the next WUPA
+    # Halted after each read and woken by the next poll's WUPA: seen on every poll.
+    assert rig.chip.requests - requests == card.answers == 100
 
 
 def test_reader_taps_again_only_after_rearm_away(rig: Rig) -> None:
@@ -373,7 +375,8 @@ def test_reader_thread_taps_and_reports_health(rig: Rig) -> None:
     wait_for(lambda: not reader.healthy, what="the reader to be reported gone")
     rig.chip.plug()
     wait_for(lambda: reader.healthy, what="the reader to be reported back")
-    assert [ok for ok, _ in health] == [True, False, True]
+    oks = [ok for ok, _ in health]  # False may repeat, as the reason changes on retries
+    assert oks[0] and oks[-1] and len(oks) >= 3 and not any(oks[1:-1])
     reader.close()
     assert not [t for t in threading.enumerate() if t.name == reader.name]
 

@@ -3,8 +3,8 @@
 The `mfrc522` package (0.0.7) is the register-level driver; it is imported only
 when this reader is built, so the agent imports without any Pi library. Only
 its register primitives are used (`Write_MFRC522`, `Read_MFRC522`,
-`SetBitMask`, `MFRC522_Reset`, `AntennaOn`/`AntennaOff`), because its higher
-calls have defects this module works around:
+`MFRC522_Reset`, `AntennaOn`/`AntennaOff`), because its higher calls have
+defects this module works around:
 
 - `MFRC522_ToCard` never stops on the timer interrupt, so an empty poll reads
   CommIrqReg about 2,000 times (60 ms of CPU on a Pi). Here a transceive uses
