@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 import json
+import zoneinfo
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,13 @@ def test_logbook_every_command_has_help_and_is_documented():
     for name, command in logbook.commands.items():
         assert command.help, name
         assert f"fabpass logbook {name}" in docs, name
+
+
+def test_logbook_busiest_hours_keep_every_second_across_a_dst_change(tmp_path):
+    rome = zoneinfo.ZoneInfo("Europe/Rome")  # 2026-10-25: 03:00 CEST becomes 02:00 CET
+    laser = FakeMachine("laser-1")
+    with open_db(tmp_path / "l.db", create=True) as db:
+        for event in laser.session("m-1", "04A1B2C3", dt.datetime(2026, 10, 24, 23, 30, tzinfo=UTC), 150):
+            ingest(db, event)
+        busiest = queries.report(db, dt.datetime(2026, 10, 26, tzinfo=UTC), rome)["busiest_hours"]
+    assert sorted((b["hour"], b["hours"]) for b in busiest) == [(1, 0.5), (2, 2.0)]  # 02:xx twice

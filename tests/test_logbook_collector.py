@@ -110,7 +110,7 @@ def test_logbook_run_stops_cleanly_on_sigterm(mosquitto, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "logbook", "run", "--broker", mosquitto.url, "--db", str(db_path),
          "--client-id", "logbook-sigterm-test"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         event = laser.event("agent_started", MONDAY, agent_version="0.1.0")
 
@@ -120,11 +120,12 @@ def test_logbook_run_stops_cleanly_on_sigterm(mosquitto, tmp_path):
 
         wait_for(archived, timeout=20, what="the collector to archive an event")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0, proc.stderr.read().decode()
+        _, stderr = proc.communicate(timeout=10)
+        assert proc.returncode == 0, stderr.decode()
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
 
 
 def test_logbook_event_not_committed_is_not_acknowledged_and_comes_back(mosquitto, tmp_path):

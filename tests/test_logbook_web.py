@@ -88,6 +88,7 @@ def test_logbook_web_asks_for_the_password(web_url, password):
         request.add_header("Authorization", "Basic " + base64.b64encode(f"x:{password}".encode()).decode())
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
+    refused.value.close()
     assert refused.value.code == 401 and "Basic" in refused.value.headers["WWW-Authenticate"]
 
 
@@ -101,8 +102,9 @@ def test_logbook_web_command_serves_and_stops_on_sigterm(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert page.status == 200 and b'<table id="sessions">' in page.read()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0, proc.stderr.read().decode()
+        _, stderr = proc.communicate(timeout=10)
+        assert proc.returncode == 0, stderr.decode()
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 import threading
+import zoneinfo
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +43,14 @@ def _now() -> dt.datetime:
 
 
 def _local_tz() -> dt.tzinfo:
-    return dt.datetime.now().astimezone().tzinfo
+    """The host's zone with its DST rules (from TZ or /etc/localtime), else today's UTC offset."""
+    key = os.environ.get("TZ", "").lstrip(":")
+    if not key and "/zoneinfo/" in os.path.realpath("/etc/localtime"):
+        key = os.path.realpath("/etc/localtime").split("/zoneinfo/", 1)[1]
+    try:
+        return zoneinfo.ZoneInfo(key) if key else dt.datetime.now().astimezone().tzinfo
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return dt.datetime.now().astimezone().tzinfo
 
 
 def _when(option: str, text: str | None, now: dt.datetime) -> dt.datetime | None:

@@ -88,12 +88,14 @@ def _hours(seconds: float) -> float:
 
 
 def _seconds_by_hour_of_day(start: dt.datetime, end: dt.datetime, tz: dt.tzinfo) -> Iterator[tuple[int, float]]:
-    """Split a session at the hour boundaries of the local clock."""
-    moment = start.astimezone(tz)
-    end = end.astimezone(tz)
+    """Split a session at the hour boundaries of the local clock (stepping in absolute time, so
+    a DST change neither loses nor doubles any)."""
+    moment = start
     while moment < end:
-        boundary = min(end, moment.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1))
-        yield moment.hour, (boundary - moment).total_seconds()
+        local = moment.astimezone(tz)
+        into = dt.timedelta(minutes=local.minute, seconds=local.second, microseconds=local.microsecond)
+        boundary = min(end, moment - into + dt.timedelta(hours=1))
+        yield local.hour, (boundary - moment).total_seconds()
         moment = boundary
 
 
