@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +86,31 @@ def test_notify_send_error_is_logged_once_and_never_raised(tmp_path: Path, caplo
         notifier.watchdog()
     assert len(caplog.records) == 1
     assert "cannot notify systemd" in caplog.records[0].getMessage()
+
+
+def test_notify_agent_under_systemd_says_ready_then_pings_the_watchdog(systemd_socket, tmp_path: Path) -> None:
+    """`fabpass run --simulate` as systemd would start it (Type=notify, WatchdogSec=)."""
+    sock, path = systemd_socket
+    config = tmp_path / "agent.toml"
+    config.write_text('[machine]\nid = "laser-1"\ninduction = "laser"\n[reader]\ntype = "simulated"\n'
+                      f'[relay]\npin = 17\nactive_high = false\n[storage]\ndir = "{tmp_path}/state"\n')
+    env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as out:
+        agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--simulate"],
+                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        messages = [_receive(sock)]  # the socket's timeout is the deadline
+        while "WATCHDOG=1" not in messages:
+            messages.append(_receive(sock))
+        assert "READY=1" in messages
+        assert messages.index("READY=1") < messages.index("WATCHDOG=1")
+        agent.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in messages:
+            messages.append(_receive(sock))
+        agent.wait(10)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(10)
+    assert agent.returncode == 0, log.read_text()
