@@ -8,10 +8,12 @@ broker, which routes messages in the order it acknowledges them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -347,3 +349,38 @@ def test_broker_config_tls_refuses_a_broker_outside_the_lab_ca(shipped_broker, t
                       ca_file=str(tmp_path / "other-ca" / "ca.crt"))
     with pytest.raises(ssl.SSLCertVerificationError):
         make_client(stranger).connect(stranger.host, stranger.port)
+
+
+def test_broker_acl_lets_the_real_agent_do_its_job(lab: Lab, admin: Session, tmp_path: Path) -> None:
+    """`fabpass run --simulate` with its add-machine account: it publishes its
+    status and events, and receives the admin's command, all through the ACL."""
+    secret = tmp_path / "mqtt.password"
+    secret.write_text(lab.passwords["laser-1"] + "\n")
+    config = tmp_path / "agent.toml"
+    config.write_text('[machine]\nid = "laser-1"\ninduction = "laser"\n[reader]\ntype = "simulated"\n'
+                      '[relay]\npin = 17\nactive_high = false\n'
+                      f'[storage]\ndir = "{tmp_path}/state"\n'
+                      f'[mqtt]\nurl = "{lab.broker.url}"\nusername = "laser-1"\npassword_file = "{secret}"\n')
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as out:
+        agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--simulate"],
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    events = "fabpass/machines/laser-1/events"
+
+    def event_types() -> list[str]:
+        return [json.loads(payload)["type"] for payload in admin.payloads(events)]
+
+    try:
+        wait_for(lambda: "agent_started" in event_types(), 15, f"agent_started ({log.read_text()})")
+        wait_for(lambda: admin.payloads("fabpass/machines/laser-1/status"), 5, "the agent's status")
+        command = json.dumps({"v": 1, "command": "lock", "reason": "maintenance", "by": "tech"})
+        assert admin.publish("fabpass/machines/laser-1/commands", command) == 0
+        wait_for(lambda: "machine_locked" in event_types(), 10, "machine_locked")
+    finally:
+        agent.terminate()
+        try:
+            agent.wait(10)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(10)
+    assert agent.returncode == 0, log.read_text()
