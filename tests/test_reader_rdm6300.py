@@ -126,10 +126,12 @@ def test_rdm6300_reports_a_missing_device_and_closes_promptly(tmp_path: Path) ->
     reader = RDM6300Reader(ReaderConfig(type="rdm6300", port=str(tmp_path / "nothing"), rearm=0.5))
     seen = Recorder()
     reader.start(seen.tap, seen.health_changed)
-    wait_for(lambda: seen.health, 5, "a health report")
-    assert seen.health[0][0] is False and "cannot open" in seen.health[0][1]
-    started = time.monotonic()
-    reader.close()
+    try:
+        wait_for(lambda: seen.health, 5, "a health report")
+        assert seen.health[0][0] is False and "cannot open" in seen.health[0][1]
+    finally:
+        started = time.monotonic()
+        reader.close()
     assert time.monotonic() - started < 1.0
     assert not reader._thread.is_alive()
 
