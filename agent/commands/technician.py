@@ -54,7 +54,10 @@ def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: st
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    client.on_connect, client.on_message = on_connect, on_message
+    def on_subscribe(client, userdata, mid, reason_codes, properties) -> None:
+        click.echo(f"following {topic} on {broker} (Ctrl-C to stop)", err=True)
+
+    client.on_connect, client.on_message, client.on_subscribe = on_connect, on_message, on_subscribe
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     try:
