@@ -8,6 +8,7 @@ check the wiring with real time and wait on conditions.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -270,16 +271,20 @@ def test_reader_idle_cpu_is_under_5_percent_of_a_core(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize("floating", [0x00, 0xFF])
-def test_reader_recovers_when_the_chip_vanishes(rig: Rig, floating: int) -> None:
+def test_reader_recovers_when_the_chip_vanishes(rig: Rig, floating: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.hardware.mfrc522")
     reader = rig.reader()
     assert rig.poll(reader, 1) == [] and reader.healthy
     rig.chip.unplug(floating)
     delays = [reader.step()[1] for _ in range(7)]
     assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
     assert not reader.healthy and "/dev/spidev0.0" in reader.detail
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert 1 <= len(warnings) <= 2 and all("retrying" in w for w in warnings)  # once per reason, not per retry
     rig.chip.plug()  # back, with every register at its power-on value
     assert reader.step() == (None, 0.1)
     assert reader.healthy and reader.detail is None
+    assert "answers (MFRC522 v2.0)" in caplog.records[-1].getMessage()
     rig.chip.place(Card(UIDS[7]))
     assert rig.poll(reader, 1) == [UIDS[7]]
     assert reader.step()[1] == 0.1  # and a later fault starts the backoff afresh
