@@ -170,7 +170,7 @@ def _check_pin(value: int) -> int:
 def _check_timezone(value: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f"{value!r} is not a known time zone (e.g. 'Europe/Rome')") from None
     return value
 
@@ -243,9 +243,54 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
             raise ConfigError(f"{where}: [{name}]: missing section (it is required)")
     sections = {name: _section(SECTIONS[name], table, f"{where}: {name}") for name, table in data.items()}
     config = Config(**sections, path=Path(path))
-    if config.machine.max_session is not None and config.machine.warn_before >= config.machine.max_session:
-        raise ConfigError(f"{where}: machine.warn_before: must be shorter than machine.max_session")
+    problem = _inconsistency(config)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
     return config
+
+
+def _inconsistency(config: Config) -> str | None:
+    """What single sections cannot see: keys that depend on each other."""
+    m, mqtt = config.machine, config.mqtt
+    if m.max_session is not None and m.warn_before >= m.max_session:
+        return "machine.warn_before: must be shorter than machine.max_session"
+    if config.sensor.idle_timeout is not None and config.sensor.pin is None:
+        return "sensor.idle_timeout: needs sensor.pin (the machine-running input)"
+    if str(config.storage.dir) in ("", "."):
+        return "storage.dir: must name a directory"
+    pins: dict[int, str] = {}
+    named = [("relay.pin", config.relay.pin), ("sensor.pin", config.sensor.pin)]
+    named += [(f"indicators.{k}", getattr(config.indicators, k)) for k in ("green", "red", "amber", "buzzer", "heartbeat")]
+    if config.reader.type == "mfrc522":
+        named.append(("reader.reset_pin", config.reader.reset_pin))
+    for key, pin in named:
+        if pin is not None and pin in pins:
+            return f"{key}: GPIO {pin} is already used by {pins[pin]}"
+        if pin is not None:
+            pins[pin] = key
+    if config.reader.type in ("rdm6300", "head") and not config.reader.port:
+        return f"reader.port: required for a {config.reader.type} reader (e.g. /dev/serial0)"
+    if mqtt is not None:
+        from agent.broker import BadBrokerURL, Broker
+
+        try:
+            Broker.parse(mqtt.url)
+        except BadBrokerURL as err:
+            return f"mqtt.url: {err}"
+        if not 1 <= mqtt.keepalive <= 30:
+            return "mqtt.keepalive: must be 1 to 30 seconds (the will must fire within about 45 s)"
+        if mqtt.outbox_limit < 1:
+            return "mqtt.outbox_limit: must be at least 1"
+        if not mqtt.topic_prefix or any(c in mqtt.topic_prefix for c in "+#\0") or mqtt.topic_prefix.startswith("/"):
+            return f"mqtt.topic_prefix: {mqtt.topic_prefix!r} cannot be used in topics (no +, #, leading /)"
+    if config.members.public_key is not None:
+        from agent.signing import load_public_key
+
+        try:
+            load_public_key(config.members.public_key)
+        except ValueError as err:
+            return f"members.public_key: {err}"
+    return None
 
 
 def load(path: Path | str, simulate: bool = False) -> Config:
@@ -254,6 +299,8 @@ def load(path: Path | str, simulate: bool = False) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     config = parse(text, path)
     if simulate:
         config = dataclasses.replace(config, hardware=HardwareConfig(simulate=True))

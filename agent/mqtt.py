@@ -86,7 +86,7 @@ class AgentLink:
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self.client.connect_async(self.broker.host, self.broker.port, keepalive=min(self.config.mqtt.keepalive, 30),
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.config.mqtt.keepalive,
                                   clean_start=False, properties=props)
         self.client.loop_start()
         for thread in self._threads:

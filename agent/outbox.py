@@ -99,7 +99,8 @@ class Outbox:
                         self._set(conn, key, value)
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # SQLite may have rolled back itself (SQLITE_FULL)
+                        conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as err:
                 raise StorageError(f"cannot write the outbox {self.path}: {err}") from err
@@ -142,7 +143,8 @@ class Outbox:
                 conn.executemany("DELETE FROM events WHERE seq = ?", ((s,) for s in seqs))
                 conn.execute("COMMIT")
             except sqlite3.Error as err:
-                conn.execute("ROLLBACK") if conn.in_transaction else None
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 log.error("cannot remove acknowledged events from the outbox: %s", err)
 
     @property

@@ -51,16 +51,11 @@ def decide(member: Member | None, rules: Rules, situation: Situation, now: dt.da
     in it. Staff may use a locked machine, outside opening hours, and with a
     stale list; they still need an active membership and the induction.
     """
-    if member is None:
-        return Decision.refuse(Reason.UNKNOWN_BADGE)
-    staff = member.is_staff
-    today = now.date()
-    if situation.list_stale and not staff:
-        return Decision.refuse(Reason.STALE_MEMBER_LIST)
-    if member.status != "active":
-        return Decision.refuse(Reason.SUSPENDED)
-    if _expired(member.expires, today):
-        return Decision.refuse(Reason.MEMBERSHIP_EXPIRED)
+    refusal = _membership(member, situation, now.date())
+    if refusal is not None:
+        return refusal
+    assert member is not None
+    staff, today = member.is_staff, now.date()
     if rules.induction not in member.inductions:
         return Decision.refuse(Reason.NOT_INDUCTED)
     if _expired(member.inductions[rules.induction], today):
@@ -72,3 +67,26 @@ def decide(member: Member | None, rules: Rules, situation: Situation, now: dt.da
     if situation.in_use_by_other:
         return Decision.refuse(Reason.IN_USE)
     return GRANT
+
+
+def may_end_others(member: Member | None, situation: Situation, now: dt.datetime) -> Decision:
+    """Staff may end anyone's session, inducted on this machine or not, while their
+    own membership is in force."""
+    refusal = _membership(member, situation, now.date())
+    if refusal is not None:
+        return refusal
+    assert member is not None
+    return GRANT if member.is_staff else Decision.refuse(Reason.IN_USE)
+
+
+def _membership(member: Member | None, situation: Situation, today: dt.date) -> Decision | None:
+    """The refusals about the member alone, before anything about the machine."""
+    if member is None:
+        return Decision.refuse(Reason.UNKNOWN_BADGE)
+    if situation.list_stale and not member.is_staff:
+        return Decision.refuse(Reason.STALE_MEMBER_LIST)
+    if member.status != "active":
+        return Decision.refuse(Reason.SUSPENDED)
+    if _expired(member.expires, today):
+        return Decision.refuse(Reason.MEMBERSHIP_EXPIRED)
+    return None

@@ -45,12 +45,14 @@ def parse(payload: bytes, public_key: Any = None, guard: Any = None,
         obj = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as err:
         raise CommandError(f"command is not JSON: {err}") from None
+    except RecursionError:
+        raise CommandError("command is nested too deeply") from None
     if not isinstance(obj, dict):
         raise CommandError("command is not a JSON object")
     unknown = set(obj) - KEYS
     if unknown:
         raise CommandError(f"command has unknown keys: {', '.join(sorted(unknown))}")
-    if obj.get("v") != 1:
+    if type(obj.get("v")) is not int or obj["v"] != 1:
         raise CommandError(f"command version {obj.get('v')!r} is not 1")
     kind = obj.get("command")
     if kind not in KINDS:

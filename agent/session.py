@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.hardware.reader import Signal
 from agent.model import EndReason, Member, Reason
-from agent.policy import Decision, Rules, Situation, decide
+from agent.policy import Rules, Situation, decide, may_end_others
 
 
 @dataclass(frozen=True)
@@ -237,8 +237,10 @@ def _tap(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
             return _extend(state, tap, now, machine, local)
         return _end(state, now, machine, EndReason.BADGE_OFF)
     # Someone else's session: staff end it, everyone else is refused.
-    staff = member is not None and member.is_staff
-    decision = decide(member, machine.rules, Situation(state.locked, not staff, tap.list_stale), local)
+    if member is not None and member.is_staff:
+        decision = may_end_others(member, Situation(list_stale=tap.list_stale), local)
+    else:
+        decision = decide(member, machine.rules, Situation(state.locked, True, tap.list_stale), local)
     if not decision.granted:
         return _refuse(state, tap, decision.reason)
     step = _end(state, now, machine, EndReason.STAFF, {"by": member.id})
@@ -268,9 +270,12 @@ def _start(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
 
 
 def _extend(state: State, tap: Tap, now: Instant, machine: Machine, local: dt.datetime) -> Step:
-    decision: Decision = decide(tap.member, machine.rules, Situation(state.locked, False, tap.list_stale), local)
+    """The holder's tap in the warning window asks for more time. Where it may not be
+    had (locked meanwhile, membership lapsed), the tap ends the session instead: the
+    holder must always be able to switch the machine off with their badge."""
+    decision = decide(tap.member, machine.rules, Situation(state.locked, False, tap.list_stale), local)
     if not decision.granted:
-        return _refuse(state, tap, decision.reason)
+        return _end(state, now, machine, EndReason.BADGE_OFF, {"extension_refused": decision.reason.value})
     session = state.session
     assert session is not None and machine.timing.max_session is not None
     extended = replace(session, deadline=now.mono + machine.timing.max_session, warned=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -14,8 +15,8 @@ def parse_duration(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise ValueError("expected a duration such as '90s' or '4h', not a boolean")
     if isinstance(text, (int, float)):
-        if text < 0:
-            raise ValueError("a duration cannot be negative")
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"{text!r} is not a duration (a finite number of seconds, not negative)")
         return float(text)
     if not isinstance(text, str):
         raise ValueError(f"expected a duration such as '90s' or '4h', not {type(text).__name__}")

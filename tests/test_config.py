@@ -143,7 +143,7 @@ def test_config_simulate_from_environment(tmp_path, monkeypatch, env, expected):
         ("relay", "min_off", '"0s"', 0.0),
         ("machine", "hours", '["mon-sun 00:00-24:00"]', OpeningHours.parse(["mon-sun 00:00-24:00"])),
         ("reader", "type", '"mfrc522"', "mfrc522"),
-        ("reader", "type", '"head"', "head"),
+        ("reader", "port", '"/dev/ttyACM0"', "/dev/ttyACM0"),
     ],
 )
 def test_config_accepts(tmp_path, section, key, value, expected):
@@ -168,6 +168,24 @@ def test_config_missing_required_section(tmp_path, section):
     sections = {name: table for name, table in MINIMAL.items() if name != section}
     message = load_error(tmp_path, render(sections))
     assert f"[{section}]" in message and "missing" in message
+
+
+@pytest.mark.parametrize("tables, key", [
+    ({"reader": {"type": '"head"'}}, "reader.port"),
+    ({"sensor": {"idle_timeout": '"10m"'}}, "sensor.idle_timeout"),
+    ({"indicators": {"green": "17"}}, "indicators.green"),
+    ({"mqtt": {"url": '"mqtt://h"', "keepalive": "60"}}, "mqtt.keepalive"),
+    ({"mqtt": {"url": '"mqtt://h"', "outbox_limit": "0"}}, "mqtt.outbox_limit"),
+    ({"mqtt": {"url": '"mqtt://h"', "topic_prefix": '"lab/#"'}}, "mqtt.topic_prefix"),
+    ({"mqtt": {"url": '"http://h"'}}, "mqtt.url"),
+    ({"members": {"public_key": '"not base64!"'}}, "members.public_key"),
+    ({"storage": {"dir": '""'}}, "storage.dir"),
+])
+def test_config_keys_that_depend_on_each_other(tmp_path, tables, key):
+    sections = {name: dict(table) for name, table in MINIMAL.items()}
+    for name, table in tables.items():
+        sections.setdefault(name, {}).update(table)
+    assert key in load_error(tmp_path, render(sections))
 
 
 def test_config_mqtt_section_needs_url(tmp_path):

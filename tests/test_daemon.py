@@ -127,8 +127,9 @@ def test_daemon_max_session_warns_extends_and_times_out(agents, tmp_path):
     a.tick()
     assert a.relay_is_on(), "extended by an hour: still on"
     clock.advance(2 * 60)
-    wait_for(lambda: not a.relay_is_on(), 5, "the timeout")
-    ended = [e for e in a.events() if e["type"] == "session_ended"][-1]
+    # The relay goes off before the event is written: wait for the event.
+    ended = wait_for(lambda: [e for e in a.events() if e["type"] == "session_ended"], 5, "the timeout")[-1]
+    assert not a.relay_is_on()
     assert ended["reason"] == "timeout" and ended["duration_s"] == pytest.approx(117 * 60)
 
 
@@ -167,8 +168,9 @@ def test_daemon_idle_machine_ends_the_session_but_a_running_one_is_never_cut(age
     assert [e for e in a.events() if e["type"] == "session_ended"][-1]["reason"] == "timeout"
     a.tap(ADA)
     clock.advance(10 * 60)
-    wait_for(lambda: not a.relay_is_on(), 5, "the idle timeout")
+    wait_for(lambda: len([e for e in a.events() if e["type"] == "session_ended"]) == 2, 5, "the idle timeout")
     assert [e for e in a.events() if e["type"] == "session_ended"][-1]["reason"] == "idle"
+    assert not a.relay_is_on()
 
 
 def test_daemon_full_disk_refuses_with_storage_error_then_recovers(agents, tmp_path):

@@ -26,6 +26,8 @@ LINE = re.compile(r"^(ok  |warn|fail)  (spi|reader|relay|groups|clock|broker): \
 
 def config_text(reader: str = "mfrc522", mqtt_url: str | None = None, extra: str = "",
                 mqtt_extra: str = "", active_high: bool = False) -> str:
+    if reader in ("rdm6300", "head") and "port" not in extra:
+        extra += 'port = "/dev/serial0"\n'  # a serial reader needs its port
     text = (f'[machine]\nid = "laser-1"\ninduction = "laser"\n[reader]\ntype = "{reader}"\n{extra}'
             f'[relay]\npin = 17\nactive_high = {str(active_high).lower()}\n[storage]\ndir = "/var/lib/fabpass"\n')
     return text + (f'[mqtt]\nurl = "{mqtt_url}"\n{mqtt_extra}' if mqtt_url else "")

@@ -128,7 +128,6 @@ def test_session_start_records_before_relay_on():
         (started(), tap(SUSPENDED), "suspended", "m-sus"),
         (started(), tap(None), "unknown_badge", None),
         (started(), tap(BOB, stale=True), "stale_member_list", "m-bob"),
-        (started(), tap(STAFF_UNINDUCTED), "not_inducted", "m-staff2"),
     ],
 )
 def test_session_refusal_leaves_state_untouched(state, tapped, reason, member_id):
@@ -361,10 +360,19 @@ def test_session_other_tap_in_warning_window_is_in_use():
     assert steps[2].outcome.reason == "in_use" and state.session.warned
 
 
-def test_session_extension_still_needs_a_valid_member():
+def test_session_refused_extension_ends_the_session_saying_why():
     lapsed = replace(ADA, status="suspended")
     state, steps = run([(0, tap(ADA)), (3300, Tick()), (3400, tap(lapsed))], MAX)
-    assert steps[2].outcome.reason == "suspended" and state.session.deadline == mono(3600)
+    assert state.session is None and not state.relay
+    assert steps[2].outcome.action == "ended"
+    assert records(steps[2]) == [("session_ended", {"member_id": "m-ada", "duration_s": 3400.0,
+                                                    "reason": "badge_off", "extension_refused": "suspended"})]
+
+
+def test_session_staff_without_the_induction_still_end_someone_elses_session():
+    state, steps = run([(0, tap(ADA)), (10, tap(STAFF_UNINDUCTED))], PLAIN)
+    assert state.session is None
+    assert records(steps[1])[0][1]["reason"] == "staff" and records(steps[1])[0][1]["by"] == "m-staff2"
 
 
 # --- hard_limit and the machine-running sensor ------------------------------------------------
