@@ -161,7 +161,7 @@ class AgentLink:
 
     def _command(self, payload: bytes) -> None:
         try:
-            command = remote.parse(payload, self._public_key, self._guard)
+            command = remote.parse(payload, self.config.machine.id, self._public_key, self._guard)
         except remote.CommandError as err:
             self.agent.submit(self.agent.reject_command, str(err))
             return

@@ -11,7 +11,7 @@ MAX_BYTES = 4096
 MAX_REASON = 200
 MAX_BY = 100
 KINDS = ("lock", "unlock", "end_session")
-KEYS = {"v", "command", "reason", "by", "now", "ts", "nonce", "sig"}
+KEYS = {"v", "command", "reason", "by", "now", "machine", "ts", "nonce", "sig"}
 
 
 class CommandError(ValueError):
@@ -24,20 +24,24 @@ class Command:
     by: str
     reason: str
     now: bool = False
+    machine: str | None = None  # the machine it is meant for; required when signed
 
     def as_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"v": 1, "command": self.kind, "reason": self.reason, "by": self.by}
         if self.now:
             payload["now"] = True
+        if self.machine is not None:
+            payload["machine"] = self.machine
         return payload
 
 
-def parse(payload: bytes, public_key: Any = None, guard: Any = None,
+def parse(payload: bytes, machine: str, public_key: Any = None, guard: Any = None,
           now: dt.datetime | None = None) -> Command:
-    """A Command from an MQTT payload, or CommandError saying what is wrong.
+    """A Command for `machine` from an MQTT payload, or CommandError saying what is wrong.
 
-    With `public_key` the command must be signed, fresh and not seen before
-    (`guard` is an agent.signing.ReplayGuard).
+    With `public_key` the command must be signed, fresh, not seen before
+    (`guard` is an agent.signing.ReplayGuard) and name this machine, so that
+    a signed command cannot be replayed onto another machine's topic.
     """
     if len(payload) > MAX_BYTES:
         raise CommandError(f"command of {len(payload)} bytes is larger than {MAX_BYTES}")
@@ -66,6 +70,9 @@ def parse(payload: bytes, public_key: Any = None, guard: Any = None,
         raise CommandError(f"by must be a non-empty string of at most {MAX_BY} characters")
     if not isinstance(immediate, bool):
         raise CommandError("now must be true or false")
+    target = obj.get("machine")
+    if target is not None and target != machine:
+        raise CommandError(f"command is for machine {target!r}, not {machine!r}")
     if public_key is not None:
         from agent.signing import SignatureError, verify
 
@@ -76,4 +83,6 @@ def parse(payload: bytes, public_key: Any = None, guard: Any = None,
             guard.check(obj["ts"], obj["nonce"], now or dt.datetime.now(dt.timezone.utc))
         except SignatureError as err:
             raise CommandError(f"command refused: {err}") from None
-    return Command(kind, by, reason, immediate)
+        if target is None:
+            raise CommandError("command refused: a signed command must name its machine")
+    return Command(kind, by, reason, immediate, target)

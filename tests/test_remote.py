@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import remote
-from agent.remote import Command, CommandError, parse
+from agent.remote import Command, CommandError
 from agent.signing import ReplayGuard, load_public_key, sign, sign_command
 
 NOW = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.timezone.utc)
@@ -100,15 +100,23 @@ def keys():
     return key, load_public_key(pub)
 
 
+MACHINE = "laser-1"
+
+
+def parse(raw: bytes, *args) -> Command:
+    """The parser as the agent of MACHINE calls it."""
+    return remote.parse(raw, MACHINE, *args)
+
+
 def signed(key, **changes) -> dict:
-    return sign_command({**BASE, **changes}, key, NOW)
+    return sign_command({**BASE, "machine": MACHINE, **changes}, key, NOW)
 
 
 def test_remote_signed_command_accepted_once(keys):
     key, pub = keys
     guard = ReplayGuard()
     raw = json.dumps(signed(key)).encode()
-    assert parse(raw, pub, guard, NOW + dt.timedelta(seconds=5)) == Command("lock", "tech", "tube")
+    assert parse(raw, pub, guard, NOW + dt.timedelta(seconds=5)) == Command("lock", "tech", "tube", machine=MACHINE)
     with pytest.raises(CommandError, match="replayed"):
         parse(raw, pub, guard, NOW + dt.timedelta(seconds=6))
 
@@ -135,6 +143,8 @@ def _tamper(obj: dict) -> dict:
         (lambda key: sign({**BASE, "ts": "2026-11-25T09:00:00Z", "nonce": "n" * 129}, key), NOW, "nonce"),
         (lambda key: signed(key), NOW + dt.timedelta(minutes=5, seconds=1), "too old"),
         (lambda key: signed(key), NOW - dt.timedelta(minutes=2), "future"),
+        (lambda key: signed(key, machine="cnc-1"), NOW, "not 'laser-1'"),
+        (lambda key: sign_command(BASE, key, NOW), NOW, "must name its machine"),
     ],
 )
 def test_remote_signed_command_refused(keys, make, when, match):

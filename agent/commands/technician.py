@@ -85,7 +85,7 @@ def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broke
     if len(reason) > MAX_REASON:
         raise InputError(f"--reason: at most {MAX_REASON} characters ({len(reason)} given)")
     broker = parse_broker(broker_url, password_file)
-    payload = Command(kind, by or getpass.getuser(), reason, now).as_payload()
+    payload = Command(kind, by or getpass.getuser(), reason, now, machine).as_payload()
     if sign_key is not None:
         from agent.signing import SignatureError, load_private_key, sign_command
 
