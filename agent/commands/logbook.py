@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import zoneinfo
@@ -122,7 +123,10 @@ def run(broker_url: str, password_file: str | None, topic_prefix: str, db_path: 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    collector = Collector(broker, db_path, topic_prefix, client_id, expiry)
+    try:
+        collector = Collector(broker, db_path, topic_prefix, client_id, expiry)
+    except sqlite3.Error as err:
+        raise InputError(f"--db: {db_path}: {err}") from None
     collector.start()
     try:
         while not stop.wait(0.5) and not collector.failed.is_set():
