@@ -24,12 +24,13 @@ from agent import __version__, membersync, session
 from agent.clock import now as system_now
 from agent.config import Config
 from agent.control import ControlError, ControlServer
+from agent.hardware.clocksync import SimulatedClock, SystemClock
 from agent.hardware.factory import make_reader, pin_factory
 from agent.hardware.outputs import Indicators, MachineRelay
 from agent.hardware.reader import Reader, Signal
 from agent.members import MemberCache
-from agent.notify import Notifier
 from agent.model import BadBadge, EndReason, Reason, normalise_badge
+from agent.notify import Notifier
 from agent.outbox import Outbox, StorageError
 from agent.policy import Rules
 from agent.session import Indicate, Instant, Outcome, Record, Relay, Step, Tap
@@ -55,10 +56,10 @@ def machine_of(config: Config) -> session.Machine:
 
 
 def check_badge(cache: MemberCache, state: session.State, machine: session.Machine,
-                badge: str, now: Instant, list_stale: bool = False) -> dict[str, Any]:
+                badge: str, now: Instant, list_stale: bool = False, clock_trusted: bool = True) -> dict[str, Any]:
     """Would this tap be granted now? The session machine's answer, with no effect."""
     member = cache.lookup(badge)
-    step = session.handle(state, Tap(badge, member, list_stale), now, machine)
+    step = session.handle(state, Tap(badge, member, list_stale, clock_trusted), now, machine)
     outcome = step.outcome
     assert outcome is not None
     return {"granted": outcome.granted, "reason": outcome.reason,
@@ -67,7 +68,8 @@ def check_badge(cache: MemberCache, state: session.State, machine: session.Machi
 
 class Agent:
     def __init__(self, config: Config, pins: Factory | None = None, reader: Reader | None = None,
-                 clock: Callable[[], Instant] = system_now, link_factory: Callable[..., Any] | None = None) -> None:
+                 clock: Callable[[], Instant] = system_now, link_factory: Callable[..., Any] | None = None,
+                 clock_status: SystemClock | SimulatedClock | None = None) -> None:
         self.config = config
         self.id = config.machine.id
         self.machine = machine_of(config)
@@ -82,6 +84,7 @@ class Agent:
                              config.mqtt.outbox_limit if config.mqtt else 100_000)
         self.cache = MemberCache(config.storage.dir)
         self.reader = reader or make_reader(config.reader, self.simulated, self.pins)
+        self.clock_status = clock_status or (SimulatedClock() if self.simulated else SystemClock())
         self.sensor: DigitalInputDevice | None = None
         self.state = session.State()
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = queue.SimpleQueue()
@@ -219,7 +222,7 @@ class Agent:
 
     def _tap(self, badge: str) -> dict[str, Any]:
         member = self.cache.lookup(badge)
-        outcome = self._input(Tap(badge, member, self._list_stale()))
+        outcome = self._input(Tap(badge, member, self._list_stale(), self.clock_status.synchronised()))
         assert outcome is not None
         if outcome.action == "refused":
             log.info("tap %s (%s): refused, %s", badge, member.id if member else "unknown", outcome.reason)
@@ -363,8 +366,8 @@ class Agent:
             except BadBadge as err:
                 raise ControlError(str(err), usage=True) from None
             if op == "check":
-                return self.call(lambda: check_badge(self.cache, self.state, self.machine, badge,
-                                                     self.clock(), self._list_stale()))
+                return self.call(lambda: check_badge(self.cache, self.state, self.machine, badge, self.clock(),
+                                                     self._list_stale(), self.clock_status.synchronised()))
             if not self.simulated:
                 raise ControlError("this agent runs real hardware: taps come from its reader "
                                    "(start it with --simulate to tap from the command line)", usage=True)

@@ -24,6 +24,7 @@ class Situation:
     locked: bool = False
     in_use_by_other: bool = False
     list_stale: bool = False
+    clock_trusted: bool = True  # False until the system clock is synchronised
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ def decide(member: Member | None, rules: Rules, situation: Situation, now: dt.da
     `now` is the machine's local time: expiry dates and opening hours are read
     in it. Staff may use a locked machine, outside opening hours, and with a
     stale list; they still need an active membership and the induction.
+    While the clock is not trusted, a rule that depends on the date (an expiry,
+    opening hours) refuses with clock_unsynchronised where it applies, so a
+    clock that is behind never grants what the right time would refuse.
     """
     refusal = _membership(member, situation, now.date())
     if refusal is not None:
@@ -58,12 +62,18 @@ def decide(member: Member | None, rules: Rules, situation: Situation, now: dt.da
     staff, today = member.is_staff, now.date()
     if rules.induction not in member.inductions:
         return Decision.refuse(Reason.NOT_INDUCTED)
-    if _expired(member.inductions[rules.induction], today):
+    induction_until = member.inductions[rules.induction]
+    if induction_until is not None and not situation.clock_trusted:
+        return Decision.refuse(Reason.CLOCK_UNSYNCHRONISED)
+    if _expired(induction_until, today):
         return Decision.refuse(Reason.INDUCTION_EXPIRED)
     if situation.locked and not staff:
         return Decision.refuse(Reason.MACHINE_LOCKED)
-    if rules.hours is not None and not staff and not rules.hours.is_open(now):
-        return Decision.refuse(Reason.OUTSIDE_HOURS)
+    if rules.hours is not None and not staff:
+        if not situation.clock_trusted:
+            return Decision.refuse(Reason.CLOCK_UNSYNCHRONISED)
+        if not rules.hours.is_open(now):
+            return Decision.refuse(Reason.OUTSIDE_HOURS)
     if situation.in_use_by_other:
         return Decision.refuse(Reason.IN_USE)
     return GRANT
@@ -87,6 +97,8 @@ def _membership(member: Member | None, situation: Situation, today: dt.date) -> 
         return Decision.refuse(Reason.STALE_MEMBER_LIST)
     if member.status != "active":
         return Decision.refuse(Reason.SUSPENDED)
+    if member.expires is not None and not situation.clock_trusted:
+        return Decision.refuse(Reason.CLOCK_UNSYNCHRONISED)
     if _expired(member.expires, today):
         return Decision.refuse(Reason.MEMBERSHIP_EXPIRED)
     return None

@@ -77,6 +77,7 @@ class Tap:
     badge: str
     member: Member | None
     list_stale: bool = False
+    clock_trusted: bool = True
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def _tap(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
     session, member = state.session, tap.member
     local = now.local(machine.tz)
     if session is None:
-        decision = decide(member, machine.rules, Situation(state.locked, False, tap.list_stale), local)
+        decision = decide(member, machine.rules, Situation(state.locked, False, tap.list_stale, tap.clock_trusted), local)
         if not decision.granted:
             return _refuse(state, tap, decision.reason)
         return _start(state, tap, now, machine)
@@ -238,9 +239,9 @@ def _tap(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
         return _end(state, now, machine, EndReason.BADGE_OFF)
     # Someone else's session: staff end it, everyone else is refused.
     if member is not None and member.is_staff:
-        decision = may_end_others(member, Situation(list_stale=tap.list_stale), local)
+        decision = may_end_others(member, Situation(list_stale=tap.list_stale, clock_trusted=tap.clock_trusted), local)
     else:
-        decision = decide(member, machine.rules, Situation(state.locked, True, tap.list_stale), local)
+        decision = decide(member, machine.rules, Situation(state.locked, True, tap.list_stale, tap.clock_trusted), local)
     if not decision.granted:
         return _refuse(state, tap, decision.reason)
     step = _end(state, now, machine, EndReason.STAFF, {"by": member.id})
@@ -273,7 +274,7 @@ def _extend(state: State, tap: Tap, now: Instant, machine: Machine, local: dt.da
     """The holder's tap in the warning window asks for more time. Where it may not be
     had (locked meanwhile, membership lapsed), the tap ends the session instead: the
     holder must always be able to switch the machine off with their badge."""
-    decision = decide(tap.member, machine.rules, Situation(state.locked, False, tap.list_stale), local)
+    decision = decide(tap.member, machine.rules, Situation(state.locked, False, tap.list_stale, tap.clock_trusted), local)
     if not decision.granted:
         return _end(state, now, machine, EndReason.BADGE_OFF, {"extension_refused": decision.reason.value})
     session = state.session

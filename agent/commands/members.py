@@ -127,6 +127,7 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     from agent.clock import now
     from agent.control import ControlError, NotRunning, request
     from agent.daemon import OUTBOX_FILE, check_badge, machine_of
+    from agent.hardware.clocksync import SimulatedClock, SystemClock
     from agent.members import MemberCache
     from agent.membersync import is_stale, list_age
     from agent.model import BadBadge, normalise_badge
@@ -150,8 +151,9 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
             outbox = Outbox(outbox_path, config.machine.id)
             age = list_age(outbox, dt.datetime.now(dt.timezone.utc))
             outbox.close()
+        clock = SimulatedClock() if config.simulate else SystemClock()
         result = check_badge(cache, State(), machine_of(config), badge, now(),
-                             is_stale(config.members.max_list_age, age))
+                             is_stale(config.members.max_list_age, age), clock.synchronised())
         cache.close()
     if as_json:
         print_json(result)
