@@ -21,6 +21,7 @@ from typing import Any
 from gpiozero import DigitalInputDevice, Factory
 
 from agent import __version__, membersync, session
+from agent.badgehash import BadgeHasher
 from agent.clock import now as system_now
 from agent.config import Config
 from agent.control import ControlError, ControlServer
@@ -85,6 +86,8 @@ class Agent:
         self.cache = MemberCache(config.storage.dir)
         self.reader = reader or make_reader(config.reader, self.simulated, self.pins)
         self.clock_status = clock_status or (SimulatedClock() if self.simulated else SystemClock())
+        key_file = config.members.badge_hash_key_file
+        self.hasher = BadgeHasher.from_file(key_file) if key_file else None
         self.sensor: DigitalInputDevice | None = None
         self.state = session.State()
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = queue.SimpleQueue()
@@ -220,14 +223,20 @@ class Agent:
 
     # -- the machine ------------------------------------------------------------
 
-    def _tap(self, badge: str) -> dict[str, Any]:
+    def badge_key(self, uid: str) -> str:
+        """How this agent stores and reports a badge: the UID, or its keyed hash."""
+        return self.hasher(uid) if self.hasher else uid
+
+    def _tap(self, uid: str) -> dict[str, Any]:
+        badge = self.badge_key(uid)
         member = self.cache.lookup(badge)
         outcome = self._input(Tap(badge, member, self._list_stale(), self.clock_status.synchronised()))
         assert outcome is not None
+        shown = f"{badge[:12]}…" if self.hasher else badge
         if outcome.action == "refused":
-            log.info("tap %s (%s): refused, %s", badge, member.id if member else "unknown", outcome.reason)
+            log.info("tap %s (%s): refused, %s", shown, member.id if member else "unknown", outcome.reason)
         else:
-            log.info("tap %s (%s): %s, relay %s", badge, outcome.member_id, outcome.action,
+            log.info("tap %s (%s): %s, relay %s", shown, outcome.member_id, outcome.action,
                      "on" if outcome.relay else "off")
         return outcome.as_dict()
 
@@ -298,7 +307,7 @@ class Agent:
     def apply_members(self, load: Callable[[], Any]) -> dict[str, Any]:
         """Apply a list off the loop, so taps go on from the old one until it is in place."""
         with self._members_lock:
-            result = membersync.apply_list(self.cache, self.outbox, load, self.clock().wall)
+            result = membersync.apply_list(self.cache, self.outbox, load, self.clock().wall, self.hasher)
         if self.link is not None:
             self.link.wake()
         if result.applied:
@@ -366,6 +375,7 @@ class Agent:
             except BadBadge as err:
                 raise ControlError(str(err), usage=True) from None
             if op == "check":
+                badge = self.badge_key(badge)
                 return self.call(lambda: check_badge(self.cache, self.state, self.machine, badge, self.clock(),
                                                      self._list_stale(), self.clock_status.synchronised()))
             if not self.simulated:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.badgehash import BadgeHasher
 from agent.members import MemberCache, VersionNotNewer
 from agent.outbox import Outbox
 
@@ -30,12 +31,18 @@ class ApplyResult:
         return {"applied": self.applied, "version": self.version, "count": self.count, "error": self.error}
 
 
-def apply_list(cache: MemberCache, outbox: Outbox, load: Callable[[], Any], now: dt.datetime) -> ApplyResult:
-    """Parse with `load` (raises ValueError naming the problem) and apply; record the outcome."""
+def apply_list(cache: MemberCache, outbox: Outbox, load: Callable[[], Any], now: dt.datetime,
+               hasher: BadgeHasher | None = None) -> ApplyResult:
+    """Parse with `load` (raises ValueError naming the problem) and apply; record the outcome.
+
+    With `hasher`, the cache keeps only the keyed hashes of the list's badges.
+    """
     version = None
     confirmed = {CONFIRMED_KEY: now.timestamp()}
     try:
         snapshot = load()
+        if hasher is not None:
+            snapshot = hasher.snapshot(snapshot)
         version = snapshot.version
         count = cache.apply(snapshot)
     except VersionNotNewer as err:

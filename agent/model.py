@@ -35,6 +35,18 @@ def normalise_badge(text: str) -> str:
     return badge
 
 
+HASHED_BADGE_LENGTH = 64  # HMAC-SHA256 in hex: see agent.badgehash
+
+
+def normalise_list_badge(text: str) -> str:
+    """A badge as a member list may carry it: a UID, or the keyed hash of one."""
+    if isinstance(text, str) and len(text.strip()) == HASHED_BADGE_LENGTH:
+        badge = text.strip().upper()
+        if _HEX.fullmatch(badge):
+            return badge
+    return normalise_badge(text)
+
+
 def badge_from_bytes(uid: bytes) -> str:
     return normalise_badge(uid.hex())
 

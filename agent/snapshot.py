@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.model import BadBadge, Member, normalise_badge
+from agent.model import BadBadge, Member, normalise_list_badge
 from agent.signing import SignatureError, canonical_json, load_public_key, sign, verify_bytes
 
 MAX_BYTES = 32 * 1024 * 1024
@@ -119,7 +119,7 @@ def _member(raw: Any) -> Member:
     badges = []
     for badge in _strings(raw.get("badges", []), "badges"):
         try:
-            badge = normalise_badge(badge)
+            badge = normalise_list_badge(badge)
         except BadBadge as err:
             raise ValueError(f"badges: {err}") from None
         if badge in badges:

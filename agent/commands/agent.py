@@ -23,9 +23,14 @@ def run(config_path: Path, simulate: bool, verbose: bool) -> None:
     from agent.daemon import Agent
     from agent.mqtt import AgentLink
 
+    from agent.badgehash import BadgeKeyError
+
     config = load_config(config_path, simulate)
     logs.setup(config.machine.id, verbose)
-    agent = Agent(config, link_factory=AgentLink.factory(config) if config.mqtt else None)
+    try:
+        agent = Agent(config, link_factory=AgentLink.factory(config) if config.mqtt else None)
+    except BadgeKeyError as err:
+        raise InputError(f"{config_path}: members.badge_hash_key_file: {err}") from None
     agent.install_signal_handlers()
     sys.exit(agent.run())
 

@@ -18,6 +18,18 @@ def members() -> None:
     """Load, publish and check the member list."""
 
 
+def _hasher(config):
+    """The badge hasher of a machine that stores hashes, or None."""
+    from agent.badgehash import BadgeHasher, BadgeKeyError
+
+    if not config.members.badge_hash_key_file:
+        return None
+    try:
+        return BadgeHasher.from_file(config.members.badge_hash_key_file)
+    except BadgeKeyError as err:
+        raise InputError(f"members.badge_hash_key_file: {err}") from None
+
+
 def _load(file: Path, version: int | None, public_key=None):
     from agent.snapshot import SnapshotError, load_file
 
@@ -58,7 +70,7 @@ def import_(file: Path, config_path: Path, version: int | None) -> None:
         cache = MemberCache(config.storage.dir)
         try:
             result = apply_list(cache, outbox, lambda: _load(file, version, config.members.public_key),
-                                dt.datetime.now(dt.timezone.utc)).as_dict()
+                                dt.datetime.now(dt.timezone.utc), _hasher(config)).as_dict()
         finally:
             cache.close()
             outbox.close()
@@ -78,8 +90,11 @@ def import_(file: Path, config_path: Path, version: int | None) -> None:
 @click.option("--version", type=click.IntRange(min=1), help="The list's version (CSV only; default: now, in Unix time).")
 @click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Sign the list with this private key (fabpass keys generate).")
+@click.option("--hash-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Publish badges as keyed hashes made with this site key (the machines' "
+                   "badge_hash_key_file), so that no UID crosses the broker.")
 def publish(file: Path, broker_url: str, password_file: str | None, topic_prefix: str,
-            version: int | None, sign_key: Path | None) -> None:
+            version: int | None, sign_key: Path | None, hash_key: Path | None) -> None:
     """Validate a CSV or JSON member list and publish it as the retained snapshot."""
     from agent.commands.options import parse_broker
     from agent.publish import PublishError, publish_acknowledged
@@ -97,7 +112,14 @@ def publish(file: Path, broker_url: str, password_file: str | None, topic_prefix
             key = load_private_key(sign_key)
         except (SignatureError, ValueError, OSError) as err:
             raise InputError(f"--sign-key: {err}") from None
-    if key is None and file.suffix.lower() == ".json":
+    if hash_key is not None:
+        from agent.badgehash import BadgeHasher, BadgeKeyError
+
+        try:
+            snapshot = BadgeHasher.from_file(hash_key).snapshot(snapshot)
+        except BadgeKeyError as err:
+            raise InputError(f"--hash-key: {err}") from None
+    if key is None and hash_key is None and file.suffix.lower() == ".json":
         payload = file.read_bytes()  # as written, so a list signed elsewhere keeps its signature
     else:
         try:
@@ -144,6 +166,8 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     except ControlError as err:
         raise InputError(str(err)) from None
     except NotRunning:
+        hasher = _hasher(config)
+        badge = hasher(badge) if hasher else badge
         cache = MemberCache(config.storage.dir)
         outbox_path = config.storage.dir / OUTBOX_FILE
         age = None
