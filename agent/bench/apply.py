@@ -1,0 +1,85 @@
+"""Applying a big member list to the cache: parse + validate + write, and its peak memory.
+
+The measurement runs in a fresh subprocess that does only that
+(`python -m agent.bench.apply SNAPSHOT DIR`), so the peak is the apply's own:
+the RSS high-water mark (VmHWM) after the apply minus the RSS (VmRSS) once
+the modules are imported and before the snapshot file is read. The high-water
+mark is reset first (/proc/self/clear_refs), so importing cannot inflate it.
+The peak includes the snapshot's bytes, as the agent holds the MQTT payload.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.bench.common import disk_dir, fs_type, member_list
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_high_water() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child(snapshot_path: Path, storage: Path) -> dict[str, Any]:
+    """The measured part: read the file, parse and validate it, write the cache."""
+    import gc
+
+    from agent.members import MemberCache
+    from agent.snapshot import load_json
+
+    cache = MemberCache(storage)
+    gc.collect()
+    reset = _reset_high_water()
+    baseline = _status_kb("VmRSS")
+    start = time.perf_counter()
+    count = cache.apply(load_json(snapshot_path.read_bytes()))
+    seconds = time.perf_counter() - start
+    peak = _status_kb("VmHWM")
+    cache.close()
+    return {"seconds": seconds, "count": count, "baseline_kb": baseline, "peak_kb": peak,
+            "high_water_reset": reset}
+
+
+def members_apply(members: int) -> dict[str, Any]:
+    with disk_dir("apply") as work:
+        snapshot = work / "members.json"
+        snapshot.write_bytes(member_list(members))
+        storage = work / "storage"
+        storage.mkdir()
+        done = subprocess.run([sys.executable, "-m", "agent.bench.apply", str(snapshot), str(storage)],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"the apply subprocess failed: {done.stderr.strip()[-2000:]}")
+        result = json.loads(done.stdout)
+        if result["count"] != members:
+            raise RuntimeError(f"applied {result['count']} members, expected {members}")
+        return {
+            "members_apply_100k_s": round(result["seconds"] * 100_000 / members, 3),
+            "members_apply_100k_peak_mb": round((result["peak_kb"] - result["baseline_kb"]) / 1024, 1),
+            "members_apply_members": members,
+            "members_apply_snapshot_mb": round(snapshot.stat().st_size / 2**20, 1),
+            "members_apply_fs": fs_type(storage),
+            "members_apply_peak_method": "VmHWM - VmRSS before, fresh subprocess"
+                                         + ("" if result["high_water_reset"] else " (high-water mark not reset)"),
+        }
+
+
+if __name__ == "__main__":
+    print(json.dumps(child(Path(sys.argv[1]), Path(sys.argv[2]))))

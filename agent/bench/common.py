@@ -1,0 +1,226 @@
+"""What every benchmark shares: places to put storage, a machine config, a member
+list of any size, a loopback Mosquitto, percentiles and the machine's description."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+RAM_DIRS = ("/dev/shm", "/run/user/%d" % os.getuid(), "/tmp")
+DISK_DIRS = ("/var/tmp", str(Path.home()), "/tmp")
+
+CONFIG = """
+[machine]
+id = "{id}"
+name = "Benchmark laser"
+induction = "laser"
+[reader]
+type = "simulated"
+[relay]
+pin = 17
+active_high = false
+[storage]
+dir = "{storage}"
+{extra}
+"""
+
+
+# --- places ----------------------------------------------------------------------
+
+def fs_type(path: Path | str) -> str:
+    """The filesystem type of the mount holding `path`, from /proc/mounts ("unknown" elsewhere)."""
+    path = os.path.realpath(path)
+    best, kind = "", "unknown"
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mount = parts[1].replace("\\040", " ")
+                inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, kind = mount, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def _first_dir(candidates: tuple[str, ...], want: Callable[[str], bool]) -> str | None:
+    for candidate in candidates:
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK) and want(fs_type(candidate)):
+            return candidate
+    return None
+
+
+@contextmanager
+def ram_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory on a RAM filesystem (tmpfs), removed afterwards."""
+    base = _first_dir(RAM_DIRS, lambda kind: kind in ("tmpfs", "ramfs"))
+    if base is None:
+        raise RuntimeError("no writable RAM filesystem (tmpfs) found: tried " + ", ".join(RAM_DIRS))
+    path = Path(tempfile.mkdtemp(prefix=f"fabpass-bench-{prefix}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def disk_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory on a real disk (not tmpfs), removed afterwards."""
+    base = _first_dir(DISK_DIRS, lambda kind: kind not in ("tmpfs", "ramfs", "unknown"))
+    base = base or _first_dir(DISK_DIRS, lambda kind: True)
+    path = Path(tempfile.mkdtemp(prefix=f"fabpass-bench-{prefix}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def config_text(storage: Path, machine_id: str = "bench-1", broker_url: str | None = None) -> str:
+    extra = f'[mqtt]\nurl = "{broker_url}"\n' if broker_url else ""
+    return CONFIG.format(id=machine_id, storage=storage, extra=extra)
+
+
+def load_config(storage: Path, broker_url: str | None = None, simulate: bool = True):
+    import dataclasses
+
+    from agent.config import HardwareConfig, parse
+
+    config = parse(config_text(storage, broker_url=broker_url), "bench.toml")
+    return dataclasses.replace(config, hardware=HardwareConfig(simulate=simulate))
+
+
+# --- a member list ------------------------------------------------------------------
+
+def badges_of(index: int) -> tuple[str, str]:
+    """Member `index`'s two badges: a 7-byte ISO 14443 UID and a 4-byte one, all distinct."""
+    return f"04{index:012X}", f"{0x80000000 + index:08X}"
+
+
+def member_list(count: int, version: int = 1) -> bytes:
+    """A JSON snapshot of `count` active members, two badges and three inductions each."""
+    members = []
+    for i in range(count):
+        members.append({
+            "id": f"m-{i:06d}", "name": f"Member {i}", "badges": list(badges_of(i)),
+            "status": "active", "expires": "2099-12-31", "roles": ["staff"] if i % 50 == 0 else [],
+            "inductions": {"laser": None, "cnc": "2099-06-30", "printer": None},
+        })
+    return json.dumps({"v": 1, "version": version, "generated_at": "2026-11-25T09:00:00Z",
+                       "members": members}, separators=(",", ":")).encode()
+
+
+# --- a broker ------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalBroker:
+    """A Mosquitto of our own on a free loopback port, without persistence; `stop()` is idempotent."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not os.path.exists(self.binary):
+            raise RuntimeError("mosquitto is not installed (apt install mosquitto)")
+        self.port = port or free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
+                 "log_dest stderr", "log_type error", "max_queued_messages 0", "max_inflight_messages 0"]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> LocalBroker:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while not _port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mosquitto did not start: {self.log.read_text(errors='replace')}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, step: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
+
+
+# --- figures ---------------------------------------------------------------------------
+
+def percentile(values: list[float], p: float) -> float:
+    """The nearest-rank percentile (p in 0..100) of `values`."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def machine() -> dict[str, object]:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    model = value.strip()
+                    break
+    except OSError:
+        pass
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except OSError:
+        load = None
+    return {"cpu": model, "cores": os.cpu_count(), "arch": platform.machine(),
+            "kernel": platform.release(), "load_1m_at_start": load, "python": sys.version.split()[0]}
