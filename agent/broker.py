@@ -85,12 +85,18 @@ class Broker:
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
 
-def make_client(broker: Broker, client_id: str = "", protocol: int = mqtt.MQTTv5) -> mqtt.Client:
-    """A paho 2.x client (callback API v2) with credentials and TLS from `broker`."""
+def make_client(broker: Broker, client_id: str = "", protocol: int = mqtt.MQTTv5,
+                persistent: bool = False) -> mqtt.Client:
+    """A paho 2.x client (callback API v2) with credentials and TLS from `broker`.
+
+    `persistent` keeps the session for MQTT 3.1.1 (clean session off); with
+    MQTT 5 the session is chosen at connect (clean_start, session expiry).
+    """
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,
+        clean_session=None if protocol == mqtt.MQTTv5 else not persistent,
     )
     if broker.username:
         client.username_pw_set(broker.username, broker.password)

@@ -57,14 +57,8 @@ class AgentLink:
         self.broker = Broker.parse(mc.url).with_credentials(
             mc.username, mc.password_file, mc.ca_file, mc.cert_file, mc.key_file)
         self.topics = topics(mc.topic_prefix, config.machine.id)
-        self.client = make_client(self.broker, f"fabpass-{config.machine.id}")
-        self.client.will_set(self.topics["status"], offline_status(config.machine.id), qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
-        self.client.max_inflight_messages_set(WINDOW)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
+        self.client = self._new_client(mqtt.MQTTv5)
+        self._downgrade = threading.Event()
         self.connected = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -83,14 +77,41 @@ class AgentLink:
         else:
             self._public_key = None
 
+    def _new_client(self, protocol: int) -> mqtt.Client:
+        client = make_client(self.broker, f"fabpass-{self.config.machine.id}", protocol, persistent=True)
+        client.will_set(self.topics["status"], offline_status(self.config.machine.id), qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.max_inflight_messages_set(WINDOW)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.config.mqtt.keepalive,
-                                  clean_start=False, properties=props)
-        self.client.loop_start()
+        self._connect()
         for thread in self._threads:
             thread.start()
+
+    def _connect(self) -> None:
+        keepalive = self.config.mqtt.keepalive
+        if self.client.protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            self.client.connect_async(self.broker.host, self.broker.port, keepalive=keepalive,
+                                      clean_start=False, properties=props)
+        else:
+            self.client.connect_async(self.broker.host, self.broker.port, keepalive=keepalive)
+        self.client.loop_start()
+
+    def _fall_back_to_v311(self) -> None:
+        """The broker refused MQTT 5: reconnect with 3.1.1 (from our thread, not paho's)."""
+        log.warning("broker %s does not speak MQTT 5; using MQTT 3.1.1", self.broker)
+        self.client.loop_stop()
+        self._inflight.clear()  # the old client's queue goes with it; the outbox still has them
+        self._sent_up_to = 0
+        self.client = self._new_client(mqtt.MQTTv311)
+        self._connect()
 
     def close(self) -> None:
         self._stop.set()
@@ -119,6 +140,10 @@ class AgentLink:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
+            if reason_code == "Unsupported protocol version" and client.protocol == mqtt.MQTTv5:
+                self._downgrade.set()
+                self._wake.set()
+                return
             log.error("broker %s refused the connection: %s", self.broker, reason_code)
             return
         self.connected = True
@@ -186,6 +211,9 @@ class AgentLink:
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
+            if self._downgrade.is_set():
+                self._downgrade.clear()
+                self._fall_back_to_v311()
             self._settle_acks(outbox)
             if not self.connected:
                 continue
