@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import tempfile
 import time
@@ -21,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.bench.common import percentile, ram_dir
 from agent.fleet import population as pop
 from agent.fleet.node import SimMachine
 from agent.fleet.sim import SETTLE_S, publish_members, start_machines, wait_for_list
 from agent.fleet.witness import Witness
 from agent.localbroker import LocalBroker
 
-RAM_DIR = Path("/dev/shm")
+QUICK = {"start": 2, "cap": 8, "window_s": 5.0}
 PREFIX = "fabpass-capacity"
 
 
@@ -44,14 +44,6 @@ class Capacity:
                 "fleet_p99_ms": {str(n): round(p, 2) for n, p in self.p99_ms.items()},
                 "fleet_threshold_ms": self.threshold_ms, "fleet_tap_interval_s": self.interval_s,
                 "fleet_cap_reached": self.cap_reached}
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile; inf for no values."""
-    if not values:
-        return math.inf
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
 def _measure(machines: list[SimMachine], badges: list[str], witness: Witness, rng: random.Random,
@@ -76,24 +68,29 @@ def _measure(machines: list[SimMachine], badges: list[str], witness: Witness, rn
     return latencies
 
 
-def capacity(start: int = 10, factor: float = 2.0, cap: int = 160, window_s: float = 20.0,
-             interval_s: float = 10.0, threshold_ms: float = 100.0, seed: int = 1,
-             storage: Path | None = None) -> Capacity:
+def capacity(quick: bool = False, start: int = 10, factor: float = 2.0, cap: int = 320,
+             window_s: float = 20.0, interval_s: float = 10.0, threshold_ms: float = 100.0,
+             seed: int = 1) -> Capacity:
     """Ramp a fleet on a fresh local mosquitto until p99 passes `threshold_ms` or `cap` agents run.
 
+    `quick` (for CI) means 2, 4 and 8 agents for 5 s each (about 20 s in all).
     Agents keep their storage on a RAM filesystem when there is one (each real
     agent has its own SD card; one shared disk would be measured instead of the
-    broker). Quick mode for CI: e.g. `capacity(start=2, cap=4, window_s=3)`.
+    broker).
     """
+    if quick:
+        start, cap, window_s = QUICK["start"], QUICK["cap"], QUICK["window_s"]
     rng = random.Random(seed)
-    root = storage or (RAM_DIR if RAM_DIR.is_dir() and os.access(RAM_DIR, os.W_OK) else None)
     specs = pop.machines(cap)
     tappers = pop.population(rng, max(10, 3 * cap))
     badges = [t.badge for t in tappers]
     p99s: dict[int, float] = {}
     best = 0
-    with tempfile.TemporaryDirectory(prefix="fabpass-capacity-", dir=root) as tmp, \
-            contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
+        try:
+            tmp = stack.enter_context(ram_dir("fleet"))
+        except RuntimeError:  # no tmpfs: the temp dir
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="fabpass-capacity-"))
         (Path(tmp) / "broker").mkdir()
         broker = LocalBroker(Path(tmp) / "broker")
         broker.start()
