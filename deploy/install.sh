@@ -25,6 +25,8 @@ The machine config, written when there is none (or with --force):
   --name TEXT                 a readable name, e.g. "Laser cutter (Trotec)"
   --induction NAME            the induction a member needs (required)
   --reader TYPE               mfrc522 (default), rdm6300, head or simulated
+  --reader-port PORT          the serial port of an rdm6300 or head reader
+                              (default /dev/serial0)
   --relay-pin N               the relay's BCM pin (default 17)
   --active-low | --active-high  how the relay board switches (one is required:
                               most boards are active-low, IN low = relay on)
@@ -55,7 +57,8 @@ src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 root=${FABPASS_ROOT:-/}
 venv_python=${FABPASS_PYTHON:-python3}
 dry_run=false force=false enable_spi=false start=true
-config_file='' machine_id='' machine_name='' induction='' reader=mfrc522 relay_pin=17 active_high=''
+config_file='' machine_id='' machine_name='' induction='' reader=mfrc522 reader_port='' relay_pin=17
+active_high=''
 broker='' password_file='' ca_file=''
 generation_options=()
 
@@ -67,6 +70,7 @@ while [ $# -gt 0 ]; do
         --name) need "$1" $#; machine_name=$2; generation_options+=("$1"); shift 2 ;;
         --induction) need "$1" $#; induction=$2; generation_options+=("$1"); shift 2 ;;
         --reader) need "$1" $#; reader=$2; generation_options+=("$1"); shift 2 ;;
+        --reader-port) need "$1" $#; reader_port=$2; generation_options+=("$1"); shift 2 ;;
         --relay-pin) need "$1" $#; relay_pin=$2; generation_options+=("$1"); shift 2 ;;
         --active-low) active_high=false; generation_options+=("$1"); shift ;;
         --active-high) active_high=true; generation_options+=("$1"); shift ;;
@@ -100,6 +104,7 @@ if [ -n "$induction" ] && ! [[ "$induction" =~ ^[A-Za-z0-9_.-]+$ ]]; then
 fi
 [[ "$machine_name" != *[\"\\[:cntrl:]]* ]] || die "--name: no quotes, backslashes or control characters, please"
 case "$reader" in mfrc522|rdm6300|head|simulated) ;; *) die "--reader '$reader': one of mfrc522, rdm6300, head, simulated" ;; esac
+[[ "$reader_port" =~ ^[A-Za-z0-9_./:-]*$ ]] || die "--reader-port '$reader_port': a device path such as /dev/serial0"
 if ! [[ "$relay_pin" =~ ^[0-9]+$ ]] || [ "$relay_pin" -gt 27 ]; then
     die "--relay-pin '$relay_pin': a BCM GPIO number, 0 to 27"
 fi
@@ -129,8 +134,10 @@ new_config() {
     [ ${#missing[@]} -eq 0 ] || die "no $config yet: give ${missing[*]} (or --config FILE)"
     local name
     name=$(printf '%s' "${machine_name:-$machine_id}" | sed 's/[&|\\]/\\&/g')  # literal in sed
+    local port_line="# port = \"/dev/serial0\"     # rdm6300 and head: the serial device"
+    case "$reader" in rdm6300|head) port_line="port = \"${reader_port:-/dev/serial0}\"" ;; esac
     sed -e "s|@MACHINE_ID@|$machine_id|" -e "s|@MACHINE_NAME@|$name|" \
-        -e "s|@INDUCTION@|$induction|" -e "s|@READER@|$reader|" \
+        -e "s|@INDUCTION@|$induction|" -e "s|@READER@|$reader|" -e "s|^@READER_PORT@$|$port_line|" \
         -e "s|@RELAY_PIN@|$relay_pin|" -e "s|@ACTIVE_HIGH@|$active_high|" "$src/deploy/agent.toml.template"
     if [ -n "$broker" ]; then
         printf '\n[mqtt]\nurl = "%s"\nusername = "%s"\n' "$broker" "$machine_id"
@@ -138,12 +145,36 @@ new_config() {
         [ -z "$ca_file" ] || echo 'ca_file = "/etc/fabpass/ca.crt"'
     fi
 }
-text=''
+# check_config PYTHON: the agent's own loader on $text, so that a config that
+# would not start is refused. Status 1 with the problem on stdout; 3 when this
+# Python lacks one of fabpass's dependencies (before the venv exists).
+check_config() {
+    PYTHONPATH="$src" "$1" -c '
+import sys
+try:
+    from agent.config import ConfigError, parse
+    parse(sys.stdin.read(), "/etc/fabpass/agent.toml")
+except ConfigError as err:
+    print(err)
+    sys.exit(1)
+except ImportError as err:
+    print(err)
+    sys.exit(3)
+' <<<"$text" 2>&1
+}
+venv=$(at /opt/fabpass)
+text='' config_checked=false
 if [ ! -e "$config" ] || $force; then
     text=$(new_config) || exit $?
-    # The agent's own loader, so that a config that would not start is refused now.
-    error=$(PYTHONPATH="$src" python3 -c 'import sys; from agent.config import parse; parse(sys.stdin.read(), sys.argv[1])' \
-        "/etc/fabpass/agent.toml" <<<"$text" 2>&1) || die "the config would not load: ${error##*ConfigError: }"
+    checker=python3
+    [ ! -x "$venv/bin/python" ] || checker=$venv/bin/python
+    status=0
+    problem=$(check_config "$checker") || status=$?
+    case $status in
+        0) config_checked=true ;;
+        3) say "the config is checked once fabpass is installed ($problem here)" ;;
+        *) die "the config would not load: $problem" ;;
+    esac
 fi
 
 # --- doing, or saying what would be done --------------------------------------
@@ -218,10 +249,16 @@ done
 # --- 3. the venv and fabpass ------------------------------------------------------
 
 # --system-site-packages: Debian's python3-lgpio serves gpiozero (Pi 5).
-venv=$(at /opt/fabpass)
 [ -x "$venv/bin/python" ] || run "$venv_python" -m venv --system-site-packages "$venv"
 run "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade "${src}[pi]"
 put 0755 root:root "$(at /opt/fabpass/libexec/relay-off)" <"$src/deploy/relay-off"
+if [ -n "$text" ] && ! $config_checked; then
+    if $dry_run; then
+        echo "would check the config with the installed fabpass"
+    else
+        problem=$(check_config "$venv/bin/python") || die "the config would not load: $problem"
+    fi
+fi
 
 # --- 4. the machine config --------------------------------------------------------
 

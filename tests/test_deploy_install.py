@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +34,10 @@ STUBS = {
     "chown": "",
     "systemctl": "",
     "pip": "",
-    # python3 -m venv --system-site-packages DIR: a venv whose pip is a stub.
+    # python3 -m venv --system-site-packages DIR: a venv whose pip is a stub and whose
+    # python is the one running the tests (it has fabpass's dependencies, as the real venv would).
     "python-for-venv": 'dir=${*: -1}; mkdir -p "$dir/bin"; cp "$(dirname "$0")/pip" "$dir/bin/pip"; '
-                       'printf "#!/bin/sh\\n" >"$dir/bin/python"; chmod +x "$dir/bin/python"',
+                       'printf "#!/bin/sh\\nexec %s \\"\\$@\\"\\n" "$TEST_PYTHON" >"$dir/bin/python"; chmod +x "$dir/bin/python"',
 }
 
 
@@ -52,6 +54,7 @@ class FakeRoot:
             "FABPASS_PYTHON": str(self.stubs / "python-for-venv"),
             "CALLS": str(self.calls_log),
             "FAKE_ROOT": str(self.root),
+            "TEST_PYTHON": sys.executable,
         }
         env.pop("FABPASS_ROOT", None)
         done = subprocess.run([str(INSTALL), "--root", str(self.root), *args],
@@ -228,3 +231,19 @@ def test_deploy_install_refuses_bad_input_before_changing_anything(fake: FakeRoo
     assert done.returncode == 2
     assert message in done.stderr
     assert fake.calls() == [] and fake.snapshot() == before
+
+
+def test_deploy_install_writes_the_port_of_a_serial_reader(fake: FakeRoot) -> None:
+    fake.run("--machine-id", "printer-1", "--induction", "3d", "--active-high", "--reader", "head",
+             "--reader-port", "/dev/ttyACM0")
+    config = load(fake.path("/etc/fabpass/agent.toml"))
+    assert (config.reader.type, config.reader.port) == ("head", "/dev/ttyACM0")
+
+
+def test_deploy_install_checks_the_mqtt_config_with_the_installed_agent(fake: FakeRoot) -> None:
+    """Debian's python3 lacks paho, which the config loader needs for [mqtt]: the
+    check then runs with the venv's Python, still before the config is written."""
+    done = fake.run(*LASER, "--broker", "mqtt://broker.lab:99999", check=False)
+    assert done.returncode == 2
+    assert "mqtt.url" in done.stderr and "port" in done.stderr
+    assert not fake.path("/etc/fabpass/agent.toml").exists()

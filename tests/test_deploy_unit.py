@@ -154,7 +154,7 @@ def test_deploy_relay_off_fails_loudly_on_a_config_it_cannot_read(tools: Path, t
 def test_deploy_relay_off_reads_the_config_install_writes(tools: Path) -> None:
     template = (ROOT / "deploy" / "agent.toml.template").read_text()
     for placeholder, value in {"@MACHINE_ID@": "laser-1", "@MACHINE_NAME@": "Laser", "@INDUCTION@": "laser",
-                               "@READER@": "mfrc522", "@RELAY_PIN@": "26", "@ACTIVE_HIGH@": "false"}.items():
+                               "@READER@": "mfrc522", "@READER_PORT@": "", "@RELAY_PIN@": "26", "@ACTIVE_HIGH@": "false"}.items():
         template = template.replace(placeholder, value)
     stub(tools, "pinctrl")
     done, calls = relay_off(tools, template)
