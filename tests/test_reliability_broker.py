@@ -205,6 +205,10 @@ class SilentServer:
             self.accepted.append(conn)
 
     def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() below; close() alone does not
+        except OSError:
+            pass
         self.sock.close()
         for conn in self.accepted:
             conn.close()
