@@ -12,9 +12,11 @@ import ssl
 import urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
 
 PASSWORD_ENV = "FABPASS_MQTT_PASSWORD"
 
@@ -85,13 +87,17 @@ class Broker:
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
 
-def make_client(broker: Broker, client_id: str = "", protocol: int = mqtt.MQTTv5,
+def make_client(broker: Broker, client_id: str = "", protocol: int | None = None,
                 persistent: bool = False) -> mqtt.Client:
     """A paho 2.x client (callback API v2) with credentials and TLS from `broker`.
 
     `persistent` keeps the session for MQTT 3.1.1 (clean session off); with
     MQTT 5 the session is chosen at connect (clean_start, session expiry).
     """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    protocol = mqtt.MQTTv5 if protocol is None else protocol
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,

@@ -235,6 +235,8 @@ def parse(text: str, path: Path | str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid TOML: nested too deeply") from None
     for name in data:
         if name not in SECTIONS:
             raise ConfigError(f"{where}: [{name}]: unknown section (known: {', '.join(SECTIONS)})")

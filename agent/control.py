@@ -10,6 +10,7 @@ state may talk to it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import socketserver
@@ -17,6 +18,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SOCKET_NAME = "agent.sock"
 MAX_REQUEST = 64 * 1024
@@ -57,6 +60,9 @@ class ControlServer:
                     answer = {"ok": False, "error": str(err), "usage": err.usage}
                 except ValueError as err:
                     answer = {"ok": False, "error": f"bad request: {err}", "usage": True}
+                except Exception as err:  # the agent goes on; the caller hears why
+                    log.exception("control request failed")
+                    answer = {"ok": False, "error": f"the agent could not do it: {err}", "usage": False}
                 self.wfile.write(json.dumps(answer).encode() + b"\n")
 
         self.path.unlink(missing_ok=True)  # left by an agent that crashed

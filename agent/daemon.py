@@ -77,7 +77,7 @@ class Agent:
         self.clock = clock
         self.simulated = config.simulate
         self.pins = pins if pins is not None else pin_factory(self.simulated)
-        config.storage.dir.mkdir(parents=True, exist_ok=True)
+        config.storage.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         # The relay first: off from the first instant.
         self.relay = MachineRelay(config.relay, self.pins)
         self.indicators = Indicators(config.indicators, self.pins)
@@ -191,6 +191,7 @@ class Agent:
                             log.exception("error while handling %s", getattr(fn, "__name__", fn))
                         future.set_exception(err)
             self._input(session.Tick())
+            self._retry_unwritten()
             self.indicators.beat()
             self._ping_watchdog()
 
@@ -285,6 +286,16 @@ class Agent:
         s = state.session
         return {"locked": state.locked,
                 "session": {"member_id": s.member_id, "badge": s.badge, "started": rfc3339(s.started)} if s else None}
+
+    def _retry_unwritten(self) -> None:
+        """Events kept in memory by a full or failing disk go to disk as soon as it takes them."""
+        if self._unwritten:
+            try:
+                self._commit([], self.clock(), self._persisted(self.state))
+            except StorageError:
+                pass
+            else:
+                log.info("the disk accepts events again: the events kept in memory are written")
 
     def _commit(self, records: list[tuple[str, dict[str, Any]]], now: Instant,
                 meta: dict[str, Any] | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,7 @@ def apply_list(cache: MemberCache, outbox: Outbox, load: Callable[[], Any], now:
             outbox.commit([], now, confirmed)
             return ApplyResult(False, version)
         return _rejected(outbox, version, str(err), now)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, sqlite3.Error) as err:
         return _rejected(outbox, getattr(err, "version", None) or version, str(err), now)
     log.info("member list version %d applied: %d members", version, count)
     outbox.commit([("members_updated", {"version": version, "count": count})], now, confirmed)

@@ -204,7 +204,10 @@ class AgentLink:
                 continue
             if not payload:
                 continue  # a cleared retained list
-            self.agent.apply_members(lambda: load_json(payload, self.config.members.public_key))
+            try:
+                self.agent.apply_members(lambda: load_json(payload, self.config.members.public_key))
+            except Exception:  # the sync must outlive any one list (a full disk, say)
+                log.exception("member list not applied")
 
     def _publisher(self) -> None:
         outbox = self.agent.outbox

@@ -340,6 +340,8 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
         raise SnapshotError(f"not valid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
     except ValueError as err:  # a duplicate key, NaN, or a lone surrogate in canonical JSON
         raise SnapshotError(f"not a valid member snapshot: {err}") from None
+    except RecursionError:
+        raise SnapshotError("not a valid member snapshot: nested too deeply") from None
     version = _version(fields)
     if signed is not None and public_key is not None:
         try:
