@@ -192,14 +192,18 @@ class Agent:
                         future.set_exception(err)
             self._input(session.Tick())
             self._retry_unwritten()
-            self.indicators.beat()
-            self._ping_watchdog()
+            self._alive()
 
-    def _ping_watchdog(self) -> None:
-        """Tell systemd the loop is alive, but only while the reader answers too."""
+    def _alive(self) -> None:
+        """Tell the watchdogs the loop is alive, but only while the reader answers too:
+        the dead-man pin toggles each turn (at least once a second), systemd is pinged
+        every half WatchdogSec."""
+        if not self.reader.healthy:
+            return
+        self.indicators.beat()
         interval = self.notifier.watchdog_interval
         mono = self.clock().mono
-        if interval is not None and self.reader.healthy and mono - self._last_ping >= interval:
+        if interval is not None and mono - self._last_ping >= interval:
             self.notifier.watchdog()
             self._last_ping = mono
 

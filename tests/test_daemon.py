@@ -282,3 +282,17 @@ def test_daemon_corrupt_member_cache_is_set_aside(agents, tmp_path):
     assert b.tap(ADA)["action"] == "started"
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(tmp_path / "members.corrupt").execute("SELECT * FROM meta").fetchall()
+
+
+def test_daemon_dead_man_pin_toggles_while_healthy_and_stops_with_the_reader(agents, tmp_path):
+    a = agents(config_text(tmp_path, extra="[indicators]\nheartbeat = 26"))
+    beat = a.pins.pin(26)
+    wait_for(lambda: len(beat.states) >= 4, 10, "the heartbeat to toggle")
+    a.agent.reader._report_health(False, "unplugged")
+    a.agent.call(lambda: None)  # the loop has seen it
+    frozen = len(beat.states)
+    a.agent.call(lambda: None)
+    a.tick()
+    assert len(beat.states) == frozen, "no heartbeat while the reader is dead"
+    a.agent.reader._report_health(True)
+    wait_for(lambda: len(beat.states) > frozen + 1, 10, "the heartbeat to resume")
