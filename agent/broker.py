@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import ssl
+import threading
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +26,10 @@ PASSWORD_ENV = "FABPASS_MQTT_PASSWORD"
 
 class BadBrokerURL(ValueError):
     pass
+
+
+class BrokerUnreachable(ConnectionError):
+    """No connection: the broker is down, unreachable, or refused our credentials."""
 
 
 @dataclass(frozen=True)
@@ -112,3 +119,31 @@ def make_client(broker: Broker, client_id: str = "", protocol: int | None = None
             context.load_cert_chain(broker.cert_file, broker.key_file)
         client.tls_set_context(context)
     return client
+
+
+@contextmanager
+def connected(broker: Broker, client_id: str = "", timeout: float = 15.0) -> Iterator[mqtt.Client]:
+    """A client connected to `broker`, its network loop running, for a short errand;
+    disconnected at the end. Raises BrokerUnreachable."""
+    client = make_client(broker, client_id)
+    answered = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            refused.append(f"broker {broker} refused the connection: {reason_code}")
+        answered.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(broker.host, broker.port, keepalive=30)
+    except OSError as err:
+        raise BrokerUnreachable(f"cannot reach broker {broker}: {err}") from None
+    client.loop_start()
+    try:
+        if not answered.wait(timeout) or refused:
+            raise BrokerUnreachable(refused[0] if refused else f"no answer from broker {broker}")
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -7,27 +7,14 @@ import threading
 import time
 from typing import Any
 
-from agent.broker import Broker, make_client
-
-
-class BrokerUnreachable(ConnectionError):
-    pass
+from agent.broker import Broker, BrokerUnreachable, connected
 
 
 def fleet_status(broker: Broker, prefix: str = "fabpass", quiet: float = 0.5, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The retained status of every machine, sorted by machine id."""
+    """The retained status of every machine, sorted by machine id. Raises BrokerUnreachable."""
     machines: dict[str, dict[str, Any]] = {}
     subscribed = threading.Event()
     last = [time.monotonic()]
-    refused: list[str] = []
-    client = make_client(broker)
-
-    def on_connect(client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            refused.append(str(reason_code))
-            subscribed.set()
-            return
-        client.subscribe(f"{prefix}/machines/+/status", qos=1)
 
     def on_subscribe(client, userdata, mid, reason_codes, properties) -> None:
         last[0] = time.monotonic()
@@ -42,21 +29,14 @@ def fleet_status(broker: Broker, prefix: str = "fabpass", quiet: float = 0.5, ti
         if isinstance(status, dict):
             machines[message.topic.split("/")[-2]] = status
 
-    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
-    try:
-        client.connect(broker.host, broker.port, keepalive=30)
-    except OSError as err:
-        raise BrokerUnreachable(f"cannot reach broker {broker}: {err}") from None
-    client.loop_start()
-    try:
-        if not subscribed.wait(timeout) or refused:
-            raise BrokerUnreachable(f"broker {broker} refused: {refused[0]}" if refused else f"no answer from {broker}")
+    with connected(broker, timeout=timeout) as client:
+        client.on_subscribe, client.on_message = on_subscribe, on_message
+        client.subscribe(f"{prefix}/machines/+/status", qos=1)
+        if not subscribed.wait(timeout):
+            raise BrokerUnreachable(f"broker {broker} did not answer the subscription")
         # Retained messages follow the SUBACK at once; wait until they stop coming.
         while time.monotonic() - last[0] < quiet:
             time.sleep(0.05)
-    finally:
-        client.disconnect()
-        client.loop_stop()
     return [{**machines[k], "machine": machines[k].get("machine", k)} for k in sorted(machines)]
 
 

@@ -80,9 +80,13 @@ def status(config_path: Path | None, broker_url: str | None, password_file: str 
         raise InputError("give either --config FILE (this machine) or --broker URL (the fleet)")
     if broker_url is not None:
         from agent.commands.options import parse_broker
+        from agent.broker import BrokerUnreachable
         from agent.fleetview import fleet_status, format_fleet
 
-        machines = fleet_status(parse_broker(broker_url, password_file), topic_prefix)
+        try:
+            machines = fleet_status(parse_broker(broker_url, password_file), topic_prefix)
+        except BrokerUnreachable as err:
+            raise RuntimeFailure(str(err)) from None
         print_json(machines) if as_json else click.echo(format_fleet(machines))
         return
     result = _ask(config_path, {"op": "status"})
