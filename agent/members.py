@@ -9,6 +9,7 @@ reopen. A lookup is one indexed query on the badge.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -59,6 +60,45 @@ class CacheInfo:
 
 def _date(text: str | None) -> dt.date | None:
     return dt.date.fromisoformat(text) if text else None
+
+
+# A list repeats the same few role sets and induction maps many times: decode and
+# encode each distinct one once (a lookup copies the dict it hands out).
+@functools.lru_cache(maxsize=1024)
+def _roles(text: str) -> frozenset[str]:
+    return frozenset(json.loads(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _inductions(text: str) -> dict[str, dt.date | None]:
+    return {k: _date(v) for k, v in json.loads(text).items()}
+
+
+class _Encoder:
+    """Roles and inductions as stored, memoised per distinct value (bounded)."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._roles: dict[frozenset[str], str] = {}
+        self._inductions: dict[tuple, str] = {}
+
+    def roles(self, roles: frozenset[str]) -> str:
+        text = self._roles.get(roles)
+        if text is None:
+            text = json.dumps(sorted(roles))
+            if len(self._roles) < self.LIMIT:
+                self._roles[roles] = text
+        return text
+
+    def inductions(self, inductions: dict[str, dt.date | None]) -> str:
+        key = tuple(inductions.items())
+        text = self._inductions.get(key)
+        if text is None:
+            text = json.dumps({k: v.isoformat() if v else None for k, v in inductions.items()})
+            if len(self._inductions) < self.LIMIT:
+                self._inductions[key] = text
+        return text
 
 
 class MemberCache:
@@ -115,8 +155,7 @@ class MemberCache:
         member_id, name, status, expires, roles, inductions = row
         return Member(
             id=member_id, name=name, status=status, expires=_date(expires),
-            roles=frozenset(json.loads(roles)),
-            inductions={k: _date(v) for k, v in json.loads(inductions).items()},
+            roles=_roles(roles), inductions=dict(_inductions(inductions)),
         )
 
     def info(self) -> CacheInfo:
@@ -165,13 +204,13 @@ class MemberCache:
             conn.execute("BEGIN")
             count = 0
             members, badges = [], []
+            encode = _Encoder()
             for member in snapshot.members():
                 count += 1
                 members.append((
                     member.id, member.name, member.status,
                     member.expires.isoformat() if member.expires else None,
-                    json.dumps(sorted(member.roles)),
-                    json.dumps({k: v.isoformat() if v else None for k, v in member.inductions.items()}),
+                    encode.roles(member.roles), encode.inductions(member.inductions),
                 ))
                 badges.extend((badge, member.id) for badge in member.badges)
                 if len(members) >= BATCH:
