@@ -121,3 +121,11 @@ def test_fleet_capacity_quick_serves_some_agents() -> None:
     assert set(result.p99_ms) <= {2, 3} and 2 in result.p99_ms
     assert all(math.isfinite(p) and p > 0 for p in result.p99_ms.values())
     assert result.as_dict()["fleet_agents_per_broker"] == result.agents
+
+
+def test_fleet_refuses_more_machines_than_one_process_hosts() -> None:
+    from agent.fleet.node import MAX_AGENTS
+
+    result = CliRunner().invoke(main, ["fleet", "--machines", str(MAX_AGENTS + 1), "--duration", "2"])
+    assert result.exit_code == 2
+    assert f"at most {MAX_AGENTS}" in result.output

@@ -31,7 +31,7 @@ def _summary(r: dict) -> list[str]:
 
 
 @click.command()
-@click.option("--machines", type=click.IntRange(1, 1000), required=True, help="How many simulated agents.")
+@click.option("--machines", type=click.IntRange(1), required=True, help="How many simulated agents.")
 @click.option("--duration", type=click.FloatRange(1, 86400), required=True, metavar="SECONDS",
               help="How long members tap.")
 @click.option("--broker", "broker_url", metavar="URL",
@@ -57,8 +57,12 @@ def fleet(machines: int, duration: float, broker_url: str | None, password_file:
     """
     from agent.broker import BadBrokerURL, Broker
     from agent.fleet import FleetOptions, run_fleet
+    from agent.fleet.node import MAX_AGENTS
     from agent.localbroker import BrokerNotInstalled
 
+    if machines > MAX_AGENTS:
+        raise InputError(f"--machines: at most {MAX_AGENTS} (the agents share one process, and its MQTT "
+                         "client cannot wait on more sockets than that)")
     if broker_url is not None:
         try:
             Broker.parse(broker_url)

@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.bench.common import percentile, ram_dir
 from agent.fleet import population as pop
-from agent.fleet.node import SimMachine
+from agent.fleet.node import MAX_AGENTS, SimMachine
 from agent.fleet.sim import SETTLE_S, publish_members, start_machines, wait_for_list
 from agent.fleet.witness import Witness
 from agent.localbroker import LocalBroker
@@ -68,7 +68,7 @@ def _measure(machines: list[SimMachine], badges: list[str], witness: Witness, rn
     return latencies
 
 
-def capacity(quick: bool = False, start: int = 10, factor: float = 2.0, cap: int = 320,
+def capacity(quick: bool = False, start: int = 10, factor: float = 2.0, cap: int = MAX_AGENTS,
              window_s: float = 20.0, interval_s: float = 10.0, threshold_ms: float = 100.0,
              seed: int = 1) -> Capacity:
     """Ramp a fleet on a fresh local mosquitto until p99 passes `threshold_ms` or `cap` agents run.
@@ -80,6 +80,7 @@ def capacity(quick: bool = False, start: int = 10, factor: float = 2.0, cap: int
     """
     if quick:
         start, cap, window_s = QUICK["start"], QUICK["cap"], QUICK["window_s"]
+    cap = min(cap, MAX_AGENTS)
     rng = random.Random(seed)
     specs = pop.machines(cap)
     tappers = pop.population(rng, max(10, 3 * cap))

@@ -34,6 +34,10 @@ topic_prefix = {prefix}
 dir = {storage}
 """
 
+# How many agents one process can host: paho waits on its socket with select(), which
+# fails for descriptors above 1023, and each agent holds about 14 (SQLite files, sockets).
+MAX_AGENTS = 60
+
 
 class FlushingLink(AgentLink):
     """An AgentLink that, when the agent stops, first gives its outbox up to `flush_s` to

@@ -25,7 +25,7 @@ from typing import Any
 from agent.broker import Broker
 from agent.fleet import population as pop
 from agent.fleet.check import RelayFault, check
-from agent.fleet.node import SimMachine
+from agent.fleet.node import MAX_AGENTS, SimMachine
 from agent.fleet.witness import Witness
 from agent.localbroker import LocalBroker
 from agent.logbook.collector import Collector
@@ -183,7 +183,12 @@ def wait_for_list(machines: list[SimMachine], version: int) -> None:
 
 
 def run_fleet(options: FleetOptions, say: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Run the simulation and the check; returns the report (see docs/fleet.md)."""
+    """Run the simulation and the check; returns the report (see docs/fleet.md).
+
+    ValueError for more machines than one process can host (MAX_AGENTS).
+    """
+    if not 1 <= options.machines <= MAX_AGENTS:
+        raise ValueError(f"machines: 1 to {MAX_AGENTS} (the agents share one process)")
     began = time.monotonic()
     rng = random.Random(options.seed)
     specs = pop.machines(options.machines)
