@@ -13,6 +13,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ def offline_status(machine: str) -> bytes:
 
 
 class AgentLink:
+    drain_s = 5.0  # at close, while connected
     @classmethod
     def factory(cls, config: Config) -> Callable[[Agent], AgentLink]:
         return lambda agent: cls(agent, config)
@@ -114,6 +116,13 @@ class AgentLink:
         self._connect()
 
     def close(self) -> None:
+        """Give the outbox up to `drain_s` to reach a connected broker (the shutdown's own
+        `session_ended` and `agent_stopped`), then disconnect; what is left waits in the
+        outbox for the next start."""
+        deadline = time.monotonic() + self.drain_s
+        while self.connected and self.agent.outbox.depth and time.monotonic() < deadline:
+            self._wake.set()
+            self._stop.wait(0.02)
         self._stop.set()
         self._wake.set()
         for thread in self._threads:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.agent_support import ADA, GRACE, AgentProcess, config_text, members_json
+from tests.agent_support import ADA, GRACE, AgentProcess, config_text, members_json, read_events
 from tests.helpers import Collector, publish, read_line, wait_for
 
 
@@ -241,3 +241,16 @@ def test_mqtt_fleet_status_and_logs_tail(stack):
     finally:
         tail.send_signal(signal.SIGINT)
         assert tail.wait(10) == 0
+
+
+def test_mqtt_a_clean_stop_delivers_its_own_last_events(stack):
+    events = stack.collect("fabpass/machines/+/events")
+    agent = stack.agent()
+    publish(stack.broker.port, "fabpass/members", members_json(), retain=True)
+    wait_for(lambda: agent.ask({"op": "status"})["members_version"] == 1, 10, "the list")
+    agent.ask({"op": "tap", "badge": ADA})
+    assert agent.kill(signal.SIGTERM) == 0
+    # The broker acknowledged them before the agent exited; the subscriber gets them soon after.
+    wait_for(lambda: [e["type"] for e in stack.events(events)][-2:] == ["session_ended", "agent_stopped"], 10,
+             "the shutdown's events without a restart")
+    assert read_events(stack.storage) == [], "nothing left in the outbox"
