@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Mosquitto
+from agent.localbroker import LocalBroker as Mosquitto
 
 
 @pytest.fixture

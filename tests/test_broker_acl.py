@@ -24,7 +24,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.broker import Broker, make_client
-from tests.helpers import Mosquitto, free_port, port_open, wait_for
+from agent.localbroker import LocalBroker as Mosquitto
+from tests.helpers import free_port, port_open, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ACL = ROOT / "deploy" / "mosquitto" / "acl"
