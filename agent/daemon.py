@@ -96,7 +96,6 @@ class Agent:
         self._members_lock = threading.Lock()
         self.link = link_factory(self) if link_factory else None
         self.control: ControlServer | None = None
-        self.loop_thread: threading.Thread | None = None
         self.started = threading.Event()
         self.notifier = Notifier.from_env()
         self._last_ping = float("-inf")
@@ -115,7 +114,6 @@ class Agent:
 
     def run(self) -> int:
         """Run until stop() or SIGTERM/SIGINT; the relay is off on every way out."""
-        self.loop_thread = threading.current_thread()
         try:
             self._start()
             self.started.set()
@@ -139,14 +137,14 @@ class Agent:
         now = self.clock()
         self._recover(now)
         self._commit([("agent_started", {"agent_version": __version__})], now)
+        running = False
         if self.config.sensor.pin is not None:
             self.sensor = DigitalInputDevice(self.config.sensor.pin, pull_up=None,
                                              active_state=self.config.sensor.active_high, pin_factory=self.pins)
             self.sensor.when_activated = lambda: self.submit(self._input, session.Running(True))
             self.sensor.when_deactivated = lambda: self.submit(self._input, session.Running(False))
-            self.state = session.State(running=bool(self.sensor.value))
-        self.state = session.State(locked=self.state.locked or bool(self.outbox.get("locked", False)),
-                                   running=self.state.running, since=now.wall)
+            running = bool(self.sensor.value)
+        self.state = session.State(locked=bool(self.outbox.get("locked", False)), running=running, since=now.wall)
         self.reader.start(lambda badge: self.submit(self._tap, badge), self._reader_health)
         self.control = ControlServer(self.config.storage.dir, self._control)
         self.control.start()
