@@ -28,6 +28,8 @@ def table(figures: dict) -> str:
         shown = _value(value)
         if key == "outbox_commit_p99_ms":
             shown += f" ({figures.get('outbox_commit_fs')})"
+        if key == "fleet_agents_per_broker" and figures.get("fleet_cap_reached"):
+            shown = f"≥ {shown} (cap)"
         rows.append((key, shown, target_text(key), verdict(key, value)))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -35,6 +37,7 @@ def table(figures: dict) -> str:
     lines += ["", "details: " + ", ".join(f"{k}={_value(v)}" for k, v in figures.items()
                                           if k not in FIGURES and not isinstance(v, dict)
                                           and k not in ("quick", "python"))]
+    lines += ["seconds: " + ", ".join(f"{name} {s}" for name, s in figures.get("seconds", {}).items())]
     return "\n".join(lines)
 
 
