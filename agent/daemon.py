@@ -312,7 +312,8 @@ class Agent:
     # -- members -------------------------------------------------------------------
 
     def _list_stale(self) -> bool:
-        return membersync.is_stale(self.config.members.max_list_age, self.members_age())
+        max_age = self.config.members.max_list_age
+        return max_age is not None and membersync.is_stale(max_age, self.members_age())
 
     def members_age(self) -> float | None:
         return membersync.list_age(self.outbox, self.clock().wall)

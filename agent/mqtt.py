@@ -214,7 +214,8 @@ class AgentLink:
             if not payload:
                 continue  # a cleared retained list
             try:
-                self.agent.apply_members(lambda: load_json(payload, self.config.members.public_key))
+                self.agent.apply_members(
+                    lambda: load_json(payload, self.config.members.public_key, check_members=False))
             except Exception:  # the sync must outlive any one list (a full disk, say)
                 log.exception("member list not applied")
 

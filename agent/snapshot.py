@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from agent.model import BadBadge, Member, normalise_list_badge
-from agent.signing import SignatureError, canonical_json, load_public_key, sign, verify_bytes
+
+if TYPE_CHECKING:  # signing (and cryptography, 6 MB of RSS) is imported only where a key is used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 MAX_BYTES = 32 * 1024 * 1024
 FORMAT_VERSION = 1
@@ -289,11 +289,15 @@ class _Signed:
         self.members = bytearray()
 
     def add(self, index: int, raw: Any) -> None:
+        from agent.signing import canonical_json
+
         if index:
             self.members += b","
         self.members += canonical_json(raw)
 
     def verify(self, fields: dict[str, Any], public_key: Ed25519PublicKey) -> None:
+        from agent.signing import canonical_json, verify_bytes
+
         others = {k: v for k, v in fields.items() if k != "sig"}
         head = [canonical_json(k) + b":" + canonical_json(v) for k, v in sorted(others.items()) if k < "members"]
         tail = [canonical_json(k) + b":" + canonical_json(v) for k, v in sorted(others.items()) if k > "members"]
@@ -303,10 +307,16 @@ class _Signed:
         verify_bytes(self.members, fields.get("sig"), public_key)
 
 
-def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = None) -> Snapshot:
+def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = None,
+              check_members: bool = True) -> Snapshot:
     """Parse and validate a JSON snapshot. With `public_key`, it must carry a valid `sig`.
 
     `public_key` is the base64 of signing.pub (or an already loaded key).
+    With `check_members` false, loading checks the structure (and signature)
+    only, and each member is validated as `members()` yields it, raising
+    SnapshotError at the first bad one: for a caller that consumes the members
+    all-or-nothing anyway (the cache writes a new file and renames it only at
+    the end), this reads the list once instead of twice.
     """
     _check_size(data)
     if isinstance(data, (bytes, bytearray)):
@@ -316,6 +326,8 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
             raise SnapshotError(f"not UTF-8 (byte {err.start})") from None
     else:
         text = data
+    if public_key is not None:
+        from agent.signing import SignatureError, load_public_key
     if isinstance(public_key, str):
         try:
             public_key = load_public_key(public_key)
@@ -325,10 +337,13 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
     unique = _Unique()
     first_error: list[str] = []
 
+    seen = [0]
+
     def on_member(index: int, raw: Any) -> None:
+        seen[0] += 1
         if signed is not None:
             signed.add(index, raw)
-        if not first_error:
+        if check_members and not first_error:
             try:
                 unique.add(_member(raw))
             except ValueError as err:
@@ -355,13 +370,17 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
     start = members_at
 
     def members() -> Iterator[Member]:
+        again = _Unique()
         for index, raw in enumerate(_raw_members(text, start)):
             try:
-                yield _member(raw)
-            except ValueError as err:  # validated when loaded, so only if the checks disagree
+                member = _member(raw)
+                if not check_members:
+                    again.add(member)
+            except ValueError as err:
                 raise SnapshotError(f"{_where_json(index, raw)}: {err}", version) from None
+            yield member
 
-    return Snapshot(version, fields.get("generated_at"), len(unique.ids), members)
+    return Snapshot(version, fields.get("generated_at"), seen[0], members)
 
 
 def to_json(snapshot: Snapshot, sign_key: Ed25519PrivateKey | None = None) -> bytes:
@@ -370,6 +389,8 @@ def to_json(snapshot: Snapshot, sign_key: Ed25519PrivateKey | None = None) -> by
                            "generated_at": snapshot.generated_at,
                            "members": [_member_json(m) for m in snapshot.members()]}
     if sign_key is not None:
+        from agent.signing import sign
+
         obj = sign(obj, sign_key)
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 

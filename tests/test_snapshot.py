@@ -383,3 +383,18 @@ def test_snapshot_100k_members_peak_memory_bounded() -> None:
           f"{elapsed:.1f} s under tracemalloc")
     assert count == snap.count == 100_000
     assert peak < 120 * 2**20
+
+
+def test_snapshot_unchecked_load_validates_each_member_as_it_is_read():
+    good = {"id": "m-1", "name": "A", "badges": ["04A1B2C3"], "status": "active", "expires": None,
+            "roles": [], "inductions": {}}
+    for bad, message in (({**good, "id": "m-2", "expires": "tomorrow"}, "expires"),
+                         ({**good, "badges": ["DEADBEEF"]}, "id")):
+        data = json.dumps({"v": 1, "version": 3, "members": [good, bad]}).encode()
+        snapshot = load_json(data, check_members=False)
+        assert snapshot.count == 2 and snapshot.version == 3
+        reader = snapshot.members()
+        assert next(reader).id == "m-1"
+        with pytest.raises(SnapshotError, match=message) as info:
+            next(reader)
+        assert str(info.value).startswith("members[1]") and info.value.version == 3
