@@ -319,9 +319,18 @@ class Agent:
         return membersync.list_age(self.outbox, self.clock().wall)
 
     def apply_members(self, load: Callable[[], Any]) -> dict[str, Any]:
-        """Apply a list off the loop, so taps go on from the old one until it is in place."""
+        """Apply a list parsed by `load` (a file being imported), in this process."""
+        return self._apply(lambda: membersync.apply_here(self.cache, load, self.hasher))
+
+    def apply_published(self, payload: bytes) -> dict[str, Any]:
+        """Apply a list from the broker in a child process, so taps never wait for it."""
+        members = self.config.members
+        return self._apply(lambda: membersync.apply_in_child(
+            self.config.storage.dir, payload, members.public_key, members.badge_hash_key_file))
+
+    def _apply(self, apply: Callable[[], membersync.Applied]) -> dict[str, Any]:
         with self._members_lock:
-            result = membersync.apply_list(self.cache, self.outbox, load, self.clock().wall, self.hasher)
+            result = membersync.apply_list(self.outbox, apply, self.clock().wall)
         if self.link is not None:
             self.link.wake()
         if result.applied:

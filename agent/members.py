@@ -47,7 +47,7 @@ class VersionNotNewer(ValueError):
     """The list's version is not above the cached one."""
 
     def __init__(self, version: int, cached: int) -> None:
-        self.same = version == cached
+        self.version, self.cached, self.same = version, cached, version == cached
         super().__init__(f"version {version} is not newer than the cached version {cached}")
 
 

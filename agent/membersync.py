@@ -6,10 +6,14 @@ outcome is recorded as an event."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent.badgehash import BadgeHasher
@@ -32,30 +36,74 @@ class ApplyResult:
         return {"applied": self.applied, "version": self.version, "count": self.count, "error": self.error}
 
 
-def apply_list(cache: MemberCache, outbox: Outbox, load: Callable[[], Any], now: dt.datetime,
-               hasher: BadgeHasher | None = None) -> ApplyResult:
-    """Parse with `load` (raises ValueError naming the problem) and apply; record the outcome.
+@dataclass(frozen=True)
+class Applied:
+    version: int
+    count: int
 
-    With `hasher`, the cache keeps only the keyed hashes of the list's badges.
+
+class ListError(ValueError):
+    """A list that was refused; `version` when it was readable."""
+
+    def __init__(self, message: str, version: int | None) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+def apply_here(cache: MemberCache, load: Callable[[], Any], hasher: BadgeHasher | None = None) -> Applied:
+    """Parse with `load` and write the cache in this process.
+
+    Raises VersionNotNewer, or ValueError/OSError/sqlite3.Error for a list
+    that cannot be applied (then the cache is untouched). With `hasher`, the
+    cache keeps only the keyed hashes of the list's badges.
     """
-    version = None
+    snapshot = load()
+    if hasher is not None:
+        snapshot = hasher.snapshot(snapshot)
+    return Applied(snapshot.version, cache.apply(snapshot))
+
+
+def apply_in_child(directory: Path, payload: bytes, public_key: str | None = None,
+                   hash_key_file: str | None = None, timeout: float = 600.0) -> Applied:
+    """The same, in a child process (`python -m agent.applier`): parsing 100,000
+    members holds the GIL for seconds, and taps must not wait for it."""
+    command = [sys.executable, "-m", "agent.applier", str(directory)]
+    if public_key:
+        command += ["--public-key", public_key]
+    if hash_key_file:
+        command += ["--hash-key-file", hash_key_file]
+    try:
+        child = subprocess.run(command, input=payload, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise OSError(f"applying the member list took over {timeout:.0f} s") from None
+    try:
+        answer = json.loads(child.stdout)
+    except ValueError:
+        raise OSError(f"the list applier failed: {child.stderr.decode(errors='replace')[-500:]}") from None
+    if "cached" in answer:
+        raise VersionNotNewer(answer["version"], answer["cached"])
+    if "error" in answer:
+        raise ListError(answer["error"], answer.get("version"))
+    return Applied(answer["version"], answer["count"])
+
+
+def apply_list(outbox: Outbox, apply: Callable[[], Applied], now: dt.datetime) -> ApplyResult:
+    """Apply a list with `apply` (apply_here or apply_in_child) and record the outcome:
+    the version must grow, the same version again only confirms the list, a bad
+    list changes nothing."""
     confirmed = {CONFIRMED_KEY: now.timestamp()}
     try:
-        snapshot = load()
-        if hasher is not None:
-            snapshot = hasher.snapshot(snapshot)
-        version = snapshot.version
-        count = cache.apply(snapshot)
+        applied = apply()
     except VersionNotNewer as err:
         if err.same:  # a retained list delivered again: it is still current
             outbox.commit([], now, confirmed)
-            return ApplyResult(False, version)
-        return _rejected(outbox, version, str(err), now)
+            return ApplyResult(False, err.version)
+        return _rejected(outbox, err.version, str(err), now)
     except (ValueError, OSError, sqlite3.Error) as err:
-        return _rejected(outbox, getattr(err, "version", None) or version, str(err), now)
-    log.info("member list version %d applied: %d members", version, count)
-    outbox.commit([("members_updated", {"version": version, "count": count})], now, confirmed)
-    return ApplyResult(True, version, count)
+        return _rejected(outbox, getattr(err, "version", None), str(err), now)
+    log.info("member list version %d applied: %d members", applied.version, applied.count)
+    outbox.commit([("members_updated", {"version": applied.version, "count": applied.count})], now, confirmed)
+    return ApplyResult(True, applied.version, applied.count)
 
 
 def _rejected(outbox: Outbox, version: int | None, error: str, now: dt.datetime) -> ApplyResult:

@@ -204,8 +204,6 @@ class AgentLink:
     # -- our threads ---------------------------------------------------------------------
 
     def _list_worker(self) -> None:
-        from agent.snapshot import load_json
-
         while not self._stop.is_set():
             try:
                 payload = self._lists.get(timeout=0.5)
@@ -214,8 +212,7 @@ class AgentLink:
             if not payload:
                 continue  # a cleared retained list
             try:
-                self.agent.apply_members(
-                    lambda: load_json(payload, self.config.members.public_key, check_members=False))
+                self.agent.apply_published(payload)
             except Exception:  # the sync must outlive any one list (a full disk, say)
                 log.exception("member list not applied")
 

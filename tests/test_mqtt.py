@@ -247,10 +247,27 @@ def test_mqtt_a_clean_stop_delivers_its_own_last_events(stack):
     events = stack.collect("fabpass/machines/+/events")
     agent = stack.agent()
     publish(stack.broker.port, "fabpass/members", members_json(), retain=True)
-    wait_for(lambda: agent.ask({"op": "status"})["members_version"] == 1, 10, "the list")
+    wait_for(lambda: stack.events(events, "members_updated"), 10, "the list")
     agent.ask({"op": "tap", "badge": ADA})
     assert agent.kill(signal.SIGTERM) == 0
     # The broker acknowledged them before the agent exited; the subscriber gets them soon after.
     wait_for(lambda: [e["type"] for e in stack.events(events)][-2:] == ["session_ended", "agent_stopped"], 10,
              "the shutdown's events without a restart")
     assert read_events(stack.storage) == [], "nothing left in the outbox"
+
+
+def test_mqtt_list_applied_in_a_child_process_leaves_taps_running(stack):
+    """The applier runs as `python -m agent.applier`; the agent only sees the renamed file."""
+    events = stack.collect("fabpass/machines/+/events")
+    agent = stack.agent()
+    publish(stack.broker.port, "fabpass/members", members_json(version=2), retain=True)
+    wait_for(lambda: stack.events(events, "members_updated"), 10, "the list")
+    members = json.loads(members_json())["members"] + [
+        {"id": f"m-{i}", "name": "x", "badges": [f"{i:08X}"], "status": "active", "expires": None,
+         "roles": [], "inductions": {"laser": None}} for i in range(20_000)]
+    publish(stack.broker.port, "fabpass/members", members_json(version=3, members=members), retain=True)
+    answers = []
+    while agent.ask({"op": "status"})["members_version"] != 3:
+        answers.append(agent.ask({"op": "tap", "badge": ADA})["action"])
+    assert set(answers) <= {"started", "ended"}, "the old list answered every tap during the apply"
+    wait_for(lambda: [e["count"] for e in stack.events(events, "members_updated")] == [4, 20_004], 20, "the event")

@@ -86,9 +86,8 @@ class TimedAgent:
 
 
 def _apply(agent: Any, payload: bytes) -> dict[str, Any]:
-    from agent.snapshot import load_json
-
-    result = agent.apply_members(lambda: load_json(payload))
+    """As a list from the broker is applied: in a child process."""
+    result = agent.apply_published(payload)
     if not result["applied"]:
         raise RuntimeError(f"the member list was not applied: {result['error']}")
     return result

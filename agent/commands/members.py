@@ -52,7 +52,7 @@ def import_(file: Path, config_path: Path, version: int | None) -> None:
     from agent.control import ControlError, NotRunning, request
     from agent.daemon import OUTBOX_FILE
     from agent.members import MemberCache
-    from agent.membersync import apply_list
+    from agent.membersync import apply_here, apply_list
     from agent.outbox import Outbox
 
     config = load_config(config_path)
@@ -69,8 +69,9 @@ def import_(file: Path, config_path: Path, version: int | None) -> None:
         outbox = Outbox(config.storage.dir / OUTBOX_FILE, config.machine.id)
         cache = MemberCache(config.storage.dir)
         try:
-            result = apply_list(cache, outbox, lambda: _load(file, version, config.members.public_key),
-                                dt.datetime.now(dt.timezone.utc), _hasher(config)).as_dict()
+            load = lambda: _load(file, version, config.members.public_key)  # noqa: E731
+            result = apply_list(outbox, lambda: apply_here(cache, load, _hasher(config)),
+                                dt.datetime.now(dt.timezone.utc)).as_dict()
         finally:
             cache.close()
             outbox.close()
