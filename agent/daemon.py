@@ -141,11 +141,11 @@ class Agent:
         if self.config.sensor.pin is not None:
             self.sensor = DigitalInputDevice(self.config.sensor.pin, pull_up=None,
                                              active_state=self.config.sensor.active_high, pin_factory=self.pins)
-            self.sensor.when_activated = lambda: self.submit(self._input, session.Running(True))
-            self.sensor.when_deactivated = lambda: self.submit(self._input, session.Running(False))
+            self.sensor.when_activated = lambda: self.submit(self.handle, session.Running(True))
+            self.sensor.when_deactivated = lambda: self.submit(self.handle, session.Running(False))
             running = bool(self.sensor.value)
         self.state = session.State(locked=bool(self.outbox.get("locked", False)), running=running, since=now.wall)
-        self.reader.start(lambda badge: self.submit(self._tap, badge), self._reader_health)
+        self.reader.start(lambda badge: self.submit(self.tap, badge), self._reader_health)
         self.control = ControlServer(self.config.storage.dir, self._control)
         self.control.start()
         if self.link is not None:
@@ -156,7 +156,7 @@ class Agent:
                  self.config.reader.type, self.config.relay.pin,
                  "active-high" if self.config.relay.active_high else "active-low",
                  info.version, info.count, f"broker {self.link.broker}" if self.link else "no broker")
-        self._status_changed()
+        self.status_changed()
 
     def _recover(self, now: Instant) -> None:
         """A session left open by a crash or power cut is closed as ended at restart."""
@@ -188,7 +188,7 @@ class Agent:
                         if not isinstance(err, ControlError):
                             log.exception("error while handling %s", getattr(fn, "__name__", fn))
                         future.set_exception(err)
-            self._input(session.Tick())
+            self.handle(session.Tick())
             self._retry_unwritten()
             self._alive()
 
@@ -208,7 +208,7 @@ class Agent:
     def _shutdown(self) -> None:
         self.relay.switch(False)
         try:
-            self._input(session.Shutdown())
+            self.handle(session.Shutdown())
             self._commit([("agent_stopped", {"agent_version": __version__})], self.clock())
         except Exception:
             log.exception("error while recording the shutdown")
@@ -230,10 +230,10 @@ class Agent:
         """How this agent stores and reports a badge: the UID, or its keyed hash."""
         return self.hasher(uid) if self.hasher else uid
 
-    def _tap(self, uid: str) -> dict[str, Any]:
+    def tap(self, uid: str) -> dict[str, Any]:
         badge = self.badge_key(uid)
         member = self.cache.lookup(badge)
-        outcome = self._input(Tap(badge, member, self._list_stale(), self.clock_status.synchronised()))
+        outcome = self.handle(Tap(badge, member, self._list_stale(), self.clock_status.synchronised()))
         assert outcome is not None
         shown = f"{badge[:12]}…" if self.hasher else badge
         if outcome.action == "refused":
@@ -243,7 +243,7 @@ class Agent:
                      "on" if outcome.relay else "off")
         return outcome.as_dict()
 
-    def _input(self, event: session.Input) -> Outcome | None:
+    def handle(self, event: session.Input) -> Outcome | None:
         now = self.clock()
         step = session.handle(self.state, event, now, self.machine)
         return self._carry_out(step, event, now)
@@ -276,7 +276,7 @@ class Agent:
             elif isinstance(action, Indicate):
                 self._show(action.signal)
         if relabel:
-            self._status_changed()
+            self.status_changed()
         return step.outcome
 
     def _show(self, sig: Signal) -> None:
@@ -334,7 +334,7 @@ class Agent:
         if self.link is not None:
             self.link.wake()
         if result.applied:
-            self.submit(self._status_changed)
+            self.submit(self.status_changed)
         return result.as_dict()
 
     # -- remote commands -----------------------------------------------------------
@@ -347,7 +347,7 @@ class Agent:
             "end_session": lambda: session.EndSession(by, reason),
         }[kind]()
         log.info("command %s by %s: %s", kind, by, reason or "-")
-        self._input(event)
+        self.handle(event)
 
     def reject_command(self, error: str) -> None:
         log.warning("command rejected: %s", error)
@@ -376,7 +376,7 @@ class Agent:
             "simulated": self.simulated,
         }
 
-    def _status_changed(self) -> None:
+    def status_changed(self) -> None:
         if self.link is not None:
             self.link.publish_status(self.status())
 
@@ -386,7 +386,7 @@ class Agent:
         else:
             log.error("reader not answering: %s", detail)
         self.submit(self._show, Signal.IDLE if ok else Signal.OFFLINE)
-        self.submit(self._status_changed)
+        self.submit(self.status_changed)
 
     def _control(self, request: dict[str, Any]) -> Any:
         op = request.get("op")
@@ -404,7 +404,7 @@ class Agent:
             if not self.simulated:
                 raise ControlError("this agent runs real hardware: taps come from its reader "
                                    "(start it with --simulate to tap from the command line)", usage=True)
-            return self.call(self._tap, badge)
+            return self.call(self.tap, badge)
         if op == "import":
             from agent.snapshot import load_file
 

@@ -129,7 +129,7 @@ def run_demo(echo: Callable[[str], None], broker_url: str | None = None) -> int:
         for minutes, kind, arg in SCRIPT:
             clock.advance_to(start, minutes)
             if kind == "tap":
-                answer = agent.call(agent._tap, arg)
+                answer = agent.call(agent.tap, arg)
                 who = NAMES.get(arg, "unknown badge")
                 head = f"{stamp()}  {who:<14} taps {arg:<15}"
                 if answer["action"] == "refused":

@@ -161,7 +161,7 @@ class AgentLink:
         if self.agent.simulated:
             subscriptions.append((self.topics["sim_tap"], 1))
         client.subscribe(subscriptions)
-        self.agent.submit(self.agent._status_changed)
+        self.agent.submit(self.agent.status_changed)
         self._wake.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -191,7 +191,7 @@ class AgentLink:
             except BadBadge as err:
                 log.warning("sim/tap ignored: %s", err)
                 return
-            self.agent.submit(self.agent._tap, badge)
+            self.agent.submit(self.agent.tap, badge)
 
     def _command(self, payload: bytes) -> None:
         try:

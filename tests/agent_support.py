@@ -101,13 +101,13 @@ class RunningAgent:
         assert self.agent.started.wait(10), "agent did not start"
 
     def tap(self, badge: str) -> dict[str, Any]:
-        return self.agent.call(self.agent._tap, badge)
+        return self.agent.call(self.agent.tap, badge)
 
     def tick(self) -> None:
         """A loop turn at the clock's current time."""
         from agent.session import Tick
 
-        self.agent.call(self.agent._input, Tick())
+        self.agent.call(self.agent.handle, Tick())
 
     def apply(self, payload: bytes) -> dict[str, Any]:
         from agent.snapshot import load_json

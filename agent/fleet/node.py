@@ -94,13 +94,13 @@ class SimMachine:
     def tap(self, badge: str, timeout: float = 15.0) -> tuple[dict[str, Any], RelayFault | None, int]:
         """Tap and wait for the decision: (outcome, relay fault, last_seq right after it)."""
         def tap_and_look() -> tuple[dict[str, Any], RelayFault | None, int]:
-            return self.agent._tap(badge), self.relay_fault("after a tap"), self.agent.outbox.last_seq
+            return self.agent.tap(badge), self.relay_fault("after a tap"), self.agent.outbox.last_seq
 
         return self.agent.call(tap_and_look, timeout=timeout)
 
     def submit_tap(self, badge: str) -> Any:
         """Tap without waiting; the future's result is last_seq right after the tap."""
-        return self.agent.submit(lambda: (self.agent._tap(badge), self.agent.outbox.last_seq)[1])
+        return self.agent.submit(lambda: (self.agent.tap(badge), self.agent.outbox.last_seq)[1])
 
     def sweep(self) -> RelayFault | None:
         return self.agent.call(lambda: self.relay_fault("sweep"))
