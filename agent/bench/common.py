@@ -8,8 +8,6 @@ import math
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -123,70 +121,7 @@ def member_list(count: int, version: int = 1) -> bytes:
                        "members": members}, separators=(",", ":")).encode()
 
 
-# --- a broker ------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalBroker:
-    """A Mosquitto of our own on a free loopback port, without persistence; `stop()` is idempotent."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not os.path.exists(self.binary):
-            raise RuntimeError("mosquitto is not installed (apt install mosquitto)")
-        self.port = port or free_port()
-        self.conf = workdir / "mosquitto.conf"
-        self.log = workdir / "mosquitto.log"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
-                 "log_dest stderr", "log_type error", "max_queued_messages 0", "max_inflight_messages 0"]
-        if os.geteuid() == 0:
-            lines.append("user root")
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> LocalBroker:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-        while not _port_open(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mosquitto did not start: {self.log.read_text(errors='replace')}")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def __enter__(self) -> LocalBroker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
+# --- waiting ---------------------------------------------------------------------------
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, step: float = 0.005) -> None:
     deadline = time.monotonic() + timeout

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.bench.common import LocalBroker, config_text, member_list, ram_dir, wait_until
+from agent.bench.common import config_text, member_list, ram_dir, wait_until
+from agent.localbroker import LocalBroker
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -19,9 +19,8 @@ import threading
 import time
 from typing import Any
 
-from agent.bench.common import (
-    LocalBroker, disk_dir, free_port, fs_type, load_config, percentile, ram_dir, wait_until,
-)
+from agent.bench.common import disk_dir, fs_type, load_config, percentile, ram_dir, wait_until
+from agent.localbroker import LocalBroker
 
 SESSION = {"member_id": "m-000001", "badge": "04000000000001", "started": "2026-11-25T09:00:00Z"}
 
@@ -59,8 +58,7 @@ def outbox_replay(events: int) -> dict[str, Any]:
     from agent.mqtt import AgentLink
 
     with ram_dir("replay") as storage:
-        port = free_port()
-        broker = LocalBroker(storage, port)
+        broker = LocalBroker(storage)
         config = load_config(storage, broker_url=broker.url)
         agent = Agent(config, pins=MockFactory(), reader=SimulatedReader(), link_factory=AgentLink.factory(config))
         connected = threading.Event()
