@@ -146,6 +146,17 @@ def test_firmware_head_says_hello_beats_and_reports_every_read() -> None:
     assert beats == [["0", "0"], ["1", "1"]]  # the second counts the garbage line
 
 
+def test_firmware_head_says_hello_again_when_the_agent_returns() -> None:
+    """An agent that opens its port after the head booted missed the first hello."""
+    board = Board()
+    head = headloop.Head(board.read_uid, board.write, board.show)
+    head.step(0, b"")
+    head.step(10, headproto.encode(headproto.BEAT, 0, 0))  # the agent, heard for the first time
+    head.step(20, headproto.encode(headproto.BEAT, 0, 0))  # still there: no new hello
+    head.step(9000, headproto.encode(headproto.BEAT, 9, 0))  # back after a silence
+    assert [kind for kind, _ in board.sent if kind == headproto.HELLO] == [headproto.HELLO] * 3
+
+
 def test_firmware_head_shows_signals_and_offline_without_the_agent() -> None:
     board = Board()
     head = headloop.Head(board.read_uid, board.write, board.show)

@@ -57,13 +57,18 @@ class FakeHead:
         return [fields[0] for kind, fields in self.received if kind == headproto.SHOW]
 
     def _run(self) -> None:
+        # As the firmware does: hello at boot, and again when the agent is first heard
+        # (an agent that opened its port after our first hello never saw it).
         self.send(headproto.HELLO, "test-0.1", headproto.PROTOCOL)
         next_beat = 0.0
         while not self._stop.is_set():
             if self.beating.is_set() and time.monotonic() >= next_beat:
                 self.send(headproto.BEAT, 0, 0)
                 next_beat = time.monotonic() + 0.1
-            self.received.extend(self.decoder.feed(self.device.read(timeout=0.02)))
+            messages = self.decoder.feed(self.device.read(timeout=0.02))
+            if messages and not self.received:
+                self.send(headproto.HELLO, "test-0.1", headproto.PROTOCOL)
+            self.received.extend(messages)
 
 
 class Recorder:
@@ -93,8 +98,7 @@ def agent(device: SerialDevice) -> Iterator[tuple[HeadReader, Recorder]]:
 def test_head_card_held_is_one_tap(device: SerialDevice, agent: tuple[HeadReader, Recorder]) -> None:
     reader, seen = agent
     with FakeHead(device) as head:
-        wait_for(lambda: reader.healthy, 5, "the head to be heard")
-        assert reader.firmware == "test-0.1"
+        wait_for(lambda: reader.firmware == "test-0.1", 5, "the head's hello")
         for _ in range(10):  # the head reports every read of a held card
             head.send(headproto.CARD, CARD_A.lower())
         head.send(headproto.CARD, CARD_B)

@@ -12,7 +12,9 @@ A message is one line of printable ASCII:
 CRC-16/CCITT-FALSE of every byte before ` *`, as 4 uppercase hex digits. A
 trailing \\r is ignored. Fields are non-empty and hold no space or `*`.
 
-    head -> agent   HELLO <firmware-version> <protocol>   after boot
+    head -> agent   HELLO <firmware-version> <protocol>   after boot, and again
+                                                          whenever the agent is
+                                                          heard after a silence
                     BEAT <uptime-s> <dropped>              every second
                     CARD <uid-hex>                         every read of a card in the field
     agent -> head   BEAT <uptime-s> <dropped>              every second

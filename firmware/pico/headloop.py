@@ -32,9 +32,11 @@ class Head:
 
     def step(self, now_ms, incoming):
         if self._next_beat is None:
-            self.write(headproto.encode(headproto.HELLO, FIRMWARE_VERSION, headproto.PROTOCOL))
+            self._hello()
             self._next_poll = self._next_beat = now_ms
         for kind, fields in self.decoder.feed(incoming):
+            if not self.agent_alive(now_ms):
+                self._hello()  # the agent (re)appeared: it may have missed our hello
             self._heard_ms = now_ms
             if kind == headproto.SHOW and fields[0] in headproto.SIGNALS:
                 self.indicator.show(fields[0], now_ms)
@@ -45,6 +47,9 @@ class Head:
             self._next_beat = now_ms + int(headproto.BEAT_INTERVAL_S * 1000)
             self.write(headproto.encode(headproto.BEAT, now_ms // 1000, self.decoder.total_dropped()))
         self.show(*self.indicator.outputs(now_ms, self.agent_alive(now_ms)))
+
+    def _hello(self):
+        self.write(headproto.encode(headproto.HELLO, FIRMWARE_VERSION, headproto.PROTOCOL))
 
     def agent_alive(self, now_ms):
         return self._heard_ms is not None and now_ms - self._heard_ms <= headproto.SILENCE_S * 1000
