@@ -93,6 +93,7 @@ class Agent:
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._unwritten: list[tuple[str, dict[str, Any]]] = []
+        self._saved: dict[str, Any] = {}  # the meta keys as last written by this agent
         self._members_lock = threading.Lock()
         self.link = link_factory(self) if link_factory else None
         self.control: ControlServer | None = None
@@ -301,10 +302,13 @@ class Agent:
 
     def _commit(self, records: list[tuple[str, dict[str, Any]]], now: Instant,
                 meta: dict[str, Any] | None = None) -> None:
+        """Write the backlog, `records` and the `meta` keys that changed, in one transaction."""
         backlog = self._unwritten + records
-        if not backlog and not meta:
+        changed = {k: v for k, v in (meta or {}).items() if k not in self._saved or self._saved[k] != v}
+        if not backlog and not changed:
             return
-        events = self.outbox.commit(backlog, now.wall, meta)
+        events = self.outbox.commit(backlog, now.wall, changed)
+        self._saved.update(changed)
         self._unwritten = []
         if events and self.link is not None:
             self.link.wake()

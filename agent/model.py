@@ -22,6 +22,8 @@ class BadBadge(ValueError):
 
 def normalise_badge(text: str) -> str:
     """`04:a1:b2:c3` or `04 A1 B2 C3` -> `04A1B2C3`; anything else raises BadBadge."""
+    if isinstance(text, str) and len(text) in BADGE_HEX_LENGTHS and _HEX.fullmatch(text):
+        return text  # already normal: the common case in a member list
     if not isinstance(text, str):
         raise BadBadge(f"a badge must be a string, not {type(text).__name__}")
     badge = _SEPARATORS.sub("", text).upper()
