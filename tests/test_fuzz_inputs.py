@@ -101,7 +101,7 @@ def _render(tables: dict[str, Any]) -> str:
 
 
 def test_fuzz_config_the_base_of_the_mutations_is_valid():
-    parse(_render(_valid_tables()), "fuzz.toml")
+    assert parse(_render(_valid_tables()), "fuzz.toml").machine.id
 
 
 mutation = st.one_of(

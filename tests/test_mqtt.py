@@ -210,7 +210,7 @@ def test_mqtt_a_command_sent_while_the_pi_is_off_arrives_when_it_returns(stack):
     publish(stack.broker.port, "fabpass/machines/laser-1/commands",
             json.dumps({"v": 1, "command": "lock", "by": "tech", "reason": "while you were out"}))
     agent.start()
-    wait_for(lambda: agent.ask({"op": "status"})["locked"], 15, "the queued command")
+    assert wait_for(lambda: agent.ask({"op": "status"})["locked"], 15, "the queued command")
 
 
 def test_mqtt_sim_tap_topic_taps_a_simulated_agent(stack):
@@ -220,7 +220,8 @@ def test_mqtt_sim_tap_topic_taps_a_simulated_agent(stack):
     wait_for(lambda: agent.ask({"op": "status"})["members_version"] == 1, 10, "the list")
     publish(stack.broker.port, "fabpass/machines/laser-1/sim/tap", "04:a1:b2:c3:d4:e5:f6")
     wait_for(lambda: agent.ask({"op": "status"})["relay"], 10, "the simulated tap")
-    wait_for(lambda: stack.events(events, "session_started"), 10, "its event")
+    started = wait_for(lambda: stack.events(events, "session_started"), 10, "its event")
+    assert started[0]["badge"] == ADA
 
 
 def test_mqtt_fleet_status_and_logs_tail(stack):

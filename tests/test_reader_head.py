@@ -176,6 +176,7 @@ def test_head_survives_unplug_and_replug(device: SerialDevice, agent: tuple[Head
         wait_for(lambda: reader.healthy, 10, "the head to be heard after the replug")
         head.send(headproto.CARD, CARD_B)
         wait_for(lambda: seen.taps == [CARD_B], 5, "a tap after the replug")
+        assert reader.healthy and reader.detail is None
 
 
 def test_head_is_made_by_the_factory(tmp_path: Path) -> None:

@@ -56,7 +56,8 @@ def test_signing_round_trip() -> None:
 
 def test_signing_resign_replaces_old_sig() -> None:
     signed = sign({**MEMBER, "sig": "stale"}, KEY)
-    verify(signed, KEY.public_key())
+    assert signed["sig"] != "stale"
+    verify(signed, KEY.public_key())  # raises SignatureError if the old sig were kept or signed
 
 
 @pytest.mark.parametrize("tamper, message", [
