@@ -177,3 +177,20 @@ class AgentProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.kill(signal.SIGTERM)
         self.proc = None
+
+
+def by_seq(events: list[dict[str, Any]]) -> dict[int, set[str]]:
+    """seq -> the event_ids it arrived under."""
+    seqs: dict[int, set[str]] = {}
+    for e in events:
+        seqs.setdefault(e["seq"], set()).add(e["event_id"])
+    return seqs
+
+
+def assert_every_seq_once(events: list[dict[str, Any]], last_seq: int) -> None:
+    """Every seq from 1 to last_seq arrived, each under exactly one event_id."""
+    seqs = by_seq(events)
+    missing = set(range(1, last_seq + 1)) - set(seqs)
+    assert not missing, f"events never reached the broker: seq {sorted(missing)}"
+    twice = {s: ids for s, ids in seqs.items() if len(ids) > 1}
+    assert not twice, f"a seq arrived under two event_ids: {twice}"

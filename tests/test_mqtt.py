@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from tests.agent_support import ADA, GRACE, AgentProcess, config_text, members_json, read_events
+from tests.agent_support import (
+    ADA, GRACE, AgentProcess, assert_every_seq_once, by_seq, config_text, members_json, read_events,
+)
 from tests.helpers import Collector, publish, read_line, wait_for
 
 
@@ -49,20 +51,6 @@ def stack(tmp_path, mosquitto):
         thing.stop() if isinstance(thing, AgentProcess) else thing.close()
 
 
-def by_seq(events: list[dict]) -> dict[int, set[str]]:
-    seqs: dict[int, set[str]] = {}
-    for e in events:
-        seqs.setdefault(e["seq"], set()).add(e["event_id"])
-    return seqs
-
-
-def assert_complete(events: list[dict], last_seq: int) -> None:
-    """Every seq from 1 to last_seq arrived, each under exactly one event_id."""
-    seqs = by_seq(events)
-    assert sorted(seqs) == list(range(1, last_seq + 1)), f"missing: {set(range(1, last_seq + 1)) - set(seqs)}"
-    assert all(len(ids) == 1 for ids in seqs.values()), "a seq appeared under two event_ids"
-
-
 def test_mqtt_published_list_applies_and_taps_become_events(stack):
     events = stack.collect("fabpass/machines/+/events")
     agent = stack.agent()
@@ -92,7 +80,7 @@ def test_mqtt_broker_outage_loses_nothing(stack):
     stack.broker.start()
     last = status["last_seq"]
     wait_for(lambda: len(by_seq(stack.events(events))) == last, 30, "every event after the outage")
-    assert_complete(stack.events(events), last)
+    assert_every_seq_once(stack.events(events), last)
     wait_for(lambda: agent.ask({"op": "status"})["outbox"] == 0, 10, "the outbox to drain")
 
 
@@ -112,7 +100,7 @@ def test_mqtt_sigkill_with_events_queued_sends_them_after_restart(stack):
     final = agent.ask({"op": "status"})
     assert final["last_seq"] > queued["last_seq"], "agent_restart and agent_started follow"
     wait_for(lambda: len(by_seq(stack.events(events))) == final["last_seq"], 30, "every event")
-    assert_complete(stack.events(events), final["last_seq"])
+    assert_every_seq_once(stack.events(events), final["last_seq"])
     restart = stack.events(events, "session_ended")[-1]
     assert restart["reason"] == "agent_restart" and restart["end_estimated"] is True
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_support import ADA, GRACE, AgentProcess, config_text, members_json
+from tests.agent_support import (
+    ADA, GRACE, AgentProcess, assert_every_seq_once, by_seq, config_text, members_json,
+)
 from tests.helpers import Collector, free_port, publish, wait_for
 
 UNKNOWN = "11223344"
@@ -32,26 +34,24 @@ def opened():
         thing.stop() if isinstance(thing, AgentProcess) else thing.close()
 
 
+def started_agent(tmp_path: Path, mosquitto, opened: list, collector_id: str) -> tuple[AgentProcess, Collector]:
+    """A persistent collector, then an agent process with the member list applied."""
+    events = Collector(mosquitto.port, "fabpass/machines/+/events", client_id=collector_id)
+    opened.append(events)
+    config, storage = write_config(tmp_path, mosquitto.url)
+    publish(mosquitto.port, "fabpass/members", members_json(), retain=True)
+    agent = AgentProcess(config, storage)
+    opened.append(agent)
+    agent.start()
+    wait_for(lambda: agent.ask({"op": "status"})["members_version"] == 1, 10, "the list")
+    return agent, events
+
+
 def write_config(tmp_path: Path, url: str) -> tuple[Path, Path]:
     storage = tmp_path / "state"
     config = tmp_path / "laser-1.toml"
     config.write_text(config_text(storage, extra=f'[mqtt]\nurl = "{url}"\nkeepalive = 5\n'))
     return config, storage
-
-
-def by_seq(events: list[dict]) -> dict[int, set[str]]:
-    seqs: dict[int, set[str]] = {}
-    for e in events:
-        seqs.setdefault(e["seq"], set()).add(e["event_id"])
-    return seqs
-
-
-def assert_every_seq_once(events: list[dict], last_seq: int) -> None:
-    seqs = by_seq(events)
-    missing = set(range(1, last_seq + 1)) - set(seqs)
-    assert not missing, f"events never reached the broker: seq {sorted(missing)}"
-    twice = {s: ids for s, ids in seqs.items() if len(ids) > 1}
-    assert not twice, f"a seq arrived under two event_ids: {twice}"
 
 
 def sessions_paired(events: list[dict]) -> list[dict]:
@@ -84,14 +84,8 @@ def open_session_on_disk(storage: Path) -> dict | None:
 
 def test_reliability_sigkill_in_bursts_of_taps_loses_and_duplicates_nothing(tmp_path, mosquitto, opened):
     rng = random.Random(20261125)
-    events = Collector(mosquitto.port, "fabpass/machines/+/events", client_id="reliability-collector")
-    opened.append(events)
-    config, storage = write_config(tmp_path, mosquitto.url)
-    publish(mosquitto.port, "fabpass/members", members_json(), retain=True)
-    agent = AgentProcess(config, storage)
-    opened.append(agent)
-    agent.start()
-    wait_for(lambda: agent.ask({"op": "status"})["members_version"] == 1, 10, "the list")
+    agent, events = started_agent(tmp_path, mosquitto, opened, "reliability-collector")
+    storage = agent.storage
     interrupted = 0
     for iteration in range(10):
         burst = [rng.choice([ADA, ADA, ADA, GRACE, UNKNOWN]) for _ in range(rng.randint(1, 12))]
@@ -130,14 +124,7 @@ def test_reliability_sigkill_in_bursts_of_taps_loses_and_duplicates_nothing(tmp_
 
 
 def test_reliability_flapping_broker_taps_stay_fast_and_every_event_arrives(tmp_path, mosquitto, opened):
-    events = Collector(mosquitto.port, "fabpass/machines/+/events", client_id="flap-collector")
-    opened.append(events)
-    config, storage = write_config(tmp_path, mosquitto.url)
-    publish(mosquitto.port, "fabpass/members", members_json(), retain=True)
-    agent = AgentProcess(config, storage)
-    opened.append(agent)
-    agent.start()
-    wait_for(lambda: agent.ask({"op": "status"})["members_version"] == 1, 10, "the list")
+    agent, events = started_agent(tmp_path, mosquitto, opened, "flap-collector")
     done = threading.Event()
     flaps: list[str] = []
 
