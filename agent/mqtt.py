@@ -88,6 +88,8 @@ class AgentLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.suppress_exceptions = True  # a bug in a callback is logged; the network thread lives on
+        client.enable_logger(logging.getLogger("paho"))
         return client
 
     def start(self) -> None:

@@ -260,3 +260,30 @@ def test_mqtt_list_applied_in_a_child_process_leaves_taps_running(stack):
         answers.append(agent.ask({"op": "tap", "badge": ADA})["action"])
     assert set(answers) <= {"started", "ended"}, "the old list answered every tap during the apply"
     wait_for(lambda: [e["count"] for e in stack.events(events, "members_updated")] == [4, 20_004], 20, "the event")
+
+
+def test_mqtt_an_error_in_a_callback_does_not_kill_the_link(tmp_path, mosquitto, mocker):
+    from agent import remote
+    from agent.mqtt import AgentLink
+    from tests.agent_support import RunningAgent
+
+    text = config_text(tmp_path, extra=f'[mqtt]\nurl = "{mosquitto.url}"\n')
+    agent = RunningAgent(text, link_factory=lambda a: AgentLink(a, a.config))
+    try:
+        wait_for(lambda: agent.agent.link.connected, 10, "the connection")
+        real, calls = remote.parse, []
+
+        def first_one_fails(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            return real(*args, **kwargs)
+
+        mocker.patch("agent.remote.parse", side_effect=first_one_fails)
+        command = json.dumps({"v": 1, "command": "lock", "by": "tech", "reason": "x"})
+        publish(mosquitto.port, "fabpass/machines/laser-1/commands", command)  # raises in the callback
+        publish(mosquitto.port, "fabpass/machines/laser-1/commands", command)
+        assert wait_for(lambda: agent.agent.state.locked, 10, "the second command")
+        assert len(calls) == 2 and agent.agent.link.connected
+    finally:
+        agent.stop()
