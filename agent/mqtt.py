@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 from agent import remote
 from agent.broker import Broker, make_client
 from agent.config import Config
+from agent.model import BadBadge, normalise_badge
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -186,8 +187,6 @@ class AgentLink:
         elif topic == self.topics["commands"]:
             self._command(payload)
         elif topic == self.topics["sim_tap"] and self.agent.simulated:
-            from agent.model import BadBadge, normalise_badge
-
             try:
                 badge = normalise_badge(payload.decode("utf-8", "replace").strip())
             except BadBadge as err:

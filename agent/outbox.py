@@ -142,10 +142,6 @@ class Outbox:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
-    @staticmethod
-    def _set(conn: sqlite3.Connection, key: str, value: Any) -> None:
-        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
-
     def get(self, key: str, default: Any = None) -> Any:
         return self._get(self._conn(), key, default)
 

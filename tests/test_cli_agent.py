@@ -16,7 +16,7 @@ from agent.control import ControlError
 from tests.agent_support import (
     ADA, GRACE, AgentProcess, FakeClock, RunningAgent, config_text, members_json, read_events,
 )
-from tests.helpers import Collector, publish, wait_for
+from tests.helpers import Collector, wait_for
 from tests.serialdevice import SerialDevice
 
 CSV = "id,name,badges,status,expires,roles,inductions\n"

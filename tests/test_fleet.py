@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
