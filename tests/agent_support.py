@@ -63,6 +63,16 @@ def config_text(storage: Path, machine_id: str = "laser-1", active_high: bool = 
                        machine=machine, relay=relay, extra=extra)
 
 
+def machine_files(tmp_path: Path, storage: Path | None = None, **config: Any) -> tuple[Path, Path, Path]:
+    """A machine's config file, its storage dir and a member list file: (config, storage, members)."""
+    storage = storage or tmp_path / "state"
+    path = tmp_path / "agent.toml"
+    path.write_text(config_text(storage, **config))
+    members = tmp_path / "members.json"
+    members.write_bytes(members_json())
+    return path, storage, members
+
+
 class FakeClock:
     """A clock the test moves; the agent's loop reads it."""
 

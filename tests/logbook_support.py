@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
+import subprocess
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -55,3 +57,15 @@ def publish(url: str, messages: Iterable[tuple[str, bytes | dict]], retain: bool
 
 def events_topic(event: dict[str, Any], prefix: str = "fabpass") -> tuple[str, dict[str, Any]]:
     return f"{prefix}/machines/{event['machine']}/events", event
+
+
+def stop_cleanly(proc: subprocess.Popen) -> None:
+    """SIGTERM, then the command must exit 0; killed if it does not stop."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+        assert proc.returncode == 0, (stderr or b"").decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

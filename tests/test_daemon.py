@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from agent.cli import main
 from tests.agent_support import (
-    ADA, ALAN, GRACE, HEDY, AgentProcess, FakeClock, RunningAgent, config_text, members_json, read_events,
+    ADA, ALAN, GRACE, HEDY, AgentProcess, FakeClock, RunningAgent, config_text, machine_files, members_json,
+    read_events,
 )
 from tests.helpers import wait_for
 
@@ -225,11 +226,8 @@ def test_daemon_bad_config_exits_2_naming_the_key(tmp_path):
 
 
 def test_daemon_sigterm_ends_the_session_and_exits_0(processes, tmp_path):
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(config_text(tmp_path / "state"))
-    members = tmp_path / "members.json"
-    members.write_bytes(members_json())
-    agent = processes(cfg, tmp_path / "state")
+    cfg, storage, members = machine_files(tmp_path)
+    agent = processes(cfg, storage)
     assert agent.ask({"op": "import", "path": str(members), "version": None})["applied"]
     assert agent.ask({"op": "tap", "badge": ADA})["relay"] is True
     assert agent.kill(signal.SIGTERM) == 0
@@ -239,11 +237,7 @@ def test_daemon_sigterm_ends_the_session_and_exits_0(processes, tmp_path):
 
 
 def test_daemon_sigkill_mid_session_is_closed_on_restart_with_the_relay_off(processes, tmp_path):
-    cfg = tmp_path / "agent.toml"
-    storage = tmp_path / "state"
-    cfg.write_text(config_text(storage))
-    members = tmp_path / "members.json"
-    members.write_bytes(members_json())
+    cfg, storage, members = machine_files(tmp_path)
     agent = processes(cfg, storage)
     agent.ask({"op": "import", "path": str(members), "version": None})
     assert agent.ask({"op": "tap", "badge": ADA})["relay"] is True

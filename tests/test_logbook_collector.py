@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from agent.logbook.collector import Collector
 from agent.logbook.queries import sessions
 from agent.logbook.store import open_db
 from tests.helpers import wait_for
-from tests.logbook_support import MONDAY, FakeMachine, events_topic, publish
+from tests.logbook_support import MONDAY, FakeMachine, events_topic, publish, stop_cleanly
 
 LATER = MONDAY + dt.timedelta(days=2)
 
@@ -119,13 +118,8 @@ def test_logbook_run_stops_cleanly_on_sigterm(mosquitto, tmp_path):
             return db_path.exists() and _archived(db_path) == 1
 
         wait_for(archived, timeout=20, what="the collector to archive an event")
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=10)
-        assert proc.returncode == 0, stderr.decode()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop_cleanly(proc)
 
 
 def test_logbook_event_not_committed_is_not_acknowledged_and_comes_back(mosquitto, tmp_path):

@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import pytest
 from agent.logbook.store import ingest, open_db, record_status
 from agent.logbook.web import make_server
 from tests.helpers import free_port, port_open, wait_for
-from tests.logbook_support import UTC, FakeMachine
+from tests.logbook_support import UTC, FakeMachine, stop_cleanly
 
 PASSWORD = "correct horse battery"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -101,10 +100,5 @@ def test_logbook_web_command_serves_and_stops_on_sigterm(tmp_path):
         wait_for(lambda: port_open(port) or proc.poll() is not None, 20, "the web view to listen")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert page.status == 200 and b'<table id="sessions">' in page.read()
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=10)
-        assert proc.returncode == 0, stderr.decode()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop_cleanly(proc)

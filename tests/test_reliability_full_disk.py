@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.agent_support import ADA, AgentProcess, config_text, members_json, read_events
+from tests.agent_support import ADA, AgentProcess, machine_files, read_events
 from tests.helpers import wait_for
 
 
@@ -41,10 +41,7 @@ def fill(directory) -> int:
 
 
 def test_reliability_enospc_refuses_new_sessions_ends_the_current_one_and_recovers(tmp_path, tiny_disk):
-    config = tmp_path / "agent.toml"
-    config.write_text(config_text(tiny_disk))
-    members = tmp_path / "members.json"
-    members.write_bytes(members_json())
+    config, _, members = machine_files(tmp_path, storage=tiny_disk)
     agent = AgentProcess(config, tiny_disk).start()
     try:
         assert agent.ask({"op": "import", "path": str(members), "version": None})["applied"]

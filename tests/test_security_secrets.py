@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_support import ADA, AgentProcess, config_text, members_json
+from tests.agent_support import ADA, AgentProcess, config_text, machine_files, members_json
 from tests.helpers import Collector, publish, wait_for
 
 SECRET = "s3cret-Pa55-zebra"
@@ -40,11 +40,7 @@ def world_writable(root: Path) -> list[str]:
 
 
 def run_agent_with_events(tmp_path: Path, mask: int) -> Path:
-    storage = tmp_path / "state"
-    config = tmp_path / "laser-1.toml"
-    config.write_text(config_text(storage))
-    members = tmp_path / "members.json"
-    members.write_bytes(members_json())
+    config, storage, members = machine_files(tmp_path)
     agent = AgentProcess(config, storage)
     try:
         with umask(mask):
