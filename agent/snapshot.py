@@ -34,6 +34,7 @@ MEMBER_KEYS = frozenset(CSV_COLUMNS)
 TOP_KEYS = frozenset({"v", "version", "generated_at", "members", "sig"})
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _WS = re.compile(r"[ \t\n\r]*")
+_SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")  # between members, or the array's end
 
 
 class SnapshotError(ValueError):
@@ -82,10 +83,10 @@ def _date(value: Any, what: str, key: str = "") -> dt.date | None:
 
 def _is_text(value: Any) -> bool:
     """A str that SQLite and MQTT can carry: UTF-8 encodable (JSON's \\ud800 escapes are not)."""
+    if type(value) is str and value.isascii():
+        return True
     if not isinstance(value, str):
         return False
-    if value.isascii():
-        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -94,8 +95,11 @@ def _is_text(value: Any) -> bool:
 
 
 def _strings(value: Any, what: str) -> list[str]:
-    if not isinstance(value, list) or not all(_is_text(item) and item for item in value):
+    if not isinstance(value, list):
         raise ValueError(f"{what}: must be a list of non-empty strings")
+    for item in value:
+        if not (item and _is_text(item)):
+            raise ValueError(f"{what}: must be a list of non-empty strings")
     return value
 
 
@@ -103,8 +107,8 @@ def _member(raw: Any) -> Member:
     """A Member from its JSON shape; ValueError names the field. Ids/badges across members: _Unique."""
     if not isinstance(raw, dict):
         raise ValueError(f"must be an object, not {type(raw).__name__}")
-    unknown = raw.keys() - MEMBER_KEYS
-    if unknown:
+    if not MEMBER_KEYS.issuperset(raw):
+        unknown = raw.keys() - MEMBER_KEYS
         raise ValueError(f"{min(unknown)}: unknown field (a member has {', '.join(CSV_COLUMNS)})")
     for key in ("id", "status"):
         if key not in raw:
@@ -137,7 +141,7 @@ def _member(raw: Any) -> Member:
         status=status,
         expires=_date(raw.get("expires"), "expires"),
         roles=frozenset(_strings(raw.get("roles", []), "roles")),
-        inductions={k: _date(v, "inductions", k) for k, v in inductions.items()},
+        inductions={k: v if v is None else _date(v, "inductions", k) for k, v in inductions.items()},
         badges=tuple(badges),
     )
 
@@ -172,14 +176,20 @@ class _Unique:
                 raise ValueError(f"badges: {badge} already belongs to member {owner!r}")
 
 
-def _where_json(index: int, raw: Any) -> str:
-    member_id = raw.get("id") if isinstance(raw, dict) else None
-    return f"members[{index}]" + (f" (id {member_id!r})" if isinstance(member_id, str) else "")
-
-
 # --- JSON -----------------------------------------------------------------------------------
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a member list")
+
+
+# JSON objects decode to tuples of (key, value) pairs: the C decoder builds them
+# without calling back into Python for each object (a Python object_pairs_hook
+# took a third of a 100,000-member apply), and a key given twice stays visible.
+_DECODER = json.JSONDecoder(object_pairs_hook=tuple, parse_constant=_reject_constant)
+
+
+def _object(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The dict of a decoded object; a key given twice is an error, not last-one-wins."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
@@ -188,11 +198,34 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in a member list")
+def _plain(value: Any) -> Any:
+    """A decoded value with every object, however deep, as a dict (as json.loads gives it)."""
+    if type(value) is tuple:
+        return {k: _plain(v) for k, v in _object(value).items()}
+    if type(value) is list:
+        return [_plain(v) for v in value]
+    return value
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+def _json_member(raw: Any) -> Member:
+    """A Member from its decoded JSON. Only the member and its inductions are
+    objects in a valid one, so only those two are made dicts; for a member that
+    is not valid, the error is found again on the plain values, whose reprs it shows."""
+    if type(raw) is tuple:
+        obj = _object(raw)
+        inductions = obj.get("inductions")
+        if type(inductions) is tuple:
+            obj["inductions"] = _object(inductions)
+        try:
+            return _member(obj)
+        except ValueError:
+            pass
+    return _member(_plain(raw))
+
+
+def _where_json(index: int, raw: Any) -> str:
+    member_id = dict(raw).get("id") if type(raw) is tuple else None
+    return f"members[{index}]" + (f" (id {member_id!r})" if isinstance(member_id, str) else "")
 
 
 def _skip(text: str, pos: int) -> int:
@@ -214,11 +247,12 @@ def _raw_members(text: str, pos: int, end: list[int] | None = None) -> Iterator[
         while True:
             item, pos = _DECODER.raw_decode(text, pos)
             yield item
-            pos = _skip(text, pos)
-            if text.startswith("]", pos):
-                pos += 1
+            separator = _SEPARATOR.match(text, pos)
+            if separator is None:
+                raise json.JSONDecodeError("expected ',' or ']' after a member", text, _skip(text, pos))
+            pos = separator.end()
+            if separator.group(1) == "]":
                 break
-            pos = _expect(text, pos, ",", "',' or ']' after a member")
     if end is not None:
         end.append(pos)
 
@@ -248,7 +282,8 @@ def _walk(text: str, on_member: Callable[[int, Any], None]) -> tuple[dict[str, A
                 on_member(index, raw)
             pos = end[0]
         else:
-            fields[key], pos = _DECODER.raw_decode(text, pos)
+            value, pos = _DECODER.raw_decode(text, pos)
+            fields[key] = _plain(value)
         pos = _skip(text, pos)
         closed = text.startswith("}", pos)
         if not closed:
@@ -293,7 +328,7 @@ class _Signed:
 
         if index:
             self.members += b","
-        self.members += canonical_json(raw)
+        self.members += canonical_json(_plain(raw))
 
     def verify(self, fields: dict[str, Any], public_key: Ed25519PublicKey) -> None:
         from agent.signing import canonical_json, verify_bytes
@@ -345,7 +380,7 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
             signed.add(index, raw)
         if check_members and not first_error:
             try:
-                unique.add(_member(raw))
+                unique.add(_json_member(raw))
             except ValueError as err:
                 first_error.append(f"{_where_json(index, raw)}: {err}")
 
@@ -373,7 +408,7 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
         again = _Unique()
         for index, raw in enumerate(_raw_members(text, start)):
             try:
-                member = _member(raw)
+                member = _json_member(raw)
                 if not check_members:
                     again.add(member)
             except ValueError as err:

@@ -137,6 +137,15 @@ BAD_JSON = [
     ('{"v": 1, "v": 1, "version": 1, "members": []}', "v: appears twice at the top level"),
     ('{"v": 1, "version": 1, "members": [], "members": []}', "members: appears twice"),
     ('{"v": 1, "version": 1, "members": [{"id": "a", "id": "b", "status": "active"}]}', "id: appears twice in one object"),
+    ('{"v": 1, "version": 1, "members": [{"id": "a", "status": "active", "inductions": {"cnc": null, "cnc": null}}]}',
+     r"members\[0\] \(id 'a'\): cnc: appears twice in one object"),
+    ('{"v": 1, "version": 1, "members": [{"id": "a", "status": "active", "roles": [{"x": 1, "x": 2}]}]}',
+     "x: appears twice in one object"),
+    ('{"v": 1, "version": 1, "members": [{"id": "a", "status": {"x": 1}}]}', r"status: \{'x': 1\} is not one of"),
+    ('{"v": 1, "version": 1, "members": [{"id": "a", "status": "active", "inductions": {"cnc": {"x": 1}}}]}',
+     r"inductions.cnc: \{'x': 1\} is not a date"),
+    ('{"v": 1, "version": 1, "members": [[["id", "a"], ["status", "active"]]]}', r"members\[0\]: must be an object, not list"),
+    ('{"v": 1, "version": 1, "members": [{"id": "a", "status": "active"}, ]}', "not valid JSON"),
     ('{"v": 1, "version": 1, "members": [{"id": NaN}]}', "NaN is not allowed"),
     (dumps(snapshot(ADA, v=2)), "v: 2 is not a snapshot format"),
     (dumps(snapshot(ADA, v=True)), "v: True is not a snapshot format"),
@@ -179,10 +188,12 @@ BAD_JSON = [
 ]
 
 
+@pytest.mark.parametrize("check_members", [True, False], ids=["checked", "unchecked"])
 @pytest.mark.parametrize("text, message", BAD_JSON, ids=[m for _, m in BAD_JSON])
-def test_snapshot_bad_json_refused_naming_the_place(text: str, message: str) -> None:
+def test_snapshot_bad_json_refused_naming_the_place(text: str, message: str, check_members: bool) -> None:
+    """Unchecked (as the applier loads), the same error comes at the latest while the members are read."""
     with pytest.raises(SnapshotError, match=message):
-        load_json(text)
+        list(load_json(text, check_members=check_members).members())
 
 
 def test_snapshot_error_carries_readable_version() -> None:
