@@ -25,14 +25,20 @@ from agent.model import Member
 log = logging.getLogger(__name__)
 
 FILENAME = "members.db"
+# Members are numbered by their rowid, and the badge index is built once all
+# rows are in: badges are random numbers, and inserting 200,000 of them into a
+# live B-tree costs twice as long as one sort at the end. Ids and badges are
+# unique because the snapshot checks them; the badge index checks them again.
+SCHEMA_VERSION = 2  # PRAGMA user_version; a cache of another version is moved aside
 SCHEMA = """
-CREATE TABLE members (id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
+CREATE TABLE members (id TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL,
                       expires TEXT, roles TEXT NOT NULL, inductions TEXT NOT NULL);
-CREATE TABLE badges (badge TEXT PRIMARY KEY, member_id TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE badges (badge TEXT NOT NULL, member INTEGER NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+INDEX = "CREATE UNIQUE INDEX badges_badge ON badges (badge)"
 LOOKUP = ("SELECT m.id, m.name, m.status, m.expires, m.roles, m.inductions FROM badges b "
-          "JOIN members m ON m.id = b.member_id WHERE b.badge = ?")
+          "JOIN members m ON m.rowid = b.member WHERE b.badge = ?")
 BATCH = 2000
 
 
@@ -109,12 +115,14 @@ class MemberCache:
         self._check_integrity()
 
     def _check_integrity(self) -> None:
-        """A corrupt cache is moved aside: the agent starts empty and the next list rebuilds it."""
+        """A corrupt cache, or one of another schema, is moved aside: the agent starts empty
+        and the next list rebuilds it."""
         if not self.path.exists():
             return
         try:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
             try:
+                schema = conn.execute("PRAGMA user_version").fetchone()[0]
                 ok = conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
                 conn.execute("SELECT count(*) FROM meta").fetchone()
             finally:
@@ -123,10 +131,12 @@ class MemberCache:
             ok, why = False, str(err)
         else:
             why = "integrity check failed"
+            if ok and schema != SCHEMA_VERSION:
+                ok, why = False, f"schema {schema}, this fabpass reads schema {SCHEMA_VERSION}"
         if not ok:
             aside = self.path.with_suffix(".corrupt")
             os.replace(self.path, aside)
-            log.error("member cache %s is corrupt (%s): moved to %s; waiting for a new member list",
+            log.error("member cache %s cannot be used (%s): moved to %s; waiting for a new member list",
                       self.path, why, aside)
 
     def _conn(self) -> sqlite3.Connection | None:
@@ -201,21 +211,22 @@ class MemberCache:
             conn.execute("PRAGMA journal_mode=OFF")
             conn.execute("PRAGMA synchronous=OFF")
             conn.executescript(SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("BEGIN")
             count = 0
             members, badges = [], []
             encode = _Encoder()
-            for member in snapshot.members():
-                count += 1
+            for count, member in enumerate(snapshot.members(), start=1):
                 members.append((
-                    member.id, member.name, member.status,
+                    count, member.id, member.name, member.status,
                     member.expires.isoformat() if member.expires else None,
                     encode.roles(member.roles), encode.inductions(member.inductions),
                 ))
-                badges.extend((badge, member.id) for badge in member.badges)
+                badges.extend([(badge, count) for badge in member.badges])
                 if len(members) >= BATCH:
                     _flush(conn, members, badges)
             _flush(conn, members, badges)
+            conn.execute(INDEX)
             meta = {"version": snapshot.version, "count": count, "generated_at": snapshot.generated_at or ""}
             conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
             conn.execute("COMMIT")
@@ -233,7 +244,8 @@ class MemberCache:
 
 
 def _flush(conn: sqlite3.Connection, members: list, badges: list) -> None:
-    conn.executemany("INSERT INTO members VALUES (?, ?, ?, ?, ?, ?)", members)
+    conn.executemany("INSERT INTO members (rowid, id, name, status, expires, roles, inductions) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)", members)
     conn.executemany("INSERT INTO badges VALUES (?, ?)", badges)
     members.clear()
     badges.clear()

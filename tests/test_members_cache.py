@@ -317,3 +317,19 @@ def test_members_cache_corrupt_file_moved_aside_at_start(tmp_path, damage):
     assert cache.apply(Snap(1, [ADA])) == 1
     assert cache.lookup("04A1B2C3").id == "m-ada"
     cache.close()
+
+
+def test_members_cache_of_another_schema_version_moved_aside_with_a_reason(tmp_path, caplog):
+    """A cache written by an older fabpass (another table layout) is never read with this one's queries."""
+    MemberCache(tmp_path).apply(Snap(1, [ADA]))
+    conn = sqlite3.connect(tmp_path / FILENAME)
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    cache = MemberCache(tmp_path)
+    assert (tmp_path / "members.corrupt").exists() and not (tmp_path / FILENAME).exists()
+    assert "schema 1, this fabpass reads schema 2" in caplog.text
+    assert cache.lookup("04A1B2C3") is None
+    cache.apply(Snap(1, [ADA]))
+    assert cache.lookup("04A1B2C3").id == "m-ada"
+    cache.close()
