@@ -31,6 +31,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fabpass.mqtt")
 
+
+def quiet_after_own_disconnect(record: logging.LogRecord) -> bool:
+    """paho 2's network thread may run once more after our own disconnect() closed the
+    socket, and logs "Client is not connected" as an error: noise in the journal at a
+    clean stop. Only disconnect() leaves the state MQTT_CS_DISCONNECTED (a lost
+    connection is MQTT_CS_CONNECTION_LOST, and is still logged)."""
+    message = record.getMessage()
+    return not ("Client is not connected" in message and "MQTT_CS_DISCONNECTED" in message)
+
+
+PAHO_LOG = logging.getLogger("paho")
+PAHO_LOG.addFilter(quiet_after_own_disconnect)
+
 SESSION_EXPIRY_S = 7 * 24 * 3600  # commands sent while the Pi was unreachable wait this long
 WINDOW = 200  # events published and not yet acknowledged
 BATCH = 100
@@ -90,7 +103,7 @@ class AgentLink:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.suppress_exceptions = True  # a bug in a callback is logged; the network thread lives on
-        client.enable_logger(logging.getLogger("paho"))
+        client.enable_logger(PAHO_LOG)
         return client
 
     def start(self) -> None:

@@ -287,3 +287,17 @@ def test_mqtt_an_error_in_a_callback_does_not_kill_the_link(tmp_path, mosquitto,
         assert len(calls) == 2 and agent.agent.link.connected
     finally:
         agent.stop()
+
+
+def test_mqtt_paho_error_after_our_own_disconnect_is_dropped_a_lost_connection_is_not(caplog):
+    """paho's network thread can log "not connected" once after a clean stop; a technician
+    must not read an error in the journal at every restart, but must read a real loss."""
+    import logging
+
+    import agent.mqtt  # noqa: F401 - installs the filter on paho's logger
+
+    paho_log = logging.getLogger("paho")
+    with caplog.at_level(logging.ERROR, logger="paho"):
+        for state in ("MQTT_CS_DISCONNECTED", "MQTT_CS_CONNECTION_LOST"):
+            paho_log.error("Client is not connected. Socket: None). Last known Connection State: %s", state)
+    assert [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records] == ["MQTT_CS_CONNECTION_LOST"]
