@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -121,6 +121,21 @@ def make_client(broker: Broker, client_id: str = "", protocol: int | None = None
     return client
 
 
+def disconnect(client: mqtt.Client, properties: Any = None) -> None:
+    """Disconnect and stop paho's network thread.
+
+    Once our DISCONNECT is written that thread ends by itself, and paho 2.1's
+    loop_stop() raises AttributeError (it joins `_thread` after the thread
+    has set it to None) when the thread ends between its check and its join:
+    then the thread has already stopped, which is all loop_stop() is for.
+    """
+    client.disconnect(properties=properties)
+    try:
+        client.loop_stop()
+    except AttributeError:
+        pass
+
+
 @contextmanager
 def connected(broker: Broker, client_id: str = "", timeout: float = 15.0) -> Iterator[mqtt.Client]:
     """A client connected to `broker`, its network loop running, for a short errand;
@@ -145,5 +160,4 @@ def connected(broker: Broker, client_id: str = "", timeout: float = 15.0) -> Ite
             raise BrokerUnreachable(refused[0] if refused else f"no answer from broker {broker}")
         yield client
     finally:
-        client.disconnect()
-        client.loop_stop()
+        disconnect(client)

@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import remote
-from agent.broker import Broker, make_client
+from agent.broker import Broker, disconnect, make_client
 from agent.config import Config
 from agent.model import BadBadge, normalise_badge
 
@@ -151,8 +151,7 @@ class AgentLink:
             except (RuntimeError, ValueError):
                 pass
         self.connected = False
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect(self.client)
 
     def wake(self) -> None:
         """New events are in the outbox."""

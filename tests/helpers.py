@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from agent.broker import disconnect
 from agent.localbroker import free_port, port_open  # noqa: F401  (re-exported for tests)
 
 T = TypeVar("T")
@@ -75,8 +76,7 @@ class Collector:
             return [json.loads(p) for _, p, _ in self.messages if p]
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect(self.client)
 
 
 def publish(port: int, topic: str, payload: bytes | str, retain: bool = False) -> None:

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from agent.broker import Broker, make_client
+from agent.broker import Broker, disconnect, make_client
 from agent.timespec import rfc3339
 
 UTC = dt.timezone.utc
@@ -51,8 +51,7 @@ def publish(url: str, messages: Iterable[tuple[str, bytes | dict]], retain: bool
             body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             client.publish(topic, body, qos=1, retain=retain).wait_for_publish(10)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        disconnect(client)
 
 
 def events_topic(event: dict[str, Any], prefix: str = "fabpass") -> tuple[str, dict[str, Any]]:

@@ -301,3 +301,46 @@ def test_mqtt_paho_error_after_our_own_disconnect_is_dropped_a_lost_connection_i
         for state in ("MQTT_CS_DISCONNECTED", "MQTT_CS_CONNECTION_LOST"):
             paho_log.error("Client is not connected. Socket: None). Last known Connection State: %s", state)
     assert [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records] == ["MQTT_CS_CONNECTION_LOST"]
+
+
+def test_mqtt_disconnect_survives_paho_thread_ending_inside_loop_stop(mosquitto, monkeypatch):
+    """paho 2's network thread ends by itself after our DISCONNECT and then sets its
+    `_thread` to None; if that lands between loop_stop()'s check and its join, paho
+    raises AttributeError. The race is made certain here: paho's module sees a
+    `threading` whose current_thread(), called from loop_stop(), first waits for
+    the network thread to end."""
+    import threading
+    import types
+
+    import paho.mqtt.client as paho_client
+
+    from agent.broker import disconnect, make_client
+
+    def racing(client):
+        network, me = client._thread, threading.current_thread()
+
+        def current_thread():
+            if threading.current_thread() is me and network.is_alive():
+                network.join(10)  # the thread ends by itself and clears client._thread
+            return threading.current_thread()
+
+        return types.SimpleNamespace(**{**vars(threading), "current_thread": current_thread})
+
+    def connected_client():
+        client = make_client(mosquitto.broker, "race")
+        client.connect(mosquitto.broker.host, mosquitto.broker.port)
+        client.loop_start()
+        wait_for(client.is_connected, what="the client to connect")
+        return client
+
+    plain = connected_client()
+    plain.disconnect()
+    with monkeypatch.context() as patch, pytest.raises(AttributeError):
+        patch.setattr(paho_client, "threading", racing(plain))
+        plain.loop_stop()  # paho itself: the test reproduces the race
+
+    ours = connected_client()
+    with monkeypatch.context() as patch:
+        patch.setattr(paho_client, "threading", racing(ours))
+        disconnect(ours)
+    assert ours._thread is None and not ours.is_connected()

@@ -27,7 +27,7 @@ from agent.commands.options import (
 def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: str,
          machine: str | None, as_json: bool) -> None:
     """Follow usage events live (`logs tail`), one line each, until Ctrl-C."""
-    from agent.broker import make_client
+    from agent.broker import disconnect, make_client
     from agent.fleetview import format_event
 
     broker = parse_broker(broker_url, password_file)
@@ -66,8 +66,7 @@ def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: st
         raise RuntimeFailure(f"cannot reach broker {broker}: {err}") from None
     client.loop_start()
     done.wait()
-    client.disconnect()
-    client.loop_stop()
+    disconnect(client)
     if failed:
         raise RuntimeFailure(failed[0])
 

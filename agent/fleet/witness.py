@@ -11,7 +11,7 @@ from collections import defaultdict
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.broker import Broker, make_client
+from agent.broker import Broker, disconnect, make_client
 from agent.fleet.check import Row
 
 
@@ -50,8 +50,7 @@ class Witness:
         """Disconnect and end the session (nothing is left queued on the broker for us)."""
         props = Properties(PacketTypes.DISCONNECT)
         props.SessionExpiryInterval = 0
-        self._client.disconnect(properties=props)
-        self._client.loop_stop()
+        disconnect(self._client, props)
 
     def _on_message(self, client, userdata, message) -> None:
         now = time.monotonic()

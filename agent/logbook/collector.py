@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.broker import Broker, make_client
+from agent.broker import Broker, disconnect, make_client
 from agent.logbook.events import MalformedEvent, parse_event, parse_status
 from agent.logbook.store import Outcome, ingest, open_db, record_status
 
@@ -65,8 +65,7 @@ class Collector:
         if not self._running:
             return
         self._running = False
-        self._client.disconnect()
-        self._client.loop_stop()
+        disconnect(self._client)
         self.db.close()
 
     def __enter__(self) -> Collector:
