@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
+import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
@@ -115,7 +117,7 @@ def test_fleet_population_is_seeded_and_mixed() -> None:
 
 
 def test_fleet_capacity_quick_serves_some_agents() -> None:
-    result = capacity(start=2, cap=3, window_s=2.0)
+    result = capacity(start=2, cap=3, window_s=2.0, per_worker=2)  # the third agent in a second worker
     assert result.agents >= 2
     assert set(result.p99_ms) <= {2, 3} and 2 in result.p99_ms
     assert all(math.isfinite(p) and p > 0 for p in result.p99_ms.values())
@@ -128,3 +130,31 @@ def test_fleet_refuses_more_machines_than_one_process_hosts() -> None:
     result = CliRunner().invoke(main, ["fleet", "--machines", str(MAX_AGENTS + 1), "--duration", "2"])
     assert result.exit_code == 2
     assert f"at most {MAX_AGENTS}" in result.output
+
+
+def test_fleet_pool_spreads_agents_over_workers_and_stops_them(tmp_path, mosquitto) -> None:
+    """Past one process's limit the agents go to further workers; each one taps for real
+    through the broker, a bad request fails only its own call, and close() ends every worker."""
+    import time
+
+    from agent.fleet.pool import MachinePool
+    from agent.fleet.sim import publish_members, wait_for_list
+
+    tappers = pop.population(random.Random(3), 12)
+    version = int(time.time())
+    publish_members(mosquitto.broker, "pool-test", tappers, version)
+    pool = MachinePool(tmp_path, mosquitto.url, "pool-test", per_worker=2)
+    try:
+        machines = pool.start(pop.machines(3))
+        workers = pool.processes
+        assert len(workers) == 2 and workers[0].pid != workers[1].pid
+        wait_for_list(machines, version)
+        seqs = [machine.submit_tap(tappers[0].badge).result(15) for machine in machines]
+        assert all(seq >= 1 for seq in seqs)  # every tap became an outbox event, whatever its outcome
+        assert machines[2].status()["machine"] == "sim-03"
+        with pytest.raises(RuntimeError, match="IndexError"):
+            machines[0]._worker.request("tap", i=99, badge=tappers[0].badge).result(15)
+        assert machines[1].submit_tap(tappers[1].badge).result(15) > seqs[1]
+    finally:
+        pool.close()
+    assert [w.poll() for w in workers] == [0, 0]

@@ -5,8 +5,9 @@ step every agent taps once per `interval_s`, staggered, for `window_s`, and
 the latency of each tap is measured from the tap to a subscriber receiving
 its event (the logbook collector subscribes alike and gets it at the same
 moment). The answer is the largest step whose p99 stayed under
-`threshold_ms`. All agents run in this one process, so on a small machine
-the figure is bounded by its CPU as much as by the broker.
+`threshold_ms`. The agents run in worker processes of up to `MAX_AGENTS`
+each (agent/fleet/pool.py), all on this machine, so on a small machine the
+figure is bounded by its CPU as much as by the broker.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from typing import Any
 
 from agent.bench.common import percentile, ram_dir
 from agent.fleet import population as pop
-from agent.fleet.node import MAX_AGENTS, SimMachine
-from agent.fleet.sim import SETTLE_S, publish_members, start_machines, wait_for_list
+from agent.fleet.node import MAX_AGENTS
+from agent.fleet.pool import MachinePool, RemoteMachine
+from agent.fleet.sim import SETTLE_S, publish_members, wait_for_list
 from agent.fleet.witness import Witness
 from agent.localbroker import LocalBroker
 
-QUICK = {"start": 2, "cap": 8, "window_s": 5.0}
+QUICK = {"start": 2, "cap": 8, "window_s": 5.0, "per_worker": 4}  # 8 agents: two workers
+CAP = 640
 PREFIX = "fabpass-capacity"
 
 
@@ -46,7 +49,7 @@ class Capacity:
                 "fleet_cap_reached": self.cap_reached}
 
 
-def _measure(machines: list[SimMachine], badges: list[str], witness: Witness, rng: random.Random,
+def _measure(machines: list[RemoteMachine], badges: list[str], witness: Witness, rng: random.Random,
              interval_s: float, window_s: float) -> list[float]:
     """Tap every machine once per interval (staggered) for the window; latencies in ms."""
     start = time.monotonic()
@@ -68,19 +71,19 @@ def _measure(machines: list[SimMachine], badges: list[str], witness: Witness, rn
     return latencies
 
 
-def capacity(quick: bool = False, start: int = 10, factor: float = 2.0, cap: int = MAX_AGENTS,
+def capacity(quick: bool = False, start: int = 10, factor: float = 2.0, cap: int = CAP,
              window_s: float = 20.0, interval_s: float = 10.0, threshold_ms: float = 100.0,
-             seed: int = 1) -> Capacity:
+             seed: int = 1, per_worker: int = MAX_AGENTS) -> Capacity:
     """Ramp a fleet on a fresh local mosquitto until p99 passes `threshold_ms` or `cap` agents run.
 
-    `quick` (for CI) means 2, 4 and 8 agents for 5 s each (about 20 s in all).
+    `quick` (for CI) means 2, 4 and 8 agents for 5 s each, in workers of 4
+    agents (about 20 s in all).
     Agents keep their storage on a RAM filesystem when there is one (each real
     agent has its own SD card; one shared disk would be measured instead of the
     broker).
     """
     if quick:
-        start, cap, window_s = QUICK["start"], QUICK["cap"], QUICK["window_s"]
-    cap = min(cap, MAX_AGENTS)
+        start, cap, window_s, per_worker = QUICK["start"], QUICK["cap"], QUICK["window_s"], QUICK["per_worker"]
     rng = random.Random(seed)
     specs = pop.machines(cap)
     tappers = pop.population(rng, max(10, 3 * cap))
@@ -101,12 +104,17 @@ def capacity(quick: bool = False, start: int = 10, factor: float = 2.0, cap: int
         stack.callback(witness.stop)
         version = int(time.time())
         publish_members(broker.broker, PREFIX, tappers, version)
-        machines: list[SimMachine] = []
+        pool = MachinePool(Path(tmp), broker.url, PREFIX, per_worker)
+        stack.callback(pool.close)
+        machines: list[RemoteMachine] = []
         size = max(1, start)
         while True:
-            added = start_machines(specs[len(machines):size], Path(tmp), broker.url, PREFIX, None, stack)
-            wait_for_list(added, version)
-            machines += added
+            while len(machines) < size:
+                # A worker's worth at a time: each new agent applies the list in a child
+                # process, and hundreds at once would starve the running ones.
+                added = pool.start(specs[len(machines):min(size, len(machines) + per_worker)])
+                wait_for_list(added, version)
+                machines += added
             p99s[size] = percentile(_measure(machines, badges, witness, rng, interval_s, window_s), 99)
             if p99s[size] >= threshold_ms:
                 break
@@ -114,13 +122,4 @@ def capacity(quick: bool = False, start: int = 10, factor: float = 2.0, cap: int
             if size >= cap:
                 break
             size = min(cap, max(size + 1, round(size * factor)))
-        _stop_all(machines)
     return Capacity(best, p99s, threshold_ms, interval_s, cap_reached=best >= cap)
-
-
-def _stop_all(machines: list[SimMachine]) -> None:
-    """Stop every agent at once (each flushes its outbox on the way out)."""
-    for machine in machines:
-        machine.stop(wait=False)
-    for machine in machines:
-        machine.join()

@@ -17,10 +17,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.broker import Broker
 from agent.fleet import population as pop
@@ -176,7 +176,13 @@ def publish_members(broker: Broker, prefix: str, tappers: list[pop.Tapper], vers
     return len(snapshot["members"])
 
 
-def wait_for_list(machines: list[SimMachine], version: int) -> None:
+class _Running(Protocol):
+    id: str
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def wait_for_list(machines: Sequence[_Running], version: int) -> None:
     for machine in machines:
         _wait(lambda: machine.status()["members_version"] == version, SETTLE_S,
               f"{machine.id} to apply member list version {version}")
