@@ -22,6 +22,7 @@ class Sizes:
     tap_members: int
     taps: int
     apply_members: int
+    apply_runs: int
     apply_taps_members: int
     replay_events: int
     idle_s: float
@@ -29,9 +30,9 @@ class Sizes:
     fleet_quick: bool
 
 
-FULL = Sizes(tap_members=100_000, taps=10_000, apply_members=100_000, apply_taps_members=100_000,
+FULL = Sizes(tap_members=100_000, taps=10_000, apply_members=100_000, apply_runs=3, apply_taps_members=100_000,
              replay_events=10_000, idle_s=30.0, commits=1_000, fleet_quick=False)
-QUICK = Sizes(tap_members=20_000, taps=1_000, apply_members=100_000, apply_taps_members=20_000,
+QUICK = Sizes(tap_members=20_000, taps=1_000, apply_members=100_000, apply_runs=1, apply_taps_members=20_000,
               replay_events=2_000, idle_s=5.0, commits=200, fleet_quick=True)
 
 # figure -> ("<" or ">=", target): the targets (2-core x86 dev machine)
@@ -57,7 +58,7 @@ def _families(sizes: Sizes) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
 
     return [
         ("tap to relay", lambda: tap.tap_to_relay(sizes.taps, sizes.tap_members)),
-        ("members apply", lambda: apply.members_apply(sizes.apply_members)),
+        ("members apply", lambda: apply.members_apply(sizes.apply_members, sizes.apply_runs)),
         ("taps during apply", lambda: tap.lookup_during_apply(sizes.apply_taps_members)),
         ("outbox commit", lambda: outbox.outbox_commit(sizes.commits)),
         ("outbox replay", lambda: outbox.outbox_replay(sizes.replay_events)),
