@@ -324,17 +324,25 @@ class Agent:
 
     def apply_members(self, load: Callable[[], Any]) -> dict[str, Any]:
         """Apply a list parsed by `load` (a file being imported), in this process."""
-        return self._apply(lambda: membersync.apply_here(self.cache, load, self.hasher))
+        return self._apply(lambda now: membersync.apply_list(
+            self.outbox, lambda: membersync.apply_here(self.cache, load, self.hasher), now))
 
     def apply_published(self, payload: bytes) -> dict[str, Any]:
         """Apply a list from the broker in a child process, so taps never wait for it."""
         members = self.config.members
-        return self._apply(lambda: membersync.apply_in_child(
-            self.config.storage.dir, payload, members.public_key, members.badge_hash_key_file))
 
-    def _apply(self, apply: Callable[[], membersync.Applied]) -> dict[str, Any]:
+        def in_child(data: bytes) -> membersync.Applied:
+            return membersync.apply_in_child(self.config.storage.dir, data, members.public_key,
+                                             members.badge_hash_key_file)
+
+        # What else decides the cache's content: a new key must re-read even the same list.
+        settings = f"{members.public_key or ''} {self.hasher('00000000') if self.hasher else ''}"
+        return self._apply(lambda now: membersync.apply_published(self.outbox, self.cache, payload, in_child,
+                                                                  now, settings))
+
+    def _apply(self, apply: Callable[[dt.datetime], membersync.ApplyResult]) -> dict[str, Any]:
         with self._members_lock:
-            result = membersync.apply_list(self.outbox, apply, self.clock().wall)
+            result = apply(self.clock().wall)
         if self.link is not None:
             self.link.wake()
         if result.applied:
