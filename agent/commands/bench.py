@@ -47,7 +47,8 @@ def table(figures: dict) -> str:
 def bench(quick: bool, as_json: bool) -> None:
     """Measure the benchmarks: tap to relay, member list apply, outbox, idle agent, fleet.
 
-    Takes about 2 minutes (--quick: under one). Storage goes to a RAM filesystem
+    Takes about 7 minutes, 5 of them ramping the fleet up to 640 agents, which
+    loads every core (--quick: under one). Storage goes to a RAM filesystem
     where the contract says so and to a real disk for outbox_commit; a Mosquitto
     on a free loopback port is started and stopped. See docs/performance.md.
     """
