@@ -41,6 +41,7 @@ def test_bench_quick_json_has_every_contract_figure_as_a_number() -> None:
     assert figures["quick"] is True
     assert figures["python"] == sys.version.split()[0]
     assert figures["machine"]["cores"] >= 1
+    assert _number(figures["machine"]["calibration_start_ms"]) and figures["machine"]["calibration_end_ms"] > 0
     assert figures["members_apply_members"] == 100_000
     assert figures["outbox_replay_events"] >= 2_000
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.bench.common import machine
+from agent.bench.common import calibration_ms, machine
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
     sizes = QUICK if quick else FULL
     figures: dict[str, Any] = {"quick": quick}
     info = machine()  # before we load the machine ourselves
+    info["calibration_start_ms"] = calibration_ms()
     started = time.monotonic()
     for name, measure in _families(sizes):
         if progress:
@@ -79,6 +80,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
         begun = time.monotonic()
         figures.update(measure())
         figures.setdefault("seconds", {})[name] = round(time.monotonic() - begun, 1)
+    info["calibration_end_ms"] = calibration_ms()
     figures["python"] = info.pop("python")
     figures["machine"] = info
     figures["bench_s"] = round(time.monotonic() - started, 1)

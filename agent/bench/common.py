@@ -148,6 +148,27 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[rank - 1]
 
 
+def calibration_ms() -> float:
+    """How long this machine takes, right now, for a fixed piece of pure Python
+    (JSON and dict work of the kind an apply does; best of three runs).
+
+    A shared VM's speed drifts by a third within an hour; two bench runs are
+    comparable only next to this figure, taken at the start and at the end.
+    """
+    record = {"id": "m-000001", "badges": ["04A1B2C3D4E5F6"], "status": "active",
+              "inductions": {"laser": None, "cnc": "2099-06-30"}}
+    text = json.dumps([record] * 2000)
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(5):
+            members = json.loads(text)
+            total = sum(len(m["badges"]) + len(m["inductions"]) for m in members if m["status"] == "active")
+        best = min(best, time.perf_counter() - started)
+    assert total == 6000
+    return round(best * 1000, 2)
+
+
 def machine() -> dict[str, object]:
     model = platform.processor() or platform.machine()
     try:
