@@ -118,10 +118,12 @@ def test_bench_timed_agent_every_tap_changes_the_relay() -> None:
 def test_bench_table_names_each_figure_value_and_target() -> None:
     figures = {key: 1.0 for key in FIGURES}
     figures.update(quick=True, python="3.11.7", outbox_commit_fs="ext4",
-                   machine={"cpu": "Test CPU", "cores": 2, "arch": "x86_64", "kernel": "6.1"})
+                   machine={"cpu": "Test CPU", "cores": 2, "arch": "x86_64", "kernel": "6.1",
+                            "calibration_start_ms": 15.2, "calibration_end_ms": 31.0})
     text = table(figures)
     assert "--quick" in text.splitlines()[0]
     assert "Test CPU, 2 cores" in text
+    assert "calibration 15.2 ms at the start, 31.0 ms at the end" in text
     for key in FIGURES:
         assert key in text
     assert "(ext4)" in text and "< 0.5" in text

@@ -21,7 +21,8 @@ def table(figures: dict) -> str:
     m = figures["machine"]
     lines = [f"fabpass bench{' --quick (sizes and counts trimmed)' if figures['quick'] else ''}",
              f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, Linux {m['kernel']}; "
-             f"Python {figures['python']}", ""]
+             f"Python {figures['python']}; calibration {m['calibration_start_ms']} ms at the start, "
+             f"{m['calibration_end_ms']} ms at the end (lower is faster; compare runs by it)", ""]
     rows = [("figure", "value", "target", "")]
     for key in FIGURES:
         value = figures.get(key)
