@@ -211,16 +211,21 @@ def _json_member(raw: Any) -> Member:
     """A Member from its decoded JSON. Only the member and its inductions are
     objects in a valid one, so only those two are made dicts; for a member that
     is not valid, the error is found again on the plain values, whose reprs it shows."""
-    if type(raw) is tuple:
-        obj = _object(raw)
-        inductions = obj.get("inductions")
-        if type(inductions) is tuple:
-            obj["inductions"] = _object(inductions)
-        try:
-            return _member(obj)
-        except ValueError:
-            pass
-    return _member(_plain(raw))
+    if type(raw) is not tuple:
+        return _member(raw)  # not an object: the error names its type
+    obj = _object(raw)
+    inductions = obj.get("inductions")
+    if type(inductions) is tuple:
+        obj["inductions"] = _object(inductions)
+    try:
+        return _member(obj)
+    except ValueError:
+        pass
+    try:
+        plain = _plain(raw)
+    except RecursionError:  # the decoder went deeper than _plain can
+        raise ValueError("nested too deeply") from None
+    return _member(plain)
 
 
 def _where_json(index: int, raw: Any) -> str:

@@ -246,6 +246,19 @@ def test_fuzz_member_list_deeply_nested_json_is_a_snapshot_error_not_a_recursion
         load_json(payload)
 
 
+@pytest.mark.parametrize("check_members", [True, False], ids=["checked", "unchecked"])
+@pytest.mark.parametrize("depth", [300, 600, 900, 990])
+def test_fuzz_member_list_nesting_the_decoder_takes_is_still_a_snapshot_error(depth, check_members):
+    """Found when objects began to decode as pair tuples: a member nested a few hundred
+    levels decodes, then turning it back into plain values for the error message recursed
+    past the limit, and the unchecked load (the applier's) let the RecursionError out."""
+    nested = "[" * depth + "]" * depth
+    for member in (nested, '{"id": ' + nested + ', "status": "active"}'):
+        payload = ('{"v":1,"version":2,"members":[' + member + "]}").encode()
+        with pytest.raises(SnapshotError, match=r"members\[0\]|nested too deeply"):
+            list(load_json(payload, check_members=check_members).members())
+
+
 def test_fuzz_member_list_over_32_mib_refused_by_size_fast_without_parsing():
     payload = b"[" * (MAX_BYTES + 1024 * 1024)  # 33 MiB of what would be a deeply nested parse
     tracemalloc.start()
