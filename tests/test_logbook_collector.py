@@ -119,7 +119,8 @@ def test_logbook_run_stops_cleanly_on_sigterm(mosquitto, tmp_path):
 
         wait_for(archived, timeout=20, what="the collector to archive an event")
     finally:
-        stop_cleanly(proc)
+        stop_cleanly(proc)  # asserts exit status 0 after SIGTERM
+    assert proc.returncode == 0 and _archived(db_path) == 1, "the archive outlives the stop"
 
 
 def test_logbook_event_not_committed_is_not_acknowledged_and_comes_back(mosquitto, tmp_path):
