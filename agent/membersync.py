@@ -89,22 +89,25 @@ def apply_in_child(directory: Path, payload: bytes, public_key: str | None = Non
     return Applied(answer["version"], answer["count"])
 
 
-def apply_list(outbox: Outbox, apply: Callable[[], Applied], now: dt.datetime) -> ApplyResult:
+def apply_list(outbox: Outbox, apply: Callable[[], Applied], now: dt.datetime,
+               remember: Callable[[int], dict[str, Any]] = lambda version: {}) -> ApplyResult:
     """Apply a list with `apply` (apply_here or apply_in_child) and record the outcome:
     the version must grow, the same version again only confirms the list, a bad
-    list changes nothing."""
+    list changes nothing. `remember(version)` gives meta keys to write with an
+    applied or confirmed list, in the same commit."""
     confirmed = {CONFIRMED_KEY: now.timestamp()}
     try:
         applied = apply()
     except VersionNotNewer as err:
         if err.same:  # a retained list delivered again: it is still current
-            outbox.commit([], now, confirmed)
+            outbox.commit([], now, {**confirmed, **remember(err.version)})
             return ApplyResult(False, err.version)
         return _rejected(outbox, err.version, str(err), now)
     except (ValueError, OSError, sqlite3.Error) as err:
         return _rejected(outbox, getattr(err, "version", None), str(err), now)
     log.info("member list version %d applied: %d members", applied.version, applied.count)
-    outbox.commit([("members_updated", {"version": applied.version, "count": applied.count})], now, confirmed)
+    outbox.commit([("members_updated", {"version": applied.version, "count": applied.count})], now,
+                  {**confirmed, **remember(applied.version)})
     return ApplyResult(True, applied.version, applied.count)
 
 
@@ -126,10 +129,8 @@ def apply_published(outbox: Outbox, cache: MemberCache, payload: bytes, apply: C
     if last is not None and last["sha256"] == digest and cache.version == last["version"]:
         outbox.commit([], now, {CONFIRMED_KEY: now.timestamp()})
         return ApplyResult(False, last["version"])
-    result = apply_list(outbox, lambda: apply(payload), now)
-    if result.version is not None and result.error is None:
-        outbox.commit([], now, {PAYLOAD_KEY: {"version": result.version, "sha256": digest}})
-    return result
+    return apply_list(outbox, lambda: apply(payload), now,
+                      lambda version: {PAYLOAD_KEY: {"version": version, "sha256": digest}})
 
 
 def _rejected(outbox: Outbox, version: int | None, error: str, now: dt.datetime) -> ApplyResult:
