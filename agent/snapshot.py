@@ -5,10 +5,13 @@ A 100,000-member list is about 21 MB of JSON and the agent may run on a
 array is decoded one member at a time (json's `raw_decode` over the text),
 loading keeps only the ids and badges seen (to refuse duplicates), and
 `Snapshot.members()` decodes the text again, yielding one Member at a time.
+The agent's applier, which writes the members all-or-nothing, skips the
+first walk where it can (`load_json(check_members=False)`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import functools
@@ -51,7 +54,7 @@ class Snapshot:
 
     version: int
     generated_at: str | None
-    count: int
+    count: int | None  # None when the list is read in one pass (see load_json)
     _members: Callable[[], Iterator[Member]] = field(repr=False, compare=False)
 
     def members(self) -> Iterator[Member]:
@@ -262,40 +265,46 @@ def _raw_members(text: str, pos: int, end: list[int] | None = None) -> Iterator[
         end.append(pos)
 
 
-def _walk(text: str, on_member: Callable[[int, Any], None]) -> tuple[dict[str, Any], int | None]:
-    """Read the top-level object, handing each member to `on_member` as it is decoded.
+class _TopLevel:
+    """The snapshot's top-level object, read in order. `keys()` reads pairs into
+    `fields` up to the members array and returns its offset, or None at the
+    object's end; the caller reads the array, and `after(end)` goes on past it."""
 
-    Returns the other top-level keys and the offset of the members array (None if absent).
-    """
-    fields: dict[str, Any] = {}
-    members_at: int | None = None
-    pos = _skip(text, 0)
-    if not text.startswith("{", pos):
-        raise SnapshotError("a member snapshot must be a JSON object ({\"v\": 1, …})")
-    pos = _skip(text, pos + 1)
-    closed = text.startswith("}", pos)
-    while not closed:
-        if not text.startswith('"', pos):
-            raise json.JSONDecodeError("expected a key in double quotes", text, pos)
-        key, pos = _DECODER.raw_decode(text, pos)
-        if key in fields or (key == "members" and members_at is not None):
-            raise SnapshotError(f"{key}: appears twice at the top level", _version(fields))
-        pos = _expect(text, _skip(text, pos), ":", "':' after a key")
-        if key == "members" and text.startswith("[", pos):
-            members_at, end = pos, []
-            for index, raw in enumerate(_raw_members(text, pos, end)):
-                on_member(index, raw)
-            pos = end[0]
-        else:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.fields: dict[str, Any] = {}
+        self.members_at: int | None = None
+        pos = _skip(text, 0)
+        if not text.startswith("{", pos):
+            raise SnapshotError("a member snapshot must be a JSON object ({\"v\": 1, …})")
+        self.pos = _skip(text, pos + 1)
+        self.closed = text.startswith("}", self.pos)
+
+    def keys(self) -> int | None:
+        text = self.text
+        while not self.closed:
+            if not text.startswith('"', self.pos):
+                raise json.JSONDecodeError("expected a key in double quotes", text, self.pos)
+            key, pos = _DECODER.raw_decode(text, self.pos)
+            if key in self.fields or (key == "members" and self.members_at is not None):
+                raise SnapshotError(f"{key}: appears twice at the top level", _version(self.fields))
+            pos = _expect(text, _skip(text, pos), ":", "':' after a key")
+            if key == "members" and text.startswith("[", pos):
+                self.members_at = self.pos = pos
+                return pos
             value, pos = _DECODER.raw_decode(text, pos)
-            fields[key] = _plain(value)
-        pos = _skip(text, pos)
-        closed = text.startswith("}", pos)
-        if not closed:
-            pos = _expect(text, pos, ",", "',' or '}'")
-    if _skip(text, pos + 1) != len(text):
-        raise json.JSONDecodeError("extra data after the snapshot", text, _skip(text, pos + 1))
-    return fields, members_at
+            self.fields[key] = _plain(value)
+            self.after(pos)
+        end = _skip(text, self.pos + 1)
+        if end != len(text):
+            raise json.JSONDecodeError("extra data after the snapshot", text, end)
+        return None
+
+    def after(self, pos: int) -> None:
+        """Go on after a value that ends at `pos`."""
+        pos = _skip(self.text, pos)
+        self.closed = self.text.startswith("}", pos)
+        self.pos = pos if self.closed else _expect(self.text, pos, ",", "',' or '}'")
 
 
 def _version(fields: dict[str, Any]) -> int | None:
@@ -347,6 +356,27 @@ class _Signed:
         verify_bytes(self.members, fields.get("sig"), public_key)
 
 
+# The keys a Snapshot reports before its members are read. When they come
+# before the members array, as `fabpass members publish` writes a list, an
+# unchecked unsigned list is read in one pass.
+_HEAD_KEYS = frozenset({"v", "version", "generated_at"})
+
+
+@contextlib.contextmanager
+def _refusals(version: int | None = None) -> Iterator[None]:
+    """Errors met while reading the text, as SnapshotError."""
+    try:
+        yield
+    except SnapshotError:
+        raise
+    except json.JSONDecodeError as err:
+        raise SnapshotError(f"not valid JSON at line {err.lineno} column {err.colno}: {err.msg}", version) from None
+    except ValueError as err:  # a duplicate key, NaN, or a lone surrogate in canonical JSON
+        raise SnapshotError(f"not a valid member snapshot: {err}", version) from None
+    except RecursionError:
+        raise SnapshotError("not a valid member snapshot: nested too deeply", version) from None
+
+
 def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = None,
               check_members: bool = True) -> Snapshot:
     """Parse and validate a JSON snapshot. With `public_key`, it must carry a valid `sig`.
@@ -356,7 +386,10 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
     only, and each member is validated as `members()` yields it, raising
     SnapshotError at the first bad one: for a caller that consumes the members
     all-or-nothing anyway (the cache writes a new file and renames it only at
-    the end), this reads the list once instead of twice.
+    the end), this reads the list once instead of twice. An unsigned list whose
+    v, version and generated_at come before its members is then not even
+    walked at loading: `count` is None, and what follows the members is checked
+    when `members()` reaches it.
     """
     _check_size(data)
     if isinstance(data, (bytes, bytearray)):
@@ -376,11 +409,11 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
     signed = _Signed() if public_key is not None else None
     unique = _Unique()
     first_error: list[str] = []
-
-    seen = [0]
+    count = 0
 
     def on_member(index: int, raw: Any) -> None:
-        seen[0] += 1
+        nonlocal count
+        count += 1
         if signed is not None:
             signed.add(index, raw)
         if check_members and not first_error:
@@ -389,14 +422,18 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
             except ValueError as err:
                 first_error.append(f"{_where_json(index, raw)}: {err}")
 
-    try:
-        fields, members_at = _walk(text, on_member)
-    except json.JSONDecodeError as err:
-        raise SnapshotError(f"not valid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
-    except ValueError as err:  # a duplicate key, NaN, or a lone surrogate in canonical JSON
-        raise SnapshotError(f"not a valid member snapshot: {err}") from None
-    except RecursionError:
-        raise SnapshotError("not a valid member snapshot: nested too deeply") from None
+    with _refusals():
+        top = _TopLevel(text)
+        start = top.keys()
+        one_pass = signed is None and not check_members and start is not None and _HEAD_KEYS <= top.fields.keys()
+        if not one_pass:
+            while start is not None:
+                end: list[int] = []
+                for index, raw in enumerate(_raw_members(text, start, end)):
+                    on_member(index, raw)
+                top.after(end[0])
+                start = top.keys()
+    fields, members_at = top.fields, top.members_at
     version = _version(fields)
     if signed is not None and public_key is not None:
         try:
@@ -407,20 +444,32 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
     if first_error:
         raise SnapshotError(first_error[0], version)
     assert version is not None and members_at is not None
-    start = members_at
+    begin = members_at
+
+    def rest(end: int) -> None:
+        """In one pass, the keys after the members array."""
+        top = _TopLevel(text)
+        top.keys()
+        top.after(end)
+        top.keys()
+        _check_top(top.fields, begin)
 
     def members() -> Iterator[Member]:
         again = _Unique()
-        for index, raw in enumerate(_raw_members(text, start)):
-            try:
-                member = _json_member(raw)
-                if not check_members:
-                    again.add(member)
-            except ValueError as err:
-                raise SnapshotError(f"{_where_json(index, raw)}: {err}", version) from None
-            yield member
+        end: list[int] = []
+        with _refusals(version):
+            for index, raw in enumerate(_raw_members(text, begin, end)):
+                try:
+                    member = _json_member(raw)
+                    if not check_members:
+                        again.add(member)
+                except ValueError as err:
+                    raise SnapshotError(f"{_where_json(index, raw)}: {err}", version) from None
+                yield member
+            if one_pass:
+                rest(end[0])
 
-    return Snapshot(version, fields.get("generated_at"), seen[0], members)
+    return Snapshot(version, fields.get("generated_at"), None if one_pass else count, members)
 
 
 def to_json(snapshot: Snapshot, sign_key: Ed25519PrivateKey | None = None) -> bytes:

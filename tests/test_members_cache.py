@@ -13,7 +13,7 @@ import pytest
 
 from agent.members import FILENAME, BATCH, CacheInfo, MemberCache, VersionNotNewer
 from agent.model import Member
-from agent.snapshot import load_csv, load_json
+from agent.snapshot import SnapshotError, load_csv, load_json
 
 
 @dataclass
@@ -196,6 +196,19 @@ def test_members_cache_snapshot_fails_halfway_keeps_old(tmp_path, cache, fail_af
     # the version was not used up: the same list, whole, applies
     assert cache.apply(Snap(2, people)) == len(people)
     assert cache.lookup("00000001").id == "m-00001"
+
+
+def test_members_cache_list_wrong_after_its_members_keeps_old(tmp_path, cache):
+    """Read in one pass (as the applier loads), a list is refused after its last member."""
+    cache.apply(Snap(1, [ADA, BOB]))
+    before = (tmp_path / FILENAME).read_bytes()
+    people = [{"id": f"m-{n}", "status": "active", "badges": [f"{n:08X}"]} for n in range(BATCH + 10)]
+    text = json.dumps({"v": 1, "version": 2, "generated_at": None, "members": people, "extra": 1})
+    with pytest.raises(SnapshotError, match="extra: unknown top-level key"):
+        cache.apply(load_json(text, check_members=False))
+    assert (tmp_path / FILENAME).read_bytes() == before
+    assert not (tmp_path / (FILENAME + ".new")).exists()
+    assert cache.info() == CacheInfo(1, 2, "2026-11-25T09:00:00Z")
 
 
 def test_members_cache_duplicate_badge_in_raw_snapshot_keeps_old(cache):

@@ -196,6 +196,42 @@ def test_snapshot_bad_json_refused_naming_the_place(text: str, message: str, che
         list(load_json(text, check_members=check_members).members())
 
 
+HEAD = '{"v": 1, "version": 5, "generated_at": null, "members": '
+AFTER_MEMBERS = [
+    (HEAD + "[]} x", "not valid JSON at line 1 column 61: extra data"),
+    (HEAD + '[] "x": 1}', "not valid JSON .*',' or '}'"),
+    (HEAD + "[], \"members\": []}", "members: appears twice at the top level"),
+    (HEAD + "[], \"v\": 1}", "v: appears twice at the top level"),
+    (HEAD + "[], \"extra\": 1}", "extra: unknown top-level key"),
+    (HEAD + '[{"id": "a", "status": "active"} {"id": "b"}]}', "not valid JSON .*after a member"),
+    (HEAD + '[{"id": NaN}]}', "NaN is not allowed"),
+]
+
+
+@pytest.mark.parametrize("text, message", AFTER_MEMBERS, ids=[m for _, m in AFTER_MEMBERS])
+def test_snapshot_unchecked_one_pass_checks_what_follows_the_members(text: str, message: str) -> None:
+    """Unchecked and unsigned, with its head first, a list is not walked at loading: whatever
+    is wrong in or after its members array comes out of `members()`, with the version."""
+    with pytest.raises(SnapshotError, match=message):
+        load_json(text)
+    snap = load_json(text, check_members=False)
+    assert (snap.version, snap.count) == (5, None)
+    with pytest.raises(SnapshotError, match=message) as err:
+        list(snap.members())
+    assert err.value.version == 5
+
+
+def test_snapshot_unchecked_one_pass_reads_the_same_members() -> None:
+    text = dumps(snapshot(ADA, GRACE))
+    one_pass = load_json(text, check_members=False)
+    assert one_pass.count is None and one_pass.generated_at == "2026-11-25T09:00:00Z"
+    assert list(one_pass.members()) == list(one_pass.members()) == list(load_json(text).members())
+    # The version after the members (sorted keys) or a key to check it against: walked first.
+    late = json.dumps(snapshot(ADA, GRACE), sort_keys=True)
+    assert load_json(late, check_members=False).count == 2
+    assert load_json(dumps(sign(snapshot(ADA, GRACE), KEY)), PUBLIC, check_members=False).count == 2
+
+
 def test_snapshot_error_carries_readable_version() -> None:
     with pytest.raises(SnapshotError) as err:
         load_json(dumps(snapshot(member(status="banned"), version=17)))
