@@ -132,21 +132,37 @@ def _member(raw: Any) -> Member:
         if badge in badges:
             raise ValueError(f"badges: {badge} is listed twice")
         badges.append(badge)
-    inductions = raw.get("inductions", {})
-    if not isinstance(inductions, dict):
-        raise ValueError("inductions: must be an object of induction name -> expiry date or null")
-    for induction in inductions:
-        if not induction or not _is_text(induction):
-            raise ValueError(f"inductions: {induction!r} is not an induction name")
     return Member(
         id=member_id,
         name=name,
         status=status,
         expires=_date(raw.get("expires"), "expires"),
         roles=frozenset(_strings(raw.get("roles", []), "roles")),
-        inductions={k: v if v is None else _date(v, "inductions", k) for k, v in inductions.items()},
+        inductions=_inductions(raw.get("inductions", {})),
         badges=tuple(badges),
     )
+
+
+def _inductions(value: Any) -> dict[str, dt.date | None]:
+    if type(value) is tuple:  # a decoded JSON object (see _DECODER)
+        try:
+            hash(value)
+        except TypeError:  # a list inside: not valid, and no key for the cache
+            value = _object(value)
+        else:
+            return dict(_json_inductions(value))
+    if not isinstance(value, dict):
+        raise ValueError("inductions: must be an object of induction name -> expiry date or null")
+    for induction in value:
+        if not induction or not _is_text(induction):
+            raise ValueError(f"inductions: {induction!r} is not an induction name")
+    return {k: v if v is None else _date(v, "inductions", k) for k, v in value.items()}
+
+
+@functools.lru_cache(maxsize=1024)  # a list repeats the same few induction maps many times
+def _json_inductions(pairs: tuple[tuple[str, Any], ...]) -> dict[str, dt.date | None]:
+    """The inductions of a decoded JSON object; the caller copies the dict it shares."""
+    return _inductions(_object(pairs))
 
 
 def _member_json(member: Member) -> dict[str, Any]:
@@ -212,16 +228,13 @@ def _plain(value: Any) -> Any:
 
 def _json_member(raw: Any) -> Member:
     """A Member from its decoded JSON. Only the member and its inductions are
-    objects in a valid one, so only those two are made dicts; for a member that
-    is not valid, the error is found again on the plain values, whose reprs it shows."""
+    objects in a valid one, and _inductions takes its pairs as they are; for a
+    member that is not valid, the error is found again on the plain values,
+    whose reprs it shows."""
     if type(raw) is not tuple:
         return _member(raw)  # not an object: the error names its type
-    obj = _object(raw)
-    inductions = obj.get("inductions")
-    if type(inductions) is tuple:
-        obj["inductions"] = _object(inductions)
     try:
-        return _member(obj)
+        return _member(_object(raw))
     except ValueError:
         pass
     try:

@@ -74,6 +74,15 @@ def test_snapshot_json_optional_member_fields_default() -> None:
     assert member == Member(id="m-1", name="", status="active")
 
 
+def test_snapshot_members_with_the_same_inductions_do_not_share_them() -> None:
+    """A list's repeated induction maps are validated once; each member still gets its own dict."""
+    first, second = load_json(dumps(snapshot(ADA, {**ADA, "id": "m-0003", "badges": []}))).members()
+    assert first.inductions == second.inductions == {"laser": None, "cnc": dt.date(2027, 1, 31)}
+    first.inductions["laser"] = dt.date(2030, 1, 1)
+    assert second.inductions["laser"] is None
+    assert next(load_json(dumps(snapshot(ADA))).members()).inductions["laser"] is None
+
+
 def test_snapshot_csv_parses_like_json() -> None:
     csv_snap = load_csv(CSV_HEADER + CSV_ADA + CSV_GRACE, version=42)
     json_snap = load_json(dumps(snapshot(ADA, GRACE)))
@@ -183,6 +192,7 @@ BAD_JSON = [
     (dumps(snapshot(member(roles=["staff", None]))), r"roles: must be a list"),
     (dumps(snapshot(member(inductions=["laser"]))), r"inductions: must be an object"),
     (dumps(snapshot(member(inductions={"laser": "soon"}))), r"inductions.laser: 'soon' is not a date"),
+    (dumps(snapshot(member(inductions={"laser": ["2027-01-01"]}))), r"inductions.laser: \['2027-01-01'\] is not a date"),
     (dumps(snapshot(member(inductions={"": None}))), r"inductions: '' is not an induction name"),
     (dumps(snapshot(member(expiry="2027-01-01"))), r"\(id 'm-0001'\): expiry: unknown field"),
 ]
