@@ -31,6 +31,9 @@ MIGRATIONS = (
 )
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds an encoder per call
+
+
 class StorageError(RuntimeError):
     """An event could not be made durable (full or failing disk, full outbox)."""
 
@@ -99,7 +102,7 @@ class Outbox:
                         event = {"v": 1, "event_id": str(uuid.uuid4()), "seq": seq, "type": kind,
                                  "machine": self.machine, "ts": ts, **fields}
                         conn.execute("INSERT INTO events VALUES (?, ?, ?)",
-                                     (seq, event["event_id"], json.dumps(event, separators=(",", ":"))))
+                                     (seq, event["event_id"], _compact(event)))
                         events.append(event)
                     updates = dict(meta or {})
                     if events:

@@ -58,5 +58,4 @@ def parse_time(text: str, now: dt.datetime, tz: dt.tzinfo | None = None) -> dt.d
 
 def rfc3339(moment: dt.datetime) -> str:
     """UTC, second precision with milliseconds, `Z` suffix: 2026-11-25T09:00:00.123Z."""
-    utc = moment.astimezone(dt.timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
