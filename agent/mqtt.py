@@ -32,18 +32,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("fabpass.mqtt")
 
 
-def quiet_after_own_disconnect(record: logging.LogRecord) -> bool:
-    """paho 2's network thread may run once more after our own disconnect() closed the
-    socket, and logs "Client is not connected" as an error: noise in the journal at a
-    clean stop. Only disconnect() leaves the state MQTT_CS_DISCONNECTED (a lost
-    connection is MQTT_CS_CONNECTION_LOST, and is still logged)."""
+def quiet_not_connected(record: logging.LogRecord) -> bool:
+    """paho 2 logs "Client is not connected" as an error when its network thread runs
+    without a socket: once after our own disconnect() (state MQTT_CS_DISCONNECTED), and
+    after every failed reconnection attempt (MQTT_CS_CONNECTING), that is every few
+    seconds for as long as the broker is down. The link says both in words of its own,
+    once; any other state (a lost connection, MQTT_CS_CONNECTION_LOST) is still logged."""
     message = record.getMessage()
-    return not ("Client is not connected" in message and "MQTT_CS_DISCONNECTED" in message)
+    return not ("Client is not connected" in message
+                and ("MQTT_CS_DISCONNECTED" in message or "MQTT_CS_CONNECTING" in message))
 
 
 PAHO_LOG = logging.getLogger("paho")
-PAHO_LOG.addFilter(quiet_after_own_disconnect)
+PAHO_LOG.addFilter(quiet_not_connected)
 
+RECONNECT_MAX_S = 5
 SESSION_EXPIRY_S = 7 * 24 * 3600  # commands sent while the Pi was unreachable wait this long
 WINDOW = 200  # events published and not yet acknowledged
 BATCH = 100
@@ -76,6 +79,7 @@ class AgentLink:
         self.client = self._new_client(mqtt.MQTTv5)
         self._downgrade = threading.Event()
         self.connected = False
+        self._unreachable = False  # told the journal, since the last connection
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
@@ -96,10 +100,11 @@ class AgentLink:
     def _new_client(self, protocol: int) -> mqtt.Client:
         client = make_client(self.broker, f"fabpass-{self.config.machine.id}", protocol, persistent=True)
         client.will_set(self.topics["status"], offline_status(self.config.machine.id), qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         client.max_inflight_messages_set(WINDOW)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.suppress_exceptions = True  # a bug in a callback is logged; the network thread lives on
@@ -171,6 +176,7 @@ class AgentLink:
             log.error("broker %s refused the connection: %s", self.broker, reason_code)
             return
         self.connected = True
+        self._unreachable = False
         log.info("connected to %s", self.broker)
         subscriptions = [(self.topics["members"], 1), (self.topics["commands"], 1)]
         if self.agent.simulated:
@@ -183,6 +189,12 @@ class AgentLink:
         if self.connected:
             log.warning("disconnected from %s (%s); events wait in the outbox", self.broker, reason_code)
         self.connected = False
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._unreachable:  # once per outage: paho retries every few seconds
+            self._unreachable = True
+            log.warning("cannot reach broker %s; retrying every %d s at most, events wait in the outbox",
+                        self.broker, RECONNECT_MAX_S)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         self._acks.put((mid, not reason_code.is_failure))

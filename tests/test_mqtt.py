@@ -289,18 +289,53 @@ def test_mqtt_an_error_in_a_callback_does_not_kill_the_link(tmp_path, mosquitto,
         agent.stop()
 
 
-def test_mqtt_paho_error_after_our_own_disconnect_is_dropped_a_lost_connection_is_not(caplog):
-    """paho's network thread can log "not connected" once after a clean stop; a technician
-    must not read an error in the journal at every restart, but must read a real loss."""
+def test_mqtt_paho_not_connected_errors_we_say_ourselves_are_dropped_a_lost_connection_is_not(caplog):
+    """paho's network thread logs "not connected" once after a clean stop and after every
+    failed reconnection; a technician must not read an error in the journal at every
+    restart, nor every few seconds of an outage, but must read a real loss."""
     import logging
 
     import agent.mqtt  # noqa: F401 - installs the filter on paho's logger
 
     paho_log = logging.getLogger("paho")
     with caplog.at_level(logging.ERROR, logger="paho"):
-        for state in ("MQTT_CS_DISCONNECTED", "MQTT_CS_CONNECTION_LOST"):
+        for state in ("MQTT_CS_DISCONNECTED", "MQTT_CS_CONNECTING", "MQTT_CS_CONNECTION_LOST"):
             paho_log.error("Client is not connected. Socket: None). Last known Connection State: %s", state)
     assert [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records] == ["MQTT_CS_CONNECTION_LOST"]
+
+
+def test_mqtt_an_outage_is_one_warning_in_the_journal_not_one_per_retry(tmp_path, mosquitto, caplog):
+    """While the broker is down paho retries every few seconds; the journal says so once
+    per outage, in words, and again after the link has been connected in between."""
+    import logging
+
+    from agent.mqtt import AgentLink
+    from tests.agent_support import RunningAgent
+
+    def attempts() -> int:
+        return sum(r.getMessage() == "Connection failed, retrying" for r in caplog.records)
+
+    def told() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "fabpass.mqtt" and r.getMessage().startswith("cannot reach broker")]
+
+    caplog.set_level(logging.INFO, logger="fabpass.mqtt")
+    caplog.set_level(logging.DEBUG, logger="paho")  # the last call sets caplog's own level
+    text = config_text(tmp_path, extra=f'[mqtt]\nurl = "{mosquitto.url}"\n')
+    agent = RunningAgent(text, link_factory=lambda a: AgentLink(a, a.config))
+    try:
+        wait_for(lambda: agent.agent.link.connected, 10, "the connection")
+        mosquitto.stop()
+        wait_for(lambda: attempts() >= 2, 15, "two failed reconnections")
+        assert told() == [f"cannot reach broker {agent.agent.link.broker}; retrying every 5 s at most, "
+                          "events wait in the outbox"]
+        assert not [r for r in caplog.records if "not connected" in r.getMessage()]
+        mosquitto.start()
+        wait_for(lambda: agent.agent.link.connected, 15, "the reconnection")
+        mosquitto.stop()
+        wait_for(lambda: len(told()) == 2, 15, "the second outage told")
+    finally:
+        agent.stop()
 
 
 def test_mqtt_disconnect_survives_paho_thread_ending_inside_loop_stop(mosquitto, monkeypatch):
