@@ -283,6 +283,24 @@ def test_snapshot_signed_accepted_with_public_key() -> None:
     assert snap.count == 2 and len(list(snap.members())) == 2
 
 
+@pytest.mark.parametrize("check_members", [True, False], ids=["checked", "unchecked"])
+def test_snapshot_signed_member_with_a_key_given_twice_refused(check_members: bool) -> None:
+    """Its last value gives the signed bytes, so the signature holds; the list is still refused."""
+    text = dumps(sign(snapshot(ADA, GRACE), KEY)).replace('"status": "active"', '"status": "x", "status": "active"')
+    with pytest.raises(SnapshotError, match="status: appears twice in one object"):
+        list(load_json(text, PUBLIC, check_members=check_members).members())
+
+
+def test_snapshot_signed_list_longer_than_a_signing_batch() -> None:
+    people = [{**GRACE, "id": f"m-{n}", "badges": [f"{n:08X}"]} for n in range(1234)]
+    for check_members in (True, False):
+        snap = load_json(dumps(sign(snapshot(*people), KEY)), PUBLIC, check_members=check_members)
+        assert [m.id for m in snap.members()] == [p["id"] for p in people]
+    tampered = dumps(sign(snapshot(*people), KEY)).replace('"m-1233"', '"m-1234"')
+    with pytest.raises(SnapshotError, match="bad signature"):
+        load_json(tampered, PUBLIC, check_members=False)
+
+
 def test_snapshot_signature_independent_of_layout() -> None:
     signed = sign(snapshot(ADA, GRACE), KEY)
     reordered = {k: signed[k] for k in ["sig", "members", "version", "generated_at", "v"]}
