@@ -1,6 +1,7 @@
 """`python -m agent.applier DIR`: apply the member list on standard input to the cache
 in DIR, in a process of its own, and answer one JSON object on standard output:
-`{"version", "count"}`, `{"version", "cached"}` (not newer) or `{"error", "version"}`.
+`{"version", "count"}`, `{"version", "cached"}` (not newer), `{"error", "version"}` (the
+list cannot be used) or `{"error", "storage": true}` (this machine could not write it).
 
 The agent runs this for lists from the broker: parsing and validating 100,000
 members holds a Python process's GIL for seconds, and the agent's taps must not
@@ -33,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         applied = apply_here(cache, lambda: load_json(payload, args.public_key, check_members=False), hasher)
     except VersionNotNewer as err:
         answer = {"version": err.version, "cached": err.cached}
-    except (ValueError, OSError, sqlite3.Error) as err:
+    except ValueError as err:
         answer = {"error": str(err), "version": getattr(err, "version", None)}
+    except (OSError, sqlite3.Error) as err:
+        answer = {"error": str(err), "storage": True}
     else:
         answer = {"version": applied.version, "count": applied.count}
     finally:

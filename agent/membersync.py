@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import __version__
 from agent.badgehash import BadgeHasher
 from agent.members import MemberCache, VersionNotNewer
 from agent.outbox import Outbox
@@ -25,6 +26,8 @@ log = logging.getLogger("fabpass.members")
 
 CONFIRMED_KEY = "members_confirmed_at"
 PAYLOAD_KEY = "members_payload"  # {"version", "sha256"} of the last list from the broker applied or confirmed
+# {"sha256", "cached", "version", "error"} of the last list from the broker refused for what it holds
+REFUSED_KEY = "members_refused"
 
 
 @dataclass(frozen=True)
@@ -84,17 +87,22 @@ def apply_in_child(directory: Path, payload: bytes, public_key: str | None = Non
         raise OSError(f"the list applier failed: {child.stderr.decode(errors='replace')[-500:]}") from None
     if "cached" in answer:
         raise VersionNotNewer(answer["version"], answer["cached"])
+    if answer.get("storage"):
+        raise OSError(answer["error"])
     if "error" in answer:
         raise ListError(answer["error"], answer.get("version"))
     return Applied(answer["version"], answer["count"])
 
 
 def apply_list(outbox: Outbox, apply: Callable[[], Applied], now: dt.datetime,
-               remember: Callable[[int], dict[str, Any]] = lambda version: {}) -> ApplyResult:
+               remember: Callable[[int], dict[str, Any]] = lambda version: {},
+               remember_refusal: Callable[[int | None, str], dict[str, Any]] = lambda version, error: {},
+               ) -> ApplyResult:
     """Apply a list with `apply` (apply_here or apply_in_child) and record the outcome:
     the version must grow, the same version again only confirms the list, a bad
     list changes nothing. `remember(version)` gives meta keys to write with an
-    applied or confirmed list, in the same commit."""
+    applied or confirmed list, `remember_refusal(version, error)` with a list
+    refused for what it holds (not for a full disk), in the same commit."""
     confirmed = {CONFIRMED_KEY: now.timestamp()}
     try:
         applied = apply()
@@ -102,9 +110,12 @@ def apply_list(outbox: Outbox, apply: Callable[[], Applied], now: dt.datetime,
         if err.same:  # a retained list delivered again: it is still current
             outbox.commit([], now, {**confirmed, **remember(err.version)})
             return ApplyResult(False, err.version)
-        return _rejected(outbox, err.version, str(err), now)
-    except (ValueError, OSError, sqlite3.Error) as err:
-        return _rejected(outbox, getattr(err, "version", None), str(err), now)
+        return _rejected(outbox, err.version, str(err), now, remember_refusal(err.version, str(err)))
+    except ValueError as err:  # the list: the same bytes would be refused again
+        version = getattr(err, "version", None)
+        return _rejected(outbox, version, str(err), now, remember_refusal(version, str(err)))
+    except (OSError, sqlite3.Error) as err:  # this machine: the next delivery tries again
+        return _rejected(outbox, None, str(err), now)
     log.info("member list version %d applied: %d members", applied.version, applied.count)
     outbox.commit([("members_updated", {"version": applied.version, "count": applied.count})], now,
                   {**confirmed, **remember(applied.version)})
@@ -118,27 +129,36 @@ def apply_published(outbox: Outbox, cache: MemberCache, payload: bytes, apply: C
     The broker delivers its retained list again at every reconnect. When the
     bytes are those last applied or confirmed here, under the same `settings`
     (whatever else decides what the cache holds: the signing key, the badge
-    hash key), and the cache still holds that version, the list is only
-    confirmed: no applier process is started (on a Pi Zero that is seconds of
-    CPU and 20 MB at every reconnect).
+    hash key) and fabpass version, and the cache still holds that version, the
+    list is only confirmed: no applier process is started (on a Pi Zero that is
+    seconds of CPU and 20 MB at every reconnect). The bytes of a list last
+    refused for what it holds, against the same cached version, are refused
+    again without an applier and without another members_rejected event.
     """
-    hashed = hashlib.sha256(settings.encode() + b"\0")
+    hashed = hashlib.sha256(f"{__version__}\0{settings}\0".encode())
     hashed.update(payload)  # hashlib lets go of the GIL for big data: taps go on
     digest = hashed.hexdigest()
+    cached = cache.version
     last = outbox.get(PAYLOAD_KEY)
-    if last is not None and last["sha256"] == digest and cache.version == last["version"]:
+    if last is not None and last["sha256"] == digest and cached == last["version"]:
         outbox.commit([], now, {CONFIRMED_KEY: now.timestamp()})
         return ApplyResult(False, last["version"])
+    refused = outbox.get(REFUSED_KEY)
+    if refused is not None and refused["sha256"] == digest and refused["cached"] == cached:
+        return ApplyResult(False, refused["version"], error=refused["error"])
     return apply_list(outbox, lambda: apply(payload), now,
-                      lambda version: {PAYLOAD_KEY: {"version": version, "sha256": digest}})
+                      lambda version: {PAYLOAD_KEY: {"version": version, "sha256": digest}},
+                      lambda version, error: {REFUSED_KEY: {"sha256": digest, "cached": cached,
+                                                            "version": version, "error": error}})
 
 
-def _rejected(outbox: Outbox, version: int | None, error: str, now: dt.datetime) -> ApplyResult:
+def _rejected(outbox: Outbox, version: int | None, error: str, now: dt.datetime,
+              meta: dict[str, Any] | None = None) -> ApplyResult:
     log.warning("member list rejected, the last good list stays in force: %s", error)
     fields: dict[str, Any] = {"error": error}
     if version is not None:
         fields["version"] = version
-    outbox.commit([("members_rejected", fields)], now)
+    outbox.commit([("members_rejected", fields)], now, meta)
     return ApplyResult(False, version, error=error)
 
 

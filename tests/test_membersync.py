@@ -82,9 +82,33 @@ def test_membersync_same_list_read_again_under_other_settings(storage):
     assert storage.runs == 2
 
 
-def test_membersync_a_refused_list_is_read_again_each_time(storage):
+@pytest.mark.parametrize("bad", [members_json(version=4), b'{"v": 1, "version": 9, "members": [{]}'],
+                         ids=["older", "broken"])
+def test_membersync_a_refused_list_delivered_again_is_refused_without_an_applier(storage, bad):
     storage.deliver(members_json(version=5))
-    older = members_json(version=4)
-    assert storage.deliver(older).error and storage.deliver(older).error
-    assert storage.runs == 3 and storage.cache.version == 5
-    assert storage.events() == ["members_updated", "members_rejected", "members_rejected"]
+    first = storage.deliver(bad)
+    assert first.error and storage.runs == 2
+    again = storage.deliver(bad, minutes=10)
+    assert (again.applied, again.version, again.error) == (False, first.version, first.error)
+    assert storage.runs == 2, "the same refused bytes started no applier"
+    assert storage.events() == ["members_updated", "members_rejected"], "and were told once"
+    assert storage.cache.version == 5
+
+
+def test_membersync_a_refused_list_is_read_again_when_the_cache_changed(storage):
+    storage.deliver(members_json(version=5))
+    assert storage.deliver(members_json(version=4)).error  # not newer than 5
+    storage.cache.close()
+    (storage.directory / FILENAME).unlink()  # as a corrupt cache is moved aside at start
+    storage.cache = MemberCache(storage.directory)
+    assert storage.deliver(members_json(version=4)).applied and storage.runs == 3
+
+
+def test_membersync_a_list_this_machine_could_not_write_is_tried_again(storage):
+    blocker = storage.directory / (FILENAME + ".new")
+    blocker.mkdir()  # where the applier writes the new cache: it cannot
+    failed = storage.deliver(members_json(version=6))
+    assert failed.error and not failed.applied and storage.cache.version is None
+    blocker.rmdir()
+    assert storage.deliver(members_json(version=6)).applied and storage.runs == 2
+    assert storage.events() == ["members_rejected", "members_updated"]
