@@ -141,6 +141,19 @@ def test_members_cache_survives_reopen(tmp_path):
     again.close()
 
 
+def test_members_cache_in_a_directory_whose_name_looks_like_a_uri(tmp_path):
+    """The storage path reaches SQLite as a URI: `?`, `#` and `%` in it are not parameters."""
+    storage = tmp_path / "lab?mode=rw #2 100%20"
+    storage.mkdir()
+    first = MemberCache(storage)
+    first.apply(Snap(3, [ADA]))
+    first.close()
+    again = MemberCache(storage)  # checks the existing file first
+    assert again.lookup("04A1B2C3").id == "m-ada" and again.info().version == 3
+    assert sorted(p.name for p in storage.iterdir()) == [FILENAME]
+    again.close()
+
+
 def test_members_cache_other_instance_sees_apply(tmp_path):
     """A second process (fabpass members import) applies; the agent's cache reopens the file."""
     agent, importer = MemberCache(tmp_path), MemberCache(tmp_path)
