@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 import threading
 import uuid
 
@@ -94,6 +95,31 @@ def test_outbox_reopened_file_keeps_unacknowledged_events(tmp_path):
     again = Outbox(path, "laser-1")
     assert [json.loads(p) for _, p in again.pending()] == [events[0], events[2]]
     again.close()
+
+
+def test_outbox_written_by_an_older_agent_keeps_its_events_and_counter(tmp_path):
+    """An outbox of the first layout (events with an event_id column) is migrated in place."""
+    path = tmp_path / "agent.db"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE migrations (id INTEGER PRIMARY KEY, applied TEXT);
+        INSERT INTO migrations VALUES (1, '2026-01-01T00:00:00.000Z'), (2, '2026-01-01T00:00:00.000Z');
+        CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, payload TEXT NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO events VALUES (6, 'id-6', '{"seq":6}'), (7, 'id-7', '{"seq":7}');
+        INSERT INTO meta VALUES ('last_seq', '7'), ('locked', 'true');
+    """)
+    old.close()
+    box = Outbox(path, "laser-1")
+    assert box.pending() == [(6, '{"seq":6}'), (7, '{"seq":7}')]
+    assert box.last_seq == 7 and box.get("locked") is True
+    assert box.commit([LOCKED], NOW)[0]["seq"] == 8
+    box.close()
+    check = sqlite3.connect(path)
+    assert [row[1] for row in check.execute("PRAGMA table_info(events)")] == ["seq", "payload"]
+    assert [row[0] for row in check.execute("SELECT id FROM migrations ORDER BY id")] == [1, 2, 3]
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
 
 
 def test_outbox_acknowledge_some_and_unknown(box):
