@@ -82,7 +82,7 @@ class EndReason(str, Enum):
     AGENT_RESTART = "agent_restart"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     id: str
     name: str

@@ -9,7 +9,7 @@ from agent.hours import OpeningHours
 from agent.model import Member, Reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rules:
     """What the machine's config says about access."""
 
@@ -17,7 +17,7 @@ class Rules:
     hours: OpeningHours | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Situation:
     """What the machine and its list are doing at the moment of a tap."""
 
@@ -27,7 +27,7 @@ class Situation:
     clock_trusted: bool = True  # False until the system clock is synchronised
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     granted: bool
     reason: Reason | None = None

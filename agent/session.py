@@ -17,7 +17,7 @@ from agent.model import EndReason, Member, Reason
 from agent.policy import Rules, Situation, decide, may_end_others
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Instant:
     wall: dt.datetime  # aware
     mono: float
@@ -26,7 +26,7 @@ class Instant:
         return self.wall.astimezone(tz)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Timing:
     """Session limits from the config; all in seconds, None when off."""
 
@@ -38,7 +38,7 @@ class Timing:
     run_on: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Session:
     member_id: str
     badge: str
@@ -49,7 +49,7 @@ class Session:
     warned: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class State:
     session: Session | None = None
     locked: bool = False
@@ -72,7 +72,7 @@ class State:
 # Inputs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tap:
     badge: str
     member: Member | None
@@ -80,36 +80,36 @@ class Tap:
     clock_trusted: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tick:
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lock:
     by: str
     reason: str
     now: bool = False  # end a session in progress at once
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Unlock:
     by: str
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndSession:
     by: str
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Running:
     running: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     pass
 
@@ -119,18 +119,18 @@ Input = Tap | Tick | Lock | Unlock | EndSession | Running | Shutdown
 # Actions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Relay:
     on: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     type: str
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Indicate:
     signal: Signal
 
@@ -138,7 +138,7 @@ class Indicate:
 Action = Relay | Record | Indicate
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """The answer to a tap, as `fabpass tap --json` prints it."""
 
@@ -156,7 +156,7 @@ class Outcome:
                 "relay": self.relay, "member_id": self.member_id}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Step:
     state: State
     actions: tuple[Action, ...] = ()
@@ -167,7 +167,7 @@ class Step:
         return any(isinstance(a, Relay) and a.on for a in self.actions)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Machine:
     """What the state machine needs to know about its machine."""
 

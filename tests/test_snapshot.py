@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -120,7 +121,7 @@ members_strategy = st.builds(
 @settings(max_examples=50)
 @given(st.lists(members_strategy, max_size=5, unique_by=lambda m: m.id), st.integers(1, 2**53))
 def test_snapshot_any_valid_list_round_trips_signed(members: list[Member], version: int) -> None:
-    members = [Member(**{**m.__dict__, "badges": (f"{i:08X}",)}) for i, m in enumerate(members)]
+    members = [dataclasses.replace(m, badges=(f"{i:08X}",)) for i, m in enumerate(members)]
     obj = {"v": 1, "version": version, "members": [
         {"id": m.id, "name": m.name, "status": m.status, "badges": list(m.badges),
          "expires": m.expires and m.expires.isoformat(), "roles": sorted(m.roles),
