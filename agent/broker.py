@@ -7,6 +7,7 @@ so that it never has to stand on a command line.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import threading
@@ -119,6 +120,24 @@ def make_client(broker: Broker, client_id: str = "", protocol: int | None = None
             context.load_cert_chain(broker.cert_file, broker.key_file)
         client.tls_set_context(context)
     return client
+
+
+class Outage:
+    """Tells the journal once per outage, not at every retry, that the broker cannot be
+    reached: paho calls on_connect_fail at each failed attempt, every few seconds."""
+
+    def __init__(self, log: logging.Logger, broker: Broker, meanwhile: str) -> None:
+        self._log, self._broker, self._meanwhile = log, broker, meanwhile
+        self._told = False
+
+    def on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._told:
+            self._told = True
+            self._log.warning("cannot reach broker %s; %s", self._broker, self._meanwhile)
+
+    def ended(self) -> None:
+        """Connected: the next failure starts another outage."""
+        self._told = False
 
 
 def disconnect(client: mqtt.Client, properties: Any = None) -> None:

@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import remote
-from agent.broker import Broker, disconnect, make_client
+from agent.broker import Broker, Outage, disconnect, make_client
 from agent.config import Config
 from agent.model import BadBadge, normalise_badge
 
@@ -76,10 +76,10 @@ class AgentLink:
         self.broker = Broker.parse(mc.url).with_credentials(
             mc.username, mc.password_file, mc.ca_file, mc.cert_file, mc.key_file)
         self.topics = topics(mc.topic_prefix, config.machine.id)
+        self._outage = Outage(log, self.broker, f"retrying every {RECONNECT_MAX_S} s at most, events wait in the outbox")
         self.client = self._new_client(mqtt.MQTTv5)
         self._downgrade = threading.Event()
         self.connected = False
-        self._unreachable = False  # told the journal, since the last connection
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
@@ -104,7 +104,7 @@ class AgentLink:
         client.max_inflight_messages_set(WINDOW)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_connect_fail = self._on_connect_fail
+        client.on_connect_fail = self._outage.on_connect_fail
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.suppress_exceptions = True  # a bug in a callback is logged; the network thread lives on
@@ -176,7 +176,7 @@ class AgentLink:
             log.error("broker %s refused the connection: %s", self.broker, reason_code)
             return
         self.connected = True
-        self._unreachable = False
+        self._outage.ended()
         log.info("connected to %s", self.broker)
         subscriptions = [(self.topics["members"], 1), (self.topics["commands"], 1)]
         if self.agent.simulated:
@@ -189,12 +189,6 @@ class AgentLink:
         if self.connected:
             log.warning("disconnected from %s (%s); events wait in the outbox", self.broker, reason_code)
         self.connected = False
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        if not self._unreachable:  # once per outage: paho retries every few seconds
-            self._unreachable = True
-            log.warning("cannot reach broker %s; retrying every %d s at most, events wait in the outbox",
-                        self.broker, RECONNECT_MAX_S)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         self._acks.put((mid, not reason_code.is_failure))

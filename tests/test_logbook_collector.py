@@ -138,3 +138,30 @@ def test_logbook_event_not_committed_is_not_acknowledged_and_comes_back(mosquitt
         assert db["events"].count == 0
     with Collector(broker, db_path) as collector:
         wait_for(lambda: collector.counts["stored"] == 1, what="the unacknowledged event again")
+
+
+def test_logbook_an_unreachable_broker_is_one_warning_per_outage(mosquitto, tmp_path, caplog):
+    """Started while its broker is down, the collector says so once (paho retries every
+    few seconds), connects when the broker comes, and says it again at the next outage."""
+    import logging
+
+    def told() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "agent.logbook.collector" and r.getMessage().startswith("cannot reach broker")]
+
+    def attempts() -> int:
+        return sum(r.getMessage() == "Connection failed, retrying" for r in caplog.records)
+
+    caplog.set_level(logging.INFO, logger="agent.logbook.collector")
+    caplog.set_level(logging.DEBUG, logger="paho")
+    mosquitto.stop()
+    collector = Collector(Broker.parse(mosquitto.url), tmp_path / "logbook.db")
+    collector._client.enable_logger(logging.getLogger("paho"))  # to count paho's attempts
+    with collector:
+        wait_for(lambda: attempts() >= 2, 15, "two failed connection attempts")
+        assert told() == [f"cannot reach broker {collector.broker}; retrying every 30 s at most; "
+                          "meanwhile events wait in the agents' outboxes or on the broker"]
+        mosquitto.start()
+        wait_for(collector.connected.is_set, 40, "the connection once the broker is up")
+        mosquitto.stop()
+        wait_for(lambda: len(told()) == 2, 40, "the second outage told")

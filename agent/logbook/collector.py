@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.broker import Broker, disconnect, make_client
+from agent.broker import Broker, Outage, disconnect, make_client
 from agent.logbook.events import MalformedEvent, parse_event, parse_status
 from agent.logbook.store import Outcome, ingest, open_db, record_status
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CLIENT_ID = "fabpass-logbook"
 DEFAULT_SESSION_EXPIRY_S = 14 * 86400
+RECONNECT_MAX_S = 30
 
 
 class Collector:
@@ -45,7 +46,10 @@ class Collector:
         self.counts = {outcome: 0 for outcome in (*Outcome, "malformed")}
         self._client = make_client(broker, client_id=client_id)
         self._client.manual_ack_set(True)
-        self._client.reconnect_delay_set(1, 30)
+        self._client.reconnect_delay_set(1, RECONNECT_MAX_S)
+        self._outage = Outage(log, broker, f"retrying every {RECONNECT_MAX_S} s at most; "
+                                           "meanwhile events wait in the agents' outboxes or on the broker")
+        self._client.on_connect_fail = self._outage.on_connect_fail
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -79,6 +83,7 @@ class Collector:
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", self.broker, reason_code)
             return
+        self._outage.ended()
         client.subscribe([(f"{self.prefix}/machines/+/events", 1),
                           (f"{self.prefix}/machines/+/status", 1)])
         log.info("connected to %s (session %s)", self.broker,
