@@ -8,7 +8,8 @@ wake-up is not counted. Taps alternate on/off for one member after another, so
 every tap changes the relay: the "on" half includes the durable outbox write.
 
 `lookup_during_apply` times the same taps while a large member list is being
-applied to the cache by another thread, as the MQTT list worker does.
+applied as one from the broker is: from another thread, as the MQTT list
+worker calls `Agent.apply_published`, which applies it in a child process.
 """
 
 from __future__ import annotations
