@@ -6,9 +6,10 @@ never wait for it: lookups keep reading the old file until the rename, then
 reopen. A lookup is one indexed query on the badge.
 
 Nothing writes the file once it is in place, so lookups open it as immutable:
-SQLite then takes no locks and checks for no journal, a third of a lookup's
-cost. The rename gives a new inode, which `_conn` notices, and the open file
-descriptor keeps the old inode's bytes until it is closed.
+SQLite then takes no locks and looks for no journal, more than half of a
+lookup query's cost. The rename gives a new inode, which `_conn` notices, and
+the open file descriptor keeps the old inode's bytes until it is closed. (The
+file is not for editing in place: a new list replaces it.)
 """
 
 from __future__ import annotations
