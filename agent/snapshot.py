@@ -445,7 +445,10 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
         nonlocal count
         count += 1
         if signed is not None:
-            signed.add(_plain(raw))
+            try:
+                signed.add(_plain(raw))
+            except ValueError as err:  # a key given twice: no canonical bytes to check
+                raise SnapshotError(f"{_where_json(index, raw)}: {err}") from None
         if check_members and not first_error:
             try:
                 unique.add(_json_member(raw))
