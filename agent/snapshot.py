@@ -377,6 +377,7 @@ class _Signed:
     def verify(self, fields: dict[str, Any], public_key: Ed25519PublicKey) -> None:
         from agent.signing import canonical_json, verify_bytes
 
+        self.flush()  # members still pending would be missing from the signed bytes
         others = {k: v for k, v in fields.items() if k != "sig"}
         head = [canonical_json(k) + b":" + canonical_json(v) for k, v in sorted(others.items()) if k < "members"]
         tail = [canonical_json(k) + b":" + canonical_json(v) for k, v in sorted(others.items()) if k > "members"]

@@ -302,6 +302,17 @@ def test_snapshot_signed_list_longer_than_a_signing_batch() -> None:
         load_json(tampered, PUBLIC, check_members=False)
 
 
+def test_snapshot_signature_covers_members_still_pending_in_a_batch() -> None:
+    """_Signed encodes members a batch at a time; verify() must see the unfinished batch."""
+    from agent.snapshot import _Signed
+
+    signed = sign(snapshot(ADA, GRACE), KEY)
+    pending = _Signed()
+    for member in signed["members"]:
+        pending.add(member)
+    pending.verify(signed, KEY.public_key())  # raises on a bad signature
+
+
 def test_snapshot_signature_independent_of_layout() -> None:
     signed = sign(snapshot(ADA, GRACE), KEY)
     reordered = {k: signed[k] for k in ["sig", "members", "version", "generated_at", "v"]}
