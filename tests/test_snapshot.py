@@ -311,6 +311,7 @@ def test_snapshot_signature_covers_members_still_pending_in_a_batch() -> None:
     for member in signed["members"]:
         pending.add(member)
     pending.verify(signed, KEY.public_key())  # raises on a bad signature
+    assert bytes(pending.members) == canonical_json({k: v for k, v in signed.items() if k != "sig"})
 
 
 def test_snapshot_signature_independent_of_layout() -> None:
