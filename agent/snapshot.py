@@ -466,7 +466,7 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
                 end: list[int] = []
                 for index, raw in enumerate(_raw_members(text, start, end, decoder)):
                     on_member(index, raw)
-                if signed is not None:
+                if signed is not None:  # here, so that an encoding error reads as a refusal
                     signed.flush()
                 top.after(end[0])
                 start = top.keys()
