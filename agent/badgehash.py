@@ -67,4 +67,4 @@ class _HashedSnapshot:
 
     def members(self) -> Iterator[Member]:
         for member in self.inner.members():
-            yield dataclasses.replace(member, badges=tuple(self.hasher(b) for b in member.badges))
+            yield member._replace(badges=tuple(self.hasher(b) for b in member.badges))

@@ -21,9 +21,10 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Protocol
 
 from agent.model import Member
@@ -75,15 +76,15 @@ def _date(text: str | None) -> dt.date | None:
 
 
 # A list repeats the same few role sets and induction maps many times: decode and
-# encode each distinct one once (a lookup copies the dict it hands out).
+# encode each distinct one once (members share the read-only map).
 @functools.lru_cache(maxsize=1024)
 def _roles(text: str) -> frozenset[str]:
     return frozenset(json.loads(text))
 
 
 @functools.lru_cache(maxsize=1024)
-def _inductions(text: str) -> dict[str, dt.date | None]:
-    return {k: _date(v) for k, v in json.loads(text).items()}
+def _inductions(text: str) -> Mapping[str, dt.date | None]:
+    return MappingProxyType({k: _date(v) for k, v in json.loads(text).items()})
 
 
 class _Encoder:
@@ -103,7 +104,7 @@ class _Encoder:
                 self._roles[roles] = text
         return text
 
-    def inductions(self, inductions: dict[str, dt.date | None]) -> str:
+    def inductions(self, inductions: Mapping[str, dt.date | None]) -> str:
         key = tuple(inductions.items())
         text = self._inductions.get(key)
         if text is None:
@@ -171,7 +172,7 @@ class MemberCache:
         member_id, name, status, expires, roles, inductions = row
         return Member(
             id=member_id, name=name, status=status, expires=_date(expires),
-            roles=_roles(roles), inductions=dict(_inductions(inductions)),
+            roles=_roles(roles), inductions=_inductions(inductions),
         )
 
     def info(self) -> CacheInfo:

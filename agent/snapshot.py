@@ -19,9 +19,10 @@ import io
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from agent.model import BadBadge, Member, normalise_list_badge
@@ -143,14 +144,14 @@ def _member(raw: Any) -> Member:
     )
 
 
-def _inductions(value: Any) -> dict[str, dt.date | None]:
+def _inductions(value: Any) -> Mapping[str, dt.date | None]:
     if type(value) is tuple:  # a decoded JSON object (see _DECODER)
         try:
             hash(value)
         except TypeError:  # a list inside: not valid, and no key for the cache
             value = _object(value)
         else:
-            return dict(_json_inductions(value))
+            return _json_inductions(value)
     if not isinstance(value, dict):
         raise ValueError("inductions: must be an object of induction name -> expiry date or null")
     for induction in value:
@@ -160,9 +161,9 @@ def _inductions(value: Any) -> dict[str, dt.date | None]:
 
 
 @functools.lru_cache(maxsize=1024)  # a list repeats the same few induction maps many times
-def _json_inductions(pairs: tuple[tuple[str, Any], ...]) -> dict[str, dt.date | None]:
-    """The inductions of a decoded JSON object; the caller copies the dict it shares."""
-    return _inductions(_object(pairs))
+def _json_inductions(pairs: tuple[tuple[str, Any], ...]) -> Mapping[str, dt.date | None]:
+    """The inductions of a decoded JSON object, read-only: the members that have them share them."""
+    return MappingProxyType(_inductions(_object(pairs)))
 
 
 def _member_json(member: Member) -> dict[str, Any]:

@@ -81,6 +81,15 @@ def test_members_cache_apply_and_lookup(cache, tmp_path):
     assert not (tmp_path / (FILENAME + ".new")).exists()
 
 
+def test_members_cache_lookups_share_inductions_read_only(cache):
+    twin = ADA._replace(id="m-twin", badges=("0A0B0C0D",))
+    cache.apply(Snap(1, [ADA, twin]))
+    ada, other = cache.lookup("04A1B2C3"), cache.lookup("0A0B0C0D")
+    with pytest.raises(TypeError):
+        ada.inductions["cnc"] = None  # would change every member with these inductions
+    assert other.inductions == ada.inductions == {"laser": None, "cnc": dt.date(2027, 1, 31)}
+
+
 def test_members_cache_member_without_badges_or_dates(cache):
     plain = Member(id="m-x", name="", status="active", badges=("0A0B0C0D",))
     cache.apply(Snap(1, [plain], generated_at=None))

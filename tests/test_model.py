@@ -72,7 +72,10 @@ def test_model_member_is_staff(roles, staff):
     assert Member(id="m", name="n", status="active", roles=roles).is_staff is staff
 
 
-def test_model_member_defaults_do_not_share_inductions():
+def test_model_member_is_immutable_and_its_default_inductions_cannot_leak():
     a, b = Member(id="a", name="a", status="active"), Member(id="b", name="b", status="active")
-    a.inductions["laser"] = None
-    assert b.inductions == {}
+    with pytest.raises(AttributeError):
+        a.status = "suspended"
+    with pytest.raises(TypeError):
+        a.inductions["laser"] = None
+    assert (a.status, a.inductions, b.inductions) == ("active", {}, {})

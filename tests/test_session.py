@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -361,7 +360,7 @@ def test_session_other_tap_in_warning_window_is_in_use():
 
 
 def test_session_refused_extension_ends_the_session_saying_why():
-    lapsed = replace(ADA, status="suspended")
+    lapsed = ADA._replace(status="suspended")
     state, steps = run([(0, tap(ADA)), (3300, Tick()), (3400, tap(lapsed))], MAX)
     assert state.session is None and not state.relay
     assert steps[2].outcome.action == "ended"
