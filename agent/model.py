@@ -43,10 +43,15 @@ HASHED_BADGE_LENGTH = 64  # HMAC-SHA256 in hex: see agent.badgehash
 _LIST_BADGE_LENGTHS = BADGE_HEX_LENGTHS | {HASHED_BADGE_LENGTH}
 
 
+def is_normal_list_badge(text: object) -> bool:
+    """Whether `text` is a list badge in normal form: the common case, 200,000 times in a big list."""
+    return type(text) is str and len(text) in _LIST_BADGE_LENGTHS and _HEX.fullmatch(text) is not None
+
+
 def normalise_list_badge(text: str) -> str:
     """A badge as a member list may carry it: a UID, or the keyed hash of one."""
-    if type(text) is str and len(text) in _LIST_BADGE_LENGTHS and _HEX.fullmatch(text):
-        return text  # already normal: the common case, 200,000 times in a big list
+    if is_normal_list_badge(text):
+        return text
     if isinstance(text, str) and len(text.strip()) == HASHED_BADGE_LENGTH:
         badge = text.strip().upper()
         if _HEX.fullmatch(badge):

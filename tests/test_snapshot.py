@@ -130,6 +130,83 @@ def test_snapshot_any_valid_list_round_trips_signed(members: list[Member], versi
     assert list(load_json(to_json(snap, KEY), PUBLIC).members()) == members
 
 
+# --- the fast path for members in publish order ------------------------------------------------
+# A member whose fields come in the order `to_json` writes them is read by a
+# shortcut (_laid_out_member); it must decide exactly as the full check does.
+# The full check reads the same member with its fields in reverse order.
+
+OMIT = object()
+LAYOUT = ("id", "name", "badges", "status", "expires", "roles", "inductions")
+NORMAL_BADGES = [[], ["04A1B2C3"], ["04A1B2C3D4E5F6", "0A0B0C0D0E"], ["A" * 64]]
+VALID_FIELDS: dict[str, list[Any]] = {  # OMIT: an optional field left out
+    "id": ["m-1", "é-2", " m-3 "],
+    "name": ["Ada", "", "Università", OMIT],
+    "badges": NORMAL_BADGES + [["04a1b2c3"], ["04:A1:B2:C3"], OMIT],
+    "status": ["active", "suspended"],
+    "expires": [None, "2099-12-31", OMIT],
+    "roles": [[], ["staff"], ["staff", "host", "staff"], OMIT],
+    "inductions": [{}, {"laser": None}, {"laser": "2099-06-30", "cnc": None}, OMIT],
+}
+BAD_FIELDS: dict[str, list[Any]] = {
+    "id": ["", " ", 7, None, [], {"x": 1}, '"\\ud800"', OMIT],
+    "name": [None, 5, ["x"], '"\\udfff"'],
+    "badges": [["04A1B2C3", "04A1B2C3"], ["04A1B2C3", "04:a1:b2:c3"], [""], [12345678], "04A1B2C3", None,
+               [["04A1B2C3"]], ["04A1B2C"], [{"x": 1}], ["a" * 63]],
+    "status": ["Active", "", None, 1, ["active"], {"active": 1}, OMIT],
+    "expires": ["2099-02-30", "2099-1-1", "", 20991231, ["2099-12-31"], {"d": 1}, "２０９９-１２-３１", True],
+    "roles": [[""], [5], "staff", None, [["x"]], [{"a": 1}], ['"\\ud800"']],
+    "inductions": [{"laser": "bad"}, {"": None}, {"laser": 5}, {"laser": ["x"]}, [], None, "laser",
+                   {"laser": {"x": 1}}, {"laser": True}, '{"laser":null,"laser":null}'],
+}
+
+
+def fragment(value: Any) -> str:
+    """JSON for a value; a str that is already JSON text (a lone surrogate, a duplicated key) as it is."""
+    if isinstance(value, str) and value[:1] in ('"', "{"):
+        return value
+    if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith('"'):
+        return "[" + ",".join(value) + "]"
+    return dumps(value)
+
+
+def member_text(fields: dict[str, Any], order: tuple[str, ...]) -> str:
+    return "{" + ",".join(f'"{k}":{fragment(fields[k])}' for k in order if fields[k] is not OMIT) + "}"
+
+
+def read_one(text: str) -> list[Member] | str:
+    try:
+        return list(load_json('{"v":1,"version":1,"members":[' + text + "]}").members())
+    except SnapshotError as err:
+        return str(err)
+
+
+def test_snapshot_laid_out_member_takes_the_shortcut_and_agrees_for_every_valid_mix() -> None:
+    """The shortcut takes every member in publish order whose badges are normal already."""
+    import itertools
+
+    from agent.snapshot import _DECODER, _laid_out_member
+
+    for values in itertools.product(*(VALID_FIELDS[k] for k in LAYOUT)):
+        fields = dict(zip(LAYOUT, values))
+        full = read_one(member_text(fields, LAYOUT[::-1]))
+        assert isinstance(full, list), full
+        fast = _laid_out_member(_DECODER.decode(member_text(fields, LAYOUT)))
+        if OMIT not in values and fields["badges"] in NORMAL_BADGES:
+            assert [fast] == full
+        else:
+            assert fast is None
+        assert read_one(member_text(fields, LAYOUT)) == full
+
+
+@pytest.mark.parametrize("field, value", [(k, v) for k in LAYOUT for v in BAD_FIELDS[k]],
+                         ids=lambda v: repr(v)[:30])
+def test_snapshot_laid_out_member_with_a_bad_field_is_refused_as_the_full_check_says(field: str, value: Any) -> None:
+    fields = {k: VALID_FIELDS[k][1] for k in LAYOUT} | {field: value}
+    full = read_one(member_text(fields, LAYOUT[::-1]))
+    assert isinstance(full, str) and full.startswith("members[0]"), full
+    assert read_one(member_text(fields, LAYOUT)) == full
+
+
 # --- bad JSON ---------------------------------------------------------------------------------
 
 def member(**changes: Any) -> dict:
