@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from agent.members import FILENAME, BATCH, CacheInfo, MemberCache, VersionNotNewer
+from agent.members import BATCH, FILENAME, ROWS, CacheInfo, MemberCache, VersionNotNewer
 from agent.model import Member
 from agent.snapshot import SnapshotError, load_csv, load_json
 
@@ -130,6 +130,17 @@ def test_members_cache_many_members_cross_batches(cache):
     assert cache.info().count == len(people)
     for n in (0, BATCH - 1, BATCH, 2 * BATCH + 16):
         assert cache.lookup(f"{n:08X}").id == f"m-{n:05d}"
+
+
+def test_members_cache_badges_cross_statements_of_many_rows(cache):
+    """Rows go in ROWS to a statement: members with 0 to 3 badges straddle every boundary."""
+    people = [person(n, badges=tuple(f"{n:05X}{k:03X}" for k in range(n % 4))) for n in range(3 * ROWS + 5)]
+    assert cache.apply(Snap(1, people)) == len(people)
+    for member in people:
+        for badge in member.badges:
+            assert cache.lookup(badge).id == member.id
+    with sqlite3.connect(cache.path) as conn:
+        assert conn.execute("SELECT count(*) FROM badges").fetchone()[0] == sum(len(m.badges) for m in people)
 
 
 def test_members_cache_new_list_replaces_old_whole(cache):
