@@ -95,8 +95,9 @@ _NO_INDUCTIONS: Mapping[str, dt.date | None] = MappingProxyType({})
 class Member(NamedTuple):
     """A member as the list gives it and the policy judges it. Immutable, and a
     NamedTuple rather than a frozen dataclass because an apply builds 100,000 of
-    them: the dataclass's __init__ (one object.__setattr__ per field) cost 2.3 µs
-    a member, the tuple 0.7 µs. `inductions` is read-only and may be shared."""
+    them: the dataclass's __init__ (one object.__setattr__ per field) costs
+    12,200 instructions, the tuple's 4,300. `inductions` is read-only and may
+    be shared."""
 
     id: str
     name: str
