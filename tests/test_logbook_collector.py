@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -25,6 +26,28 @@ def _archived(db_path) -> int:
 def _sessions(db_path) -> list[dict]:
     with open_db(db_path) as db:
         return sessions(db, LATER)
+
+
+def test_logbook_query_waits_for_the_collector_creating_the_logbook(tmp_path, mocker):
+    """SQLite refuses a switch to WAL at once while another connection writes, whatever
+    its busy timeout: a query opening a logbook the collector is still creating waits."""
+    path = tmp_path / "logbook.db"
+    creator = sqlite3.connect(path, isolation_level=None)
+    creator.execute("BEGIN IMMEDIATE")  # the collector, setting up the new file
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:  # the collector finishes while the query waits
+        waits.append(seconds)
+        if creator.in_transaction:
+            creator.execute("COMMIT")
+
+    mocker.patch("agent.logbook.store.time.sleep", side_effect=wait)
+    try:
+        with open_db(path) as db:
+            assert db.journal_mode == "wal" and db["events"].count == 0
+    finally:
+        creator.close()
+    assert len(waits) == 1
 
 
 def test_logbook_sessions_from_several_machines_arrive(mosquitto, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from agent.logbook.pairing import pair
 from agent.timespec import rfc3339
 
 MAX_SEQ = 2**63 - 1
+LOCK_TIMEOUT_S = 10.0
 migrations = Migrations("fabpass-logbook")
 
 
@@ -72,8 +74,8 @@ def open_db(path: str | Path, create: bool = False) -> Database:
     path = Path(path)
     if not create and not path.exists():
         raise LogbookMissing(f"{path}: no logbook database there (start `fabpass logbook run` first)")
-    db = Database(sqlite3.connect(str(path), check_same_thread=False, timeout=10))
-    db.enable_wal()
+    db = Database(sqlite3.connect(str(path), check_same_thread=False, timeout=LOCK_TIMEOUT_S))
+    _enable_wal(db)
     db.execute("PRAGMA synchronous=FULL")
     if migrations.pending(db):
         # Under a write lock, so that a query run while the collector starts
@@ -86,6 +88,25 @@ def open_db(path: str | Path, create: bool = False) -> Database:
             raise
         db.commit()
     return db
+
+
+def _enable_wal(db: Database) -> None:
+    """Switch the file to WAL, which it keeps (then this only reads the mode).
+
+    SQLite refuses the switch at once, without waiting out the busy timeout,
+    while another connection is writing: a query run as the collector creates
+    a new logbook met "database is locked". So wait and try again, up to the
+    same timeout.
+    """
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while True:
+        try:
+            db.enable_wal()
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.02)
 
 
 class Outcome(str, Enum):
