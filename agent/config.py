@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.hours import OpeningHours
-from agent.timespec import parse_duration
+from agent.core.hours import OpeningHours
+from agent.core.timespec import parse_duration
 
 MACHINE_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
 READER_TYPES = ("simulated", "mfrc522", "rdm6300", "head")
@@ -273,7 +273,7 @@ def _inconsistency(config: Config) -> str | None:
     if config.reader.type in ("rdm6300", "head") and not config.reader.port:
         return f"reader.port: required for a {config.reader.type} reader (e.g. /dev/serial0)"
     if mqtt is not None:
-        from agent.broker import BadBrokerURL, Broker
+        from agent.link.broker import BadBrokerURL, Broker
 
         try:
             Broker.parse(mqtt.url)

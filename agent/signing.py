@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.timespec import rfc3339
+from agent.core.timespec import rfc3339
 
 KEY_FILE = "signing.key"
 PUB_FILE = "signing.pub"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localbroker import LocalBroker as Mosquitto
+from agent.devtools.localbroker import LocalBroker as Mosquitto
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from agent.config import ReaderConfig
 from agent.hardware import headproto
 from agent.hardware.reader import Signal, TapDebouncer
 from agent.hardware.serialport import SerialReader
-from agent.model import BadBadge, normalise_badge
+from agent.core.model import BadBadge, normalise_badge
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from gpiozero import DigitalOutputDevice, Factory
 
 from agent.config import ReaderConfig
 from agent.hardware.reader import TapDebouncer, ThreadedReader
-from agent.model import badge_from_bytes
+from agent.core.model import badge_from_bytes
 
 log = logging.getLogger(__name__)
 

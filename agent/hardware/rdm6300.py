@@ -12,7 +12,7 @@ from gpiozero import Factory
 from agent.config import ReaderConfig
 from agent.hardware.reader import TapDebouncer
 from agent.hardware.serialport import SerialReader
-from agent.model import badge_from_bytes
+from agent.core.model import badge_from_bytes
 
 STX, ETX = 0x02, 0x03
 BODY_LENGTH = 12  # 10 hex digits of tag, 2 of checksum

@@ -26,7 +26,7 @@ class Reader(ABC):
     """An initiator: reports badges presented to it.
 
     `start` begins reporting: `on_tap(badge)` is called once per presentation
-    with a normalised badge (see `agent.model.normalise_badge`), from the
+    with a normalised badge (see `agent.core.model.normalise_badge`), from the
     reader's own thread; `on_health(ok, detail)` when the reader stops or
     resumes answering. `close` is idempotent and stops the thread.
     """

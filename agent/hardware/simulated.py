@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.hardware.reader import Reader
-from agent.model import normalise_badge
+from agent.core.model import normalise_badge
 
 
 class SimulatedReader(Reader):

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.broker import Broker, Outage, disconnect, make_client
+from agent.link.broker import Broker, Outage, disconnect, make_client
 from agent.logbook.events import MalformedEvent, parse_event, parse_status
 from agent.logbook.store import Outcome, ingest, open_db, record_status
 

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from agent.timespec import rfc3339
+from agent.core.timespec import rfc3339
 
 SESSION_STARTED = "session_started"
 SESSION_ENDED = "session_ended"

@@ -18,7 +18,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from agent.logbook.queries import parse_ts
-from agent.timespec import parse_duration, rfc3339
+from agent.core.timespec import parse_duration, rfc3339
 
 
 class ThresholdsError(ValueError):

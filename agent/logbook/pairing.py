@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent.logbook.events import SESSION_ENDED, SESSION_STARTED
-from agent.timespec import rfc3339
+from agent.core.timespec import rfc3339
 
 
 def _parse(ts: str) -> dt.datetime:

@@ -21,7 +21,7 @@ from sqlite_utils import Database
 
 from agent.logbook.events import ACCESS_DENIED
 from agent.logbook.queries import SESSION_KEYS, sessions
-from agent.timespec import rfc3339
+from agent.core.timespec import rfc3339
 
 PSEUDONYM_PREFIX = "anon-"
 

@@ -17,7 +17,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from agent.logbook.events import ACCESS_DENIED
-from agent.timespec import rfc3339
+from agent.core.timespec import rfc3339
 
 SESSION_KEYS = ("machine", "member_id", "badge", "start", "end", "duration_s", "end_reason")
 

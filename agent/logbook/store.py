@@ -20,7 +20,7 @@ from sqlite_utils.migrations import Migrations
 
 from agent.logbook.events import SESSION_STARTED, SESSION_TYPES
 from agent.logbook.pairing import pair
-from agent.timespec import rfc3339
+from agent.core.timespec import rfc3339
 
 MAX_SEQ = 2**63 - 1
 LOCK_TIMEOUT_S = 10.0

@@ -26,7 +26,7 @@ from sqlite_utils import Database
 
 from agent.logbook import queries
 from agent.logbook.chart import weekly_chart
-from agent.timespec import parse_time
+from agent.core.timespec import parse_time
 
 log = logging.getLogger(__name__)
 

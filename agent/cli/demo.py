@@ -1,0 +1,19 @@
+"""`fabpass demo`: the newcomer's tour."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command()
+@click.option("--broker", "broker_url", metavar="URL", help="Also publish the events to this broker.")
+def demo(broker_url: str | None) -> None:
+    """A simulated laser cutter, a sample member list and scripted taps, as a timeline."""
+    import logging
+
+    from agent.devtools.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(run_demo(click.echo, broker_url))

@@ -1,0 +1,82 @@
+"""Options and errors shared by the commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class InputError(click.ClickException):
+    """Bad usage or invalid input: exit 2 with one message naming what is wrong."""
+
+    exit_code = 2
+
+
+class RuntimeFailure(click.ClickException):
+    exit_code = 1
+
+
+def config_option(f: F) -> F:
+    return click.option(
+        "--config", "config_path", required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The machine's config file (TOML).",
+    )(f)
+
+
+def broker_option(required: bool = True) -> Callable[[F], F]:
+    return click.option(
+        "--broker", "broker_url", required=required, metavar="URL",
+        help="mqtt://[user@]host[:port] or mqtts://…; the password comes from "
+        "--password-file or FABPASS_MQTT_PASSWORD.",
+    )
+
+
+def password_file_option(f: F) -> F:
+    return click.option(
+        "--password-file", type=click.Path(exists=True, dir_okay=False), default=None,
+        help="A file holding the broker password.",
+    )(f)
+
+
+def prefix_option(f: F) -> F:
+    return click.option("--prefix", "topic_prefix", default="fabpass", show_default=True,
+                        help="The MQTT topic prefix.")(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
+
+
+def load_config(path: Path, simulate: bool = False):
+    from agent.config import ConfigError, load
+
+    try:
+        return load(path, simulate=simulate)
+    except ConfigError as err:
+        raise InputError(str(err)) from None
+
+
+def parse_broker(url: str, password_file: str | None = None):
+    from agent.link.broker import BadBrokerURL, Broker
+
+    try:
+        broker = Broker.parse(url)
+    except BadBrokerURL as err:
+        raise InputError(f"--broker: {err}") from None
+    try:
+        return broker.with_credentials(password_file=password_file)
+    except OSError as err:
+        raise InputError(f"--password-file: {err}") from None
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

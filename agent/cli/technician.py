@@ -1,0 +1,139 @@
+"""Technicians' tools: follow the logs live, lock, unlock, end a session remotely."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from agent.cli.options import (
+    InputError, RuntimeFailure, broker_option, json_option, parse_broker, password_file_option,
+    prefix_option,
+)
+
+
+@click.command()
+@click.argument("what", type=click.Choice(["tail"]))
+@broker_option()
+@password_file_option
+@prefix_option
+@click.option("--machine", help="Only this machine's events.")
+@json_option
+def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: str,
+         machine: str | None, as_json: bool) -> None:
+    """Follow usage events live (`logs tail`), one line each, until Ctrl-C."""
+    from agent.link.broker import disconnect, make_client
+    from agent.link.fleetview import format_event
+
+    broker = parse_broker(broker_url, password_file)
+    topic = f"{topic_prefix}/machines/{machine or '+'}/events"
+    client = make_client(broker)
+    failed: list[str] = []
+    done = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            failed.append(f"broker {broker} refused the connection: {reason_code}")
+            done.set()
+        else:
+            client.subscribe(topic, qos=1)
+
+    def on_message(client, userdata, message) -> None:
+        if as_json:
+            sys.stdout.write(message.payload.decode("utf-8", "replace") + "\n")
+        else:
+            try:
+                line = format_event(json.loads(message.payload))
+            except (ValueError, TypeError, AttributeError):
+                line = f"(unreadable event on {message.topic})"
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties) -> None:
+        click.echo(f"following {topic} on {broker} (Ctrl-C to stop)", err=True)
+
+    client.on_connect, client.on_message, client.on_subscribe = on_connect, on_message, on_subscribe
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        client.connect(broker.host, broker.port, keepalive=30)
+    except OSError as err:
+        raise RuntimeFailure(f"cannot reach broker {broker}: {err}") from None
+    client.loop_start()
+    done.wait()
+    disconnect(client)
+    if failed:
+        raise RuntimeFailure(failed[0])
+
+
+def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broker_url: str,
+          password_file: str | None, topic_prefix: str, sign_key: Path | None) -> None:
+    import datetime as dt
+
+    from agent.config import MACHINE_ID
+    from agent.link.publish import PublishError, publish_acknowledged
+    from agent.link.commands import MAX_REASON, Command
+
+    if not MACHINE_ID.fullmatch(machine):
+        raise InputError(f"MACHINE: {machine!r} is not a machine id ([a-z0-9][a-z0-9-]*)")
+    if len(reason) > MAX_REASON:
+        raise InputError(f"--reason: at most {MAX_REASON} characters ({len(reason)} given)")
+    broker = parse_broker(broker_url, password_file)
+    payload = Command(kind, by or getpass.getuser(), reason, now, machine).as_payload()
+    if sign_key is not None:
+        from agent.signing import SignatureError, load_private_key, sign_command
+
+        try:
+            payload = sign_command(payload, load_private_key(sign_key), dt.datetime.now(dt.timezone.utc))
+        except (SignatureError, ValueError, OSError) as err:
+            raise InputError(f"--sign-key: {err}") from None
+    try:
+        publish_acknowledged(broker, f"{topic_prefix}/machines/{machine}/commands",
+                         json.dumps(payload).encode(), retain=False)
+    except PublishError as err:
+        raise RuntimeFailure(str(err)) from None
+    click.echo(f"{kind} sent to {machine}")
+
+
+def _command_options(f):
+    for option in reversed([
+        broker_option(), password_file_option, prefix_option,
+        click.option("--by", help="Who is asking (default: your user name)."),
+        click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Sign the command (machines with a public_key accept only signed ones)."),
+    ]):
+        f = option(f)
+    return f
+
+
+@click.command()
+@click.argument("machine")
+@click.option("--reason", required=True, help="Why (shown to technicians, at most 200 characters).")
+@click.option("--now", is_flag=True, help="End a session in progress at once (default: lock when it ends).")
+@_command_options
+def lock(machine: str, reason: str, now: bool, **options) -> None:
+    """Lock MACHINE for maintenance: members are refused, staff still admitted."""
+    _send(machine, "lock", reason, options.pop("by"), now, **options)
+
+
+@click.command()
+@click.argument("machine")
+@click.option("--reason", default="", help="Why (optional).")
+@_command_options
+def unlock(machine: str, reason: str, **options) -> None:
+    """Unlock MACHINE."""
+    _send(machine, "unlock", reason, options.pop("by"), False, **options)
+
+
+@click.command("end-session")
+@click.argument("machine")
+@click.option("--reason", default="", help="Why (optional).")
+@_command_options
+def end_session(machine: str, reason: str, **options) -> None:
+    """End the session in progress on MACHINE (the relay goes off)."""
+    _send(machine, "end_session", reason, options.pop("by"), False, **options)

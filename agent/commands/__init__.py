@@ -1,1 +1,0 @@
-"""One module per family of `fabpass` commands; each command calls into the library."""

@@ -1,0 +1,428 @@
+"""The machine agent: the one place that wires reader, relay, cache, outbox and MQTT.
+
+Everything that changes the machine happens on one thread, the loop: taps
+from the reader, commands and lists from MQTT and requests from the control
+socket are submitted to it as calls. The loop asks the pure session machine
+what to do and carries out its actions: relay off at once, events written
+durably, relay on only once the event explaining it is on disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from gpiozero import DigitalInputDevice, Factory
+
+from agent import __version__
+from agent.core import session
+from agent.daemon import listsync as membersync
+from agent.members.badgehash import BadgeHasher
+from agent.daemon.clock import now as system_now
+from agent.config import Config
+from agent.daemon.control import ControlError, ControlServer
+from agent.daemon.clocksync import SimulatedClock, SystemClock
+from agent.hardware.factory import make_reader, pin_factory
+from agent.hardware.outputs import Indicators, MachineRelay
+from agent.hardware.reader import Reader, Signal
+from agent.members.cache import MemberCache
+from agent.core.model import BadBadge, EndReason, Reason, normalise_badge
+from agent.daemon.systemd import Notifier
+from agent.daemon.outbox import Outbox, StorageError
+from agent.core.policy import Rules
+from agent.core.session import Indicate, Instant, Outcome, Record, Relay, Step, Tap
+from agent.core.timespec import rfc3339
+
+log = logging.getLogger("fabpass.agent")
+
+OUTBOX_FILE = "agent.db"
+MAX_IDLE_WAIT = 1.0  # the loop wakes at least this often (heartbeat, watchdog)
+
+
+def machine_of(config: Config) -> session.Machine:
+    m = config.machine
+    return session.Machine(
+        rules=Rules(m.induction, m.hours),
+        timing=session.Timing(
+            max_session=m.max_session, warn_before=m.warn_before, hard_limit=m.hard_limit,
+            idle_timeout=config.sensor.idle_timeout, min_off=config.relay.min_off, run_on=config.relay.run_on,
+        ),
+        tz=config.tz,
+        has_sensor=config.sensor.pin is not None,
+    )
+
+
+def check_badge(cache: MemberCache, state: session.State, machine: session.Machine,
+                badge: str, now: Instant, list_stale: bool = False, clock_trusted: bool = True) -> dict[str, Any]:
+    """Would this tap be granted now? The session machine's answer, with no effect."""
+    member = cache.lookup(badge)
+    step = session.handle(state, Tap(badge, member, list_stale, clock_trusted), now, machine)
+    outcome = step.outcome
+    assert outcome is not None
+    return {"granted": outcome.granted, "reason": outcome.reason,
+            "member_id": member.id if member else None}
+
+
+class Agent:
+    def __init__(self, config: Config, pins: Factory | None = None, reader: Reader | None = None,
+                 clock: Callable[[], Instant] = system_now, link_factory: Callable[..., Any] | None = None,
+                 clock_status: SystemClock | SimulatedClock | None = None) -> None:
+        self.config = config
+        self.id = config.machine.id
+        self.machine = machine_of(config)
+        self.clock = clock
+        self.simulated = config.simulate
+        self.pins = pins if pins is not None else pin_factory(self.simulated)
+        config.storage.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        # The relay first: off from the first instant.
+        self.relay = MachineRelay(config.relay, self.pins)
+        self.indicators = Indicators(config.indicators, self.pins)
+        self.outbox = Outbox(config.storage.dir / OUTBOX_FILE, self.id,
+                             config.mqtt.outbox_limit if config.mqtt else 100_000)
+        self.cache = MemberCache(config.storage.dir)
+        self.reader = reader or make_reader(config.reader, self.simulated, self.pins)
+        self.clock_status = clock_status or (SimulatedClock() if self.simulated else SystemClock())
+        key_file = config.members.badge_hash_key_file
+        self.hasher = BadgeHasher.from_file(key_file) if key_file else None
+        self.sensor: DigitalInputDevice | None = None
+        self.state = session.State()
+        self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._unwritten: list[tuple[str, dict[str, Any]]] = []
+        self._saved: dict[str, Any] = {}  # the meta keys as last written by this agent
+        self._members_lock = threading.Lock()
+        self.link = link_factory(self) if link_factory else None
+        self.control: ControlServer | None = None
+        self.started = threading.Event()
+        self.notifier = Notifier.from_env()
+        self._last_ping = float("-inf")
+
+    # -- calls onto the loop ------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._calls.put((fn, args, future))
+        return future
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 15.0) -> Any:
+        return self.submit(fn, *args).result(timeout)
+
+    # -- life cycle -----------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stop() or SIGTERM/SIGINT; the relay is off on every way out."""
+        try:
+            self._start()
+            self.started.set()
+            self.notifier.ready()
+            self._loop()
+        finally:
+            self.notifier.stopping()
+            self._shutdown()
+            self.notifier.close()
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: self.stop())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._calls.put((lambda: None, (), Future()))
+
+    def _start(self) -> None:
+        now = self.clock()
+        self._recover(now)
+        self._commit([("agent_started", {"agent_version": __version__})], now)
+        running = False
+        if self.config.sensor.pin is not None:
+            self.sensor = DigitalInputDevice(self.config.sensor.pin, pull_up=None,
+                                             active_state=self.config.sensor.active_high, pin_factory=self.pins)
+            self.sensor.when_activated = lambda: self.submit(self.handle, session.Running(True))
+            self.sensor.when_deactivated = lambda: self.submit(self.handle, session.Running(False))
+            running = bool(self.sensor.value)
+        self.state = session.State(locked=bool(self.outbox.get("locked", False)), running=running, since=now.wall)
+        self.reader.start(lambda badge: self.submit(self.tap, badge), self._reader_health)
+        self.control = ControlServer(self.config.storage.dir, self._control)
+        self.control.start()
+        if self.link is not None:
+            self.link.start()
+        info = self.cache.info()
+        log.info("started: %s (%s), reader %s, relay pin %d (%s), members version %s (%d), %s",
+                 self.config.machine.name or self.id, "simulated" if self.simulated else "hardware",
+                 self.config.reader.type, self.config.relay.pin,
+                 "active-high" if self.config.relay.active_high else "active-low",
+                 info.version, info.count, f"broker {self.link.broker}" if self.link else "no broker")
+        self.status_changed()
+
+    def _recover(self, now: Instant) -> None:
+        """A session left open by a crash or power cut is closed as ended at restart."""
+        open_session = self.outbox.get("session")
+        if not open_session:
+            return
+        started = dt.datetime.fromisoformat(open_session["started"].replace("Z", "+00:00"))
+        duration = round(max(0.0, (now.wall - started).total_seconds()), 3)
+        log.warning("closing session of %s left open by an unclean stop (%.0f s, end estimated)",
+                    open_session["member_id"], duration)
+        self._commit([("session_ended", {
+            "member_id": open_session["member_id"], "duration_s": duration,
+            "reason": EndReason.AGENT_RESTART.value, "end_estimated": True,
+        })], now, {"session": None})
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            wake = session.next_wakeup(self.state, self.machine)
+            wait = MAX_IDLE_WAIT if wake is None else min(MAX_IDLE_WAIT, max(0.0, wake - self.clock().mono))
+            try:
+                fn, args, future = self._calls.get(timeout=wait)
+            except queue.Empty:
+                pass
+            else:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(*args))
+                    except Exception as err:  # a failed call answers its caller, the loop goes on
+                        if not isinstance(err, ControlError):
+                            log.exception("error while handling %s", getattr(fn, "__name__", fn))
+                        future.set_exception(err)
+            self.handle(session.Tick())
+            self._retry_unwritten()
+            self._alive()
+
+    def _alive(self) -> None:
+        """Tell the watchdogs the loop is alive, but only while the reader answers too:
+        the dead-man pin toggles each turn (at least once a second), systemd is pinged
+        every half WatchdogSec."""
+        if not self.reader.healthy:
+            return
+        self.indicators.beat()
+        interval = self.notifier.watchdog_interval
+        mono = self.clock().mono
+        if interval is not None and mono - self._last_ping >= interval:
+            self.notifier.watchdog()
+            self._last_ping = mono
+
+    def _shutdown(self) -> None:
+        self.relay.switch(False)
+        try:
+            self.handle(session.Shutdown())
+            self._commit([("agent_stopped", {"agent_version": __version__})], self.clock())
+        except Exception:
+            log.exception("error while recording the shutdown")
+        finally:
+            self.relay.close()
+            for part in (self.reader, self.control, self.link, self.sensor, self.indicators):
+                if part is not None:
+                    try:
+                        part.close()
+                    except Exception:
+                        log.exception("error while closing %s", part)
+            self.cache.close()
+            self.outbox.close()
+            log.info("stopped; relay off")
+
+    # -- the machine ------------------------------------------------------------
+
+    def badge_key(self, uid: str) -> str:
+        """How this agent stores and reports a badge: the UID, or its keyed hash."""
+        return self.hasher(uid) if self.hasher else uid
+
+    def tap(self, uid: str) -> dict[str, Any]:
+        badge = self.badge_key(uid)
+        member = self.cache.lookup(badge)
+        outcome = self.handle(Tap(badge, member, self._list_stale(), self.clock_status.synchronised()))
+        assert outcome is not None
+        shown = f"{badge[:12]}…" if self.hasher else badge
+        if outcome.action == "refused":
+            log.info("tap %s (%s): refused, %s", shown, member.id if member else "unknown", outcome.reason)
+        else:
+            log.info("tap %s (%s): %s, relay %s", shown, outcome.member_id, outcome.action,
+                     "on" if outcome.relay else "off")
+        return outcome.as_dict()
+
+    def handle(self, event: session.Input) -> Outcome | None:
+        now = self.clock()
+        step = session.handle(self.state, event, now, self.machine)
+        return self._carry_out(step, event, now)
+
+    def _carry_out(self, step: Step, event: session.Input, now: Instant) -> Outcome | None:
+        if step.state is self.state and not step.actions:
+            return step.outcome
+        for action in step.actions:
+            if isinstance(action, Relay) and not action.on:
+                self.relay.switch(False)  # never waits for I/O
+        records = [(a.type, a.fields) for a in step.actions if isinstance(a, Record)]
+        try:
+            self._commit(records, now, self._persisted(step.state))
+        except StorageError as err:
+            if isinstance(event, Tap) and step.outcome is not None and step.outcome.action == "started":
+                # Fail closed: no session starts without its event on disk.
+                member_id = event.member.id if event.member else None
+                log.error("refusing %s (%s): %s", event.badge, member_id, err)
+                fields = {"badge": event.badge, "member_id": member_id, "reason": Reason.STORAGE_ERROR.value}
+                self._unwritten.append(("access_denied", fields))
+                self._show(Signal.REFUSED)
+                return Outcome("refused", Reason.STORAGE_ERROR.value, self.relay.on, member_id)
+            self._unwritten.extend(records)
+            log.error("events kept in memory until the disk accepts them again: %s", err)
+        relabel = step.state.label != self.state.label or step.state.locked != self.state.locked
+        self.state = step.state
+        for action in step.actions:
+            if isinstance(action, Relay) and action.on:
+                self.relay.switch(True)
+            elif isinstance(action, Indicate):
+                self._show(action.signal)
+        if relabel:
+            self.status_changed()
+        return step.outcome
+
+    def _show(self, sig: Signal) -> None:
+        self.indicators.show(sig)
+        self.reader.indicate(sig)
+
+    def _persisted(self, state: session.State) -> dict[str, Any]:
+        """What must survive a crash: the lock, and the open session so a restart can close it."""
+        s = state.session
+        return {"locked": state.locked,
+                "session": {"member_id": s.member_id, "badge": s.badge, "started": rfc3339(s.started)} if s else None}
+
+    def _retry_unwritten(self) -> None:
+        """Events kept in memory by a full or failing disk go to disk as soon as it takes them."""
+        if self._unwritten:
+            try:
+                self._commit([], self.clock(), self._persisted(self.state))
+            except StorageError:
+                pass
+            else:
+                log.info("the disk accepts events again: the events kept in memory are written")
+
+    def _commit(self, records: list[tuple[str, dict[str, Any]]], now: Instant,
+                meta: dict[str, Any] | None = None) -> None:
+        """Write the backlog, `records` and the `meta` keys that changed, in one transaction."""
+        backlog = self._unwritten + records
+        changed = {k: v for k, v in (meta or {}).items() if k not in self._saved or self._saved[k] != v}
+        if not backlog and not changed:
+            return
+        events = self.outbox.commit(backlog, now.wall, changed)
+        self._saved.update(changed)
+        self._unwritten = []
+        if events and self.link is not None:
+            self.link.wake()
+
+    # -- members -------------------------------------------------------------------
+
+    def _list_stale(self) -> bool:
+        max_age = self.config.members.max_list_age
+        return max_age is not None and membersync.is_stale(max_age, self.members_age())
+
+    def members_age(self) -> float | None:
+        return membersync.list_age(self.outbox, self.clock().wall)
+
+    def apply_members(self, load: Callable[[], Any]) -> dict[str, Any]:
+        """Apply a list parsed by `load` (a file being imported), in this process."""
+        return self._apply(lambda now: membersync.apply_list(
+            self.outbox, lambda: membersync.apply_here(self.cache, load, self.hasher), now))
+
+    def apply_published(self, payload: bytes) -> dict[str, Any]:
+        """Apply a list from the broker in a child process, so taps never wait for it."""
+        members = self.config.members
+
+        def in_child(data: bytes) -> membersync.Applied:
+            return membersync.apply_in_child(self.config.storage.dir, data, members.public_key,
+                                             members.badge_hash_key_file)
+
+        # What else decides the cache's content: a new key must re-read even the same list.
+        settings = f"{members.public_key or ''} {self.hasher('00000000') if self.hasher else ''}"
+        return self._apply(lambda now: membersync.apply_published(self.outbox, self.cache, payload, in_child,
+                                                                  now, settings))
+
+    def _apply(self, apply: Callable[[dt.datetime], membersync.ApplyResult]) -> dict[str, Any]:
+        with self._members_lock:
+            result = apply(self.clock().wall)
+        if self.link is not None:
+            self.link.wake()
+        if result.applied:
+            self.submit(self.status_changed)
+        return result.as_dict()
+
+    # -- remote commands -----------------------------------------------------------
+
+    def command(self, kind: str, by: str, reason: str, now_flag: bool = False) -> None:
+        """A validated technician's command (lock, unlock, end_session), on the loop."""
+        event = {
+            "lock": lambda: session.Lock(by, reason, now_flag),
+            "unlock": lambda: session.Unlock(by, reason),
+            "end_session": lambda: session.EndSession(by, reason),
+        }[kind]()
+        log.info("command %s by %s: %s", kind, by, reason or "-")
+        self.handle(event)
+
+    def reject_command(self, error: str) -> None:
+        log.warning("command rejected: %s", error)
+        self._commit([("command_rejected", {"error": error})], self.clock())
+
+    # -- status and control --------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        state = self.state
+        info = self.cache.info()
+        age = self.members_age()
+        return {
+            "v": 1, "machine": self.id, "state": state.label, "locked": state.locked,
+            "relay": self.relay.on,
+            "member_id": state.session.member_id if state.session else None,
+            "since": rfc3339(state.since) if state.since else None,
+            "members_version": info.version,
+            "members_age_s": round(age, 1) if age is not None else None,
+            "outbox": self.outbox.depth, "last_seq": self.outbox.last_seq,
+            "broker": bool(self.link and self.link.connected),
+            "agent_version": __version__,
+            "name": self.config.machine.name, "members_count": info.count,
+            "previous_member_id": state.previous_member,
+            "reader": {"type": self.config.reader.type if not self.simulated else "simulated",
+                       "healthy": self.reader.healthy, "detail": self.reader.detail},
+            "simulated": self.simulated,
+        }
+
+    def status_changed(self) -> None:
+        if self.link is not None:
+            self.link.publish_status(self.status())
+
+    def _reader_health(self, ok: bool, detail: str | None) -> None:
+        if ok:
+            log.info("reader answering again")
+        else:
+            log.error("reader not answering: %s", detail)
+        self.submit(self._show, Signal.IDLE if ok else Signal.OFFLINE)
+        self.submit(self.status_changed)
+
+    def _control(self, request: dict[str, Any]) -> Any:
+        op = request.get("op")
+        if op == "status":
+            return self.call(self.status)
+        if op in ("tap", "check"):
+            try:
+                badge = normalise_badge(request.get("badge", ""))
+            except BadBadge as err:
+                raise ControlError(str(err), usage=True) from None
+            if op == "check":
+                badge = self.badge_key(badge)
+                return self.call(lambda: check_badge(self.cache, self.state, self.machine, badge, self.clock(),
+                                                     self._list_stale(), self.clock_status.synchronised()))
+            if not self.simulated:
+                raise ControlError("this agent runs real hardware: taps come from its reader "
+                                   "(start it with --simulate to tap from the command line)", usage=True)
+            return self.call(self.tap, badge)
+        if op == "import":
+            from agent.members.snapshot import load_file
+
+            path, version = request.get("path"), request.get("version")
+            return self.apply_members(lambda: load_file(path, version=version,
+                                                        public_key=self.config.members.public_key))
+        raise ControlError(f"unknown request {op!r}", usage=True)

@@ -1,0 +1,103 @@
+"""fabpass's benchmarks: the figures of the contract's "Benchmarks" section.
+
+One module per family: `tap` (tap to relay, taps during a list apply),
+`apply` (a 100,000-member list into the cache, time and peak memory),
+`outbox` (a durable commit on disk, replaying a backlog to a broker),
+`idle` (a quiet agent's CPU and memory) and `fleet` (agents per broker).
+`run(quick)` measures them all and returns one flat dict of figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.devtools.bench.common import calibration_ms, machine
+
+
+@dataclass(frozen=True)
+class Sizes:
+    tap_members: int
+    taps: int
+    apply_members: int
+    apply_runs: int
+    apply_taps_members: int
+    replay_events: int
+    idle_s: float
+    commits: int
+    fleet_quick: bool
+
+
+FULL = Sizes(tap_members=100_000, taps=10_000, apply_members=100_000, apply_runs=3, apply_taps_members=100_000,
+             replay_events=10_000, idle_s=30.0, commits=1_000, fleet_quick=False)
+QUICK = Sizes(tap_members=20_000, taps=1_000, apply_members=100_000, apply_runs=1, apply_taps_members=20_000,
+              replay_events=2_000, idle_s=5.0, commits=200, fleet_quick=True)
+
+# figure -> ("<" or ">=", target): the issue's targets (2-core x86 dev machine)
+TARGETS: dict[str, tuple[str, float]] = {
+    "tap_to_relay_p50_ms": ("<", 0.5),
+    "tap_to_relay_p99_ms": ("<", 0.5),
+    "members_apply_100k_s": ("<", 3.0),
+    "members_apply_100k_peak_mb": ("<", 120.0),
+    "lookup_during_apply_p99_ms": ("<", 10.0),
+    "outbox_replay_events_per_s": (">=", 5_000.0),
+    "idle_cpu_percent": ("<", 0.5),
+    "idle_rss_mb": ("<", 40.0),
+}
+
+# The contract's keys, in the order they are printed.
+FIGURES = ("tap_to_relay_p50_ms", "tap_to_relay_p99_ms", "members_apply_100k_s", "members_apply_100k_peak_mb",
+           "lookup_during_apply_p99_ms", "outbox_replay_events_per_s", "idle_cpu_percent", "idle_rss_mb",
+           "outbox_commit_p99_ms", "fleet_agents_per_broker")
+
+
+def _families(sizes: Sizes) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
+    from agent.devtools.bench import apply, fleet, idle, outbox, tap
+
+    return [
+        ("tap to relay", lambda: tap.tap_to_relay(sizes.taps, sizes.tap_members)),
+        ("members apply", lambda: apply.members_apply(sizes.apply_members, sizes.apply_runs)),
+        ("taps during apply", lambda: tap.lookup_during_apply(sizes.apply_taps_members)),
+        ("outbox commit", lambda: outbox.outbox_commit(sizes.commits)),
+        ("outbox replay", lambda: outbox.outbox_replay(sizes.replay_events)),
+        ("idle agent", lambda: idle.idle(sizes.idle_s)),
+        ("fleet", lambda: fleet.agents_per_broker(sizes.fleet_quick)),
+    ]
+
+
+def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure every figure; returns them with `quick`, `machine` and `python`."""
+    sizes = QUICK if quick else FULL
+    figures: dict[str, Any] = {"quick": quick}
+    info = machine()  # before we load the machine ourselves
+    info["calibration_start_ms"] = calibration_ms()
+    started = time.monotonic()
+    for name, measure in _families(sizes):
+        if progress:
+            progress(name)
+        begun = time.monotonic()
+        figures.update(measure())
+        figures.setdefault("seconds", {})[name] = round(time.monotonic() - begun, 1)
+    info["calibration_end_ms"] = calibration_ms()
+    figures["python"] = info.pop("python")
+    figures["machine"] = info
+    figures["bench_s"] = round(time.monotonic() - started, 1)
+    return figures
+
+
+def verdict(key: str, value: Any) -> str:
+    """"ok", "MISS" or "" (no target) for one figure."""
+    if key not in TARGETS or not isinstance(value, (int, float)):
+        return ""
+    op, target = TARGETS[key]
+    ok = value < target if op == "<" else value >= target
+    return "ok" if ok else "MISS"
+
+
+def target_text(key: str) -> str:
+    if key not in TARGETS:
+        return "-"
+    op, target = TARGETS[key]
+    return f"{op} {target:g}"

@@ -1,0 +1,277 @@
+"""The agent's MQTT link: drains the outbox, publishes status, receives lists and commands.
+
+paho's network thread only hands messages over: callbacks never block and
+never touch SQLite. A publisher thread of our own sends the outbox in `seq`
+order with QoS 1 and deletes an event only once the broker has acknowledged
+it. paho keeps unacknowledged messages in memory and resends them after a
+reconnect; after a restart, the outbox sends them again (same `event_id`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.link import commands as remote
+from agent.link.broker import Broker, Outage, disconnect, make_client
+from agent.config import Config
+from agent.core.model import BadBadge, normalise_badge
+
+if TYPE_CHECKING:
+    from agent.daemon.agent import Agent
+
+log = logging.getLogger("fabpass.mqtt")
+
+
+def quiet_not_connected(record: logging.LogRecord) -> bool:
+    """paho 2 logs "Client is not connected" as an error when its network thread runs
+    without a socket: once after our own disconnect() (state MQTT_CS_DISCONNECTED), and
+    after every failed reconnection attempt (MQTT_CS_CONNECTING), that is every few
+    seconds for as long as the broker is down. The link says both in words of its own,
+    once; any other state (a lost connection, MQTT_CS_CONNECTION_LOST) is still logged."""
+    message = record.getMessage()
+    return not ("Client is not connected" in message
+                and ("MQTT_CS_DISCONNECTED" in message or "MQTT_CS_CONNECTING" in message))
+
+
+PAHO_LOG = logging.getLogger("paho")
+PAHO_LOG.addFilter(quiet_not_connected)
+
+RECONNECT_MAX_S = 5
+SESSION_EXPIRY_S = 7 * 24 * 3600  # commands sent while the Pi was unreachable wait this long
+WINDOW = 200  # events published and not yet acknowledged
+BATCH = 100
+
+
+def topics(prefix: str, machine: str) -> dict[str, str]:
+    base = f"{prefix}/machines/{machine}"
+    return {"members": f"{prefix}/members", "status": f"{base}/status", "events": f"{base}/events",
+            "commands": f"{base}/commands", "sim_tap": f"{base}/sim/tap"}
+
+
+def offline_status(machine: str) -> bytes:
+    return json.dumps({"v": 1, "machine": machine, "state": "offline"}).encode()
+
+
+class AgentLink:
+    drain_s = 5.0  # at close, while connected
+    @classmethod
+    def factory(cls, config: Config) -> Callable[[Agent], AgentLink]:
+        return lambda agent: cls(agent, config)
+
+    def __init__(self, agent: Agent, config: Config) -> None:
+        assert config.mqtt is not None
+        self.agent = agent
+        self.config = config
+        mc = config.mqtt
+        self.broker = Broker.parse(mc.url).with_credentials(
+            mc.username, mc.password_file, mc.ca_file, mc.cert_file, mc.key_file)
+        self.topics = topics(mc.topic_prefix, config.machine.id)
+        self._outage = Outage(log, self.broker, f"retrying every {RECONNECT_MAX_S} s at most, events wait in the outbox")
+        self.client = self._new_client(mqtt.MQTTv5)
+        self._downgrade = threading.Event()
+        self.connected = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        self._lists: queue.Queue[bytes] = queue.Queue(maxsize=1)
+        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._sent_up_to = 0
+        self._threads = [threading.Thread(target=self._publisher, name="mqtt-publisher", daemon=True),
+                         threading.Thread(target=self._list_worker, name="members-sync", daemon=True)]
+        self._guard = None
+        if config.members.public_key:
+            from agent.signing import ReplayGuard, load_public_key
+
+            self._public_key = load_public_key(config.members.public_key)
+            self._guard = ReplayGuard()
+        else:
+            self._public_key = None
+
+    def _new_client(self, protocol: int) -> mqtt.Client:
+        client = make_client(self.broker, f"fabpass-{self.config.machine.id}", protocol, persistent=True)
+        client.will_set(self.topics["status"], offline_status(self.config.machine.id), qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
+        client.max_inflight_messages_set(WINDOW)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._outage.on_connect_fail
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.suppress_exceptions = True  # a bug in a callback is logged; the network thread lives on
+        client.enable_logger(PAHO_LOG)
+        return client
+
+    def start(self) -> None:
+        self._connect()
+        for thread in self._threads:
+            thread.start()
+
+    def _connect(self) -> None:
+        keepalive = self.config.mqtt.keepalive
+        if self.client.protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            self.client.connect_async(self.broker.host, self.broker.port, keepalive=keepalive,
+                                      clean_start=False, properties=props)
+        else:
+            self.client.connect_async(self.broker.host, self.broker.port, keepalive=keepalive)
+        self.client.loop_start()
+
+    def _fall_back_to_v311(self) -> None:
+        """The broker refused MQTT 5: reconnect with 3.1.1 (from our thread, not paho's)."""
+        log.warning("broker %s does not speak MQTT 5; using MQTT 3.1.1", self.broker)
+        self.client.loop_stop()
+        self._inflight.clear()  # the old client's queue goes with it; the outbox still has them
+        self._sent_up_to = 0
+        self.client = self._new_client(mqtt.MQTTv311)
+        self._connect()
+
+    def close(self) -> None:
+        """Give the outbox up to `drain_s` to reach a connected broker (the shutdown's own
+        `session_ended` and `agent_stopped`), then disconnect; what is left waits in the
+        outbox for the next start."""
+        deadline = time.monotonic() + self.drain_s
+        while self.connected and self.agent.outbox.depth and time.monotonic() < deadline:
+            self._wake.set()
+            self._stop.wait(0.02)
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self.connected:
+            # A clean stop: say so ourselves (the will is only for vanishing).
+            info = self.client.publish(self.topics["status"], offline_status(self.config.machine.id), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self.connected = False
+        disconnect(self.client)
+
+    def wake(self) -> None:
+        """New events are in the outbox."""
+        self._wake.set()
+
+    def publish_status(self, status: dict[str, Any]) -> None:
+        self.client.publish(self.topics["status"], json.dumps(status), qos=1, retain=True)
+
+    # -- paho callbacks (network thread): hand over, never block ------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            if reason_code == "Unsupported protocol version" and client.protocol == mqtt.MQTTv5:
+                self._downgrade.set()
+                self._wake.set()
+                return
+            log.error("broker %s refused the connection: %s", self.broker, reason_code)
+            return
+        self.connected = True
+        self._outage.ended()
+        log.info("connected to %s", self.broker)
+        subscriptions = [(self.topics["members"], 1), (self.topics["commands"], 1)]
+        if self.agent.simulated:
+            subscriptions.append((self.topics["sim_tap"], 1))
+        client.subscribe(subscriptions)
+        self.agent.submit(self.agent.status_changed)
+        self._wake.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self.connected:
+            log.warning("disconnected from %s (%s); events wait in the outbox", self.broker, reason_code)
+        self.connected = False
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        self._acks.put((mid, not reason_code.is_failure))
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        topic, payload = message.topic, message.payload
+        if topic == self.topics["members"]:
+            try:
+                self._lists.get_nowait()  # a newer list replaces one not yet started
+            except queue.Empty:
+                pass
+            self._lists.put_nowait(payload)
+        elif topic == self.topics["commands"]:
+            self._command(payload)
+        elif topic == self.topics["sim_tap"] and self.agent.simulated:
+            try:
+                badge = normalise_badge(payload.decode("utf-8", "replace").strip())
+            except BadBadge as err:
+                log.warning("sim/tap ignored: %s", err)
+                return
+            self.agent.submit(self.agent.tap, badge)
+
+    def _command(self, payload: bytes) -> None:
+        try:
+            command = remote.parse(payload, self.config.machine.id, self._public_key, self._guard)
+        except remote.CommandError as err:
+            self.agent.submit(self.agent.reject_command, str(err))
+            return
+        self.agent.submit(self.agent.command, command.kind, command.by, command.reason, command.now)
+
+    # -- our threads ---------------------------------------------------------------------
+
+    def _list_worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                payload = self._lists.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if not payload:
+                continue  # a cleared retained list
+            try:
+                self.agent.apply_published(payload)
+            except Exception:  # the sync must outlive any one list (a full disk, say)
+                log.exception("member list not applied")
+
+    def _publisher(self) -> None:
+        outbox = self.agent.outbox
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if self._downgrade.is_set():
+                self._downgrade.clear()
+                self._fall_back_to_v311()
+            self._settle_acks(outbox)
+            if not self.connected:
+                continue
+            while len(self._inflight) < WINDOW and not self._stop.is_set():
+                batch = outbox.pending(self._sent_up_to, min(BATCH, WINDOW - len(self._inflight)))
+                if not batch:
+                    break
+                for seq, payload in batch:
+                    info = self.client.publish(self.topics["events"], payload, qos=1)
+                    if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                        log.error("cannot publish event %d: %s", seq, mqtt.error_string(info.rc))
+                        break
+                    self._inflight[info.mid] = seq
+                    self._sent_up_to = seq
+                self._settle_acks(outbox)
+
+    def _settle_acks(self, outbox: Any) -> None:
+        done = []
+        while True:
+            try:
+                mid, ok = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue  # a status message
+            if ok:
+                done.append(seq)
+            else:
+                log.error("broker refused event %d (not authorised?); it stays in the outbox", seq)
+        if done:
+            outbox.acknowledge(done)

@@ -1,0 +1,190 @@
+"""The collector against a real Mosquitto: every event archived once, none lost while it is down."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+import subprocess
+import sys
+
+from agent.link.broker import Broker
+from agent.logbook.collector import Collector
+from agent.logbook.queries import sessions
+from agent.logbook.store import open_db
+from tests.support.helpers import wait_for
+from tests.support.logbook import MONDAY, FakeMachine, events_topic, publish, stop_cleanly
+
+LATER = MONDAY + dt.timedelta(days=2)
+
+
+def _archived(db_path) -> int:
+    with open_db(db_path) as db:
+        return db["events"].count
+
+
+def _sessions(db_path) -> list[dict]:
+    with open_db(db_path) as db:
+        return sessions(db, LATER)
+
+
+def test_logbook_query_waits_for_the_collector_creating_the_logbook(tmp_path, mocker):
+    """SQLite refuses a switch to WAL at once while another connection writes, whatever
+    its busy timeout: a query opening a logbook the collector is still creating waits."""
+    path = tmp_path / "logbook.db"
+    creator = sqlite3.connect(path, isolation_level=None)
+    creator.execute("BEGIN IMMEDIATE")  # the collector, setting up the new file
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:  # the collector finishes while the query waits
+        waits.append(seconds)
+        if creator.in_transaction:
+            creator.execute("COMMIT")
+
+    mocker.patch("agent.logbook.store.time.sleep", side_effect=wait)
+    try:
+        with open_db(path) as db:
+            assert db.journal_mode == "wal" and db["events"].count == 0
+    finally:
+        creator.close()
+    assert len(waits) == 1
+
+
+def test_logbook_sessions_from_several_machines_arrive(mosquitto, tmp_path):
+    db_path = tmp_path / "logbook.db"
+    laser, cnc, printer = FakeMachine("laser-1"), FakeMachine("cnc-1"), FakeMachine("printer-2")
+    events = (laser.session("m-1", "04A1B2C3", MONDAY, 30)
+              + cnc.session("m-2", "04A1B2C4", MONDAY, 90, reason="timeout")
+              + [printer.event("session_started", MONDAY, member_id="m-3", badge="04A1B2C5"),
+                 laser.refusal(MONDAY, "04A1B2C6", "not_inducted", member_id="m-4")])
+    status = {"v": 1, "machine": "printer-2", "state": "in_use", "member_id": "m-3"}
+    with Collector(Broker.parse(mosquitto.url), db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [events_topic(e) for e in events])
+        publish(mosquitto.url, [("fabpass/machines/printer-2/status", status)], retain=True)
+        wait_for(lambda: collector.counts["stored"] == len(events), what="every event archived")
+        with open_db(db_path) as db:
+            wait_for(lambda: db["status"].count == 1, what="the fleet status")
+            assert db["status"].get("printer-2")["state"] == "in_use"
+    rows = _sessions(db_path)
+    assert [(r["machine"], r["member_id"], r["end"] is None, r["end_reason"]) for r in rows] == [
+        ("cnc-1", "m-2", False, "timeout"), ("laser-1", "m-1", False, "badge_off"),
+        ("printer-2", "m-3", True, None)]
+
+
+def test_logbook_replayed_and_duplicated_events_count_once(mosquitto, tmp_path):
+    db_path = tmp_path / "logbook.db"
+    laser = FakeMachine("laser-1")
+    events = laser.session("m-1", "04A1B2C3", MONDAY, 30) + laser.session("m-2", "04A1B2C4", MONDAY + dt.timedelta(hours=1), 15)
+    with Collector(Broker.parse(mosquitto.url), db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [events_topic(e) for e in events + events[::-1] + events[1:2]])
+        wait_for(lambda: sum(collector.counts.values()) == 9, what="all nine messages handled")
+        assert collector.counts["stored"] == 4 and collector.counts["duplicate"] == 5
+    assert _archived(db_path) == 4
+    assert [r["duration_s"] for r in _sessions(db_path)] == [1800.0, 900.0]
+
+
+def test_logbook_events_published_while_stopped_arrive_after_restart(mosquitto, tmp_path):
+    db_path = tmp_path / "logbook.db"
+    laser = FakeMachine("laser-1")
+    broker = Broker.parse(mosquitto.url)
+    with Collector(broker, db_path) as collector:  # the first run creates the persistent session
+        wait_for(collector.connected.is_set, what="the collector to connect")
+    publish(mosquitto.url, [events_topic(e) for e in laser.session("m-1", "04A1B2C3", MONDAY, 42)])
+    assert _archived(db_path) == 0
+    with Collector(broker, db_path) as collector:
+        wait_for(lambda: collector.counts["stored"] == 2, what="the queued events")
+    assert [(r["member_id"], r["duration_s"]) for r in _sessions(db_path)] == [("m-1", 2520.0)]
+
+
+def test_logbook_out_of_order_pairs_resolve_over_mqtt(mosquitto, tmp_path):
+    db_path = tmp_path / "logbook.db"
+    cnc = FakeMachine("cnc-1")
+    first = cnc.session("m-1", "04A1B2C3", MONDAY, 30)
+    second = cnc.session("m-2", "04A1B2C4", MONDAY + dt.timedelta(hours=1), 60)
+    with Collector(Broker.parse(mosquitto.url), db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [events_topic(e) for e in (second[1], first[1], second[0], first[0])])
+        wait_for(lambda: collector.counts["stored"] == 4, what="all four events")
+    assert [(r["member_id"], r["badge"], r["duration_s"]) for r in _sessions(db_path)] == [
+        ("m-1", "04A1B2C3", 1800.0), ("m-2", "04A1B2C4", 3600.0)]
+
+
+def test_logbook_malformed_events_are_skipped_without_stopping(mosquitto, tmp_path):
+    db_path = tmp_path / "logbook.db"
+    laser = FakeMachine("laser-1")
+    good = laser.event("agent_started", MONDAY, agent_version="0.1.0")
+    bad = [b"not json", b"[1, 2]", {**good, "seq": "seven"}, {**good, "machine": "cnc-1"},
+           {**laser.event("session_ended", MONDAY, member_id="m-1", reason="badge_off")}]
+    with Collector(Broker.parse(mosquitto.url), db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [("fabpass/machines/laser-1/events", p) for p in bad]
+                + [events_topic(good)])
+        wait_for(lambda: collector.counts["stored"] == 1, what="the good event after the bad ones")
+        assert collector.counts["malformed"] == len(bad)
+    assert _archived(db_path) == 1
+
+
+def test_logbook_run_stops_cleanly_on_sigterm(mosquitto, tmp_path):
+    db_path = tmp_path / "logbook.db"
+    laser = FakeMachine("laser-1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "logbook", "run", "--broker", mosquitto.url, "--db", str(db_path),
+         "--client-id", "logbook-sigterm-test"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        event = laser.event("agent_started", MONDAY, agent_version="0.1.0")
+
+        def archived() -> bool:
+            publish(mosquitto.url, [events_topic(event)])  # until its subscription is in place
+            return db_path.exists() and _archived(db_path) == 1
+
+        wait_for(archived, timeout=20, what="the collector to archive an event")
+    finally:
+        stop_cleanly(proc)  # asserts exit status 0 after SIGTERM
+    assert proc.returncode == 0 and _archived(db_path) == 1, "the archive outlives the stop"
+
+
+def test_logbook_event_not_committed_is_not_acknowledged_and_comes_back(mosquitto, tmp_path):
+    db_path = tmp_path / "logbook.db"
+    laser = FakeMachine("laser-1")
+    broker = Broker.parse(mosquitto.url)
+    with open_db(db_path, create=True) as db:  # a failing disk, as far as the collector can tell
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk'); END")
+    with Collector(broker, db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [events_topic(laser.event("agent_started", MONDAY, agent_version="1"))])
+        wait_for(collector.failed.is_set, what="the collector to notice the failure")
+    with open_db(db_path) as db:
+        db.execute("DROP TRIGGER refuse")
+        assert db["events"].count == 0
+    with Collector(broker, db_path) as collector:
+        wait_for(lambda: collector.counts["stored"] == 1, what="the unacknowledged event again")
+
+
+def test_logbook_an_unreachable_broker_is_one_warning_per_outage(mosquitto, tmp_path, caplog):
+    """Started while its broker is down, the collector says so once (paho retries every
+    few seconds), connects when the broker comes, and says it again at the next outage."""
+    import logging
+
+    def told() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "agent.logbook.collector" and r.getMessage().startswith("cannot reach broker")]
+
+    def attempts() -> int:
+        return sum(r.getMessage() == "Connection failed, retrying" for r in caplog.records)
+
+    caplog.set_level(logging.INFO, logger="agent.logbook.collector")
+    caplog.set_level(logging.DEBUG, logger="paho")
+    mosquitto.stop()
+    collector = Collector(Broker.parse(mosquitto.url), tmp_path / "logbook.db")
+    collector._client.enable_logger(logging.getLogger("paho"))  # to count paho's attempts
+    with collector:
+        wait_for(lambda: attempts() >= 2, 15, "two failed connection attempts")
+        assert told() == [f"cannot reach broker {collector.broker}; retrying every 30 s at most; "
+                          "meanwhile events wait in the agents' outboxes or on the broker"]
+        mosquitto.start()
+        wait_for(collector.connected.is_set, 40, "the connection once the broker is up")
+        mosquitto.stop()
+        wait_for(lambda: len(told()) == 2, 40, "the second outage told")

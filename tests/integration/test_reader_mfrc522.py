@@ -1,0 +1,433 @@
+"""The MFRC522 reader backend, and the unmodified `mfrc522` driver under it, against an emulated chip.
+
+Only what cannot run here is emulated: the chip on the SPI bus and RPi.GPIO
+(tests/support/emulated_mfrc522.py). Time inside the chip is emulated too, so a
+step-by-step test (`reader.step()`, no thread) is exact; the threaded tests
+check the wiring with real time and wait on conditions.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from agent.config import ReaderConfig
+from tests.support.emulated_mfrc522 import TRANSFER_SECONDS, Card, Doubles, EmulatedMFRC522, Fault, installed
+from tests.support.helpers import wait_for
+
+UIDS = {4: "C1A2B3D4", 7: "04A1B2C3D4E5F6", 10: "04A1B2C3D4E5F6071829"}
+
+
+@dataclass
+class Rig:
+    chip: EmulatedMFRC522
+    doubles: Doubles
+    pins: MockFactory
+    readers: list = field(default_factory=list)
+
+    def reader(self, real_clock: bool = False, **config: object):
+        """A reader on the emulated chip. The chip's timer always runs on emulated
+        time; the debouncer does too unless `real_clock` (for threaded tests)."""
+        from agent.hardware.mfrc522 import MFRC522Reader
+
+        options = {"type": "mfrc522", "poll_interval": 0.1, **config}
+        clock = time.monotonic if real_clock else self.chip.monotonic
+        reader = MFRC522Reader(ReaderConfig(**options), self.pins, sleep=self.chip.sleep, clock=clock)
+        self.readers.append(reader)
+        return reader
+
+    def poll(self, reader, times: int) -> list[str]:
+        """`times` polls, the emulated clock moving on as the reader asks; the taps."""
+        taps = []
+        for _ in range(times):
+            badge, delay = reader.step()
+            if badge is not None:
+                taps.append(badge)
+            self.chip.sleep(delay)
+        return taps
+
+
+@contextmanager
+def emulated(**chip_options: object) -> Iterator[Rig]:
+    chip = EmulatedMFRC522(**chip_options)
+    pins = MockFactory()
+    with installed({(0, 0): chip}) as doubles:
+        rig = Rig(chip, doubles, pins)
+        try:
+            yield rig
+        finally:
+            for reader in rig.readers:
+                reader.close()
+            pins.close()
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    with emulated() as rig:
+        yield rig
+
+
+def driver():
+    """The driver, built by its own constructor (which uses the RPi.GPIO double)."""
+    from mfrc522 import MFRC522
+
+    return MFRC522()
+
+
+# The emulated chip, checked through the driver's own calls.
+
+
+def test_emulator_crc_coprocessor_matches_iso_14443_vectors(rig: Rig) -> None:
+    chip = driver()
+    # ISO/IEC 14443-3 Annex B examples, and HLTA's well-known 57 CD.
+    for data, crc in (([0x00, 0x00], [0xA0, 0x1E]), ([0x12, 0x34], [0x26, 0xCF]), ([0x50, 0x00], [0x57, 0xCD])):
+        # CalulateCRC leaves CalcCRC running, which would take the next bytes in: stop it first.
+        chip.Write_MFRC522(chip.CommandReg, chip.PCD_IDLE)
+        assert chip.CalulateCRC(data) == crc
+
+
+def test_emulator_selected_card_answers_reqa_every_other_poll(rig: Rig) -> None:
+    chip = driver()
+    rig.chip.place(Card(UIDS[4]))
+    seen = []
+    for _ in range(6):
+        status, _bits = chip.MFRC522_Request(chip.PICC_REQIDL)
+        if status == chip.MI_OK:
+            status, level = chip.MFRC522_Anticoll()
+            assert status == chip.MI_OK and chip.MFRC522_SelectTag(level) == 0x08
+        seen.append(status == chip.MI_OK)
+    # A selected (ACTIVE) card takes the next REQA as an error and goes IDLE silently.
+    assert seen == [True, False, True, False, True, False]
+
+
+@settings(max_examples=30, deadline=None)
+@given(prescaler=st.integers(0, 0xFFF), reload=st.integers(0, 0xFFFF))
+def test_emulator_timer_fires_after_prescaler_times_reload(prescaler: int, reload: int) -> None:
+    with emulated() as rig:
+        chip = driver()
+        chip.Write_MFRC522(chip.TModeReg, 0x80 | prescaler >> 8)
+        chip.Write_MFRC522(chip.TPrescalerReg, prescaler & 0xFF)
+        chip.Write_MFRC522(chip.TReloadRegH, reload >> 8)
+        chip.Write_MFRC522(chip.TReloadRegL, reload & 0xFF)
+        period = (2 * prescaler + 1) * (reload + 1) / 13.56e6  # datasheet 8.5
+        chip.Write_MFRC522(chip.BitFramingReg, 0x07)
+        chip.Write_MFRC522(chip.FIFODataReg, 0x26)
+        chip.Write_MFRC522(chip.CommandReg, chip.PCD_TRANSCEIVE)
+        chip.SetBitMask(chip.BitFramingReg, 0x80)  # sending ends; the timer starts
+        rig.chip.sleep(period * 0.9 - 2 * TRANSFER_SECONDS)
+        assert not chip.Read_MFRC522(chip.CommIrqReg) & 0x01
+        rig.chip.sleep(period * 0.1 + TRANSFER_SECONDS)
+        assert chip.Read_MFRC522(chip.CommIrqReg) & 0x01
+
+
+# The driver's defects, which the backend works around.
+
+
+def test_driver_request_on_empty_field_costs_about_2000_transfers(rig: Rig) -> None:
+    chip = driver()
+    before = rig.chip.transfers
+    status, _bits = chip.MFRC522_Request(chip.PICC_REQIDL)
+    transfers = rig.chip.transfers - before
+    assert status == chip.MI_ERR
+    assert 1990 <= transfers <= 2030
+    assert rig.chip.timeouts == 1  # the timer did fire; the loop does not look
+    assert transfers * TRANSFER_SECONDS * 10 > 0.5  # polled at 10 Hz: over half a core
+
+
+def test_driver_anticollision_truncates_7_byte_uid(rig: Rig) -> None:
+    chip = driver()
+    rig.chip.place(Card(UIDS[7]))
+    assert chip.MFRC522_Request(chip.PICC_REQIDL)[0] == chip.MI_OK
+    status, level = chip.MFRC522_Anticoll()
+    assert status == chip.MI_OK
+    assert bytes(level[:4]).hex().upper() == "88" + UIDS[7][:6]
+
+
+def test_driver_constructor_takes_over_process_gpio(rig: Rig) -> None:
+    gpio = rig.doubles.gpio
+    driver()
+    # No mode set yet: it sets BOARD for the whole process, and gpiozero's
+    # RPi.GPIO factory, which sets BCM, then fails.
+    assert gpio.calls[0] == ("setmode", gpio.BOARD)
+    with pytest.raises(ValueError):
+        gpio.setmode(gpio.BCM)
+
+
+def test_driver_constructor_in_bcm_mode_picks_bcm_15_for_reset(rig: Rig) -> None:
+    gpio = rig.doubles.gpio
+    gpio.setmode(gpio.BCM)
+    driver()
+    assert ("setup", 15, gpio.OUT) in gpio.calls  # physical pin 10 (UART RX), not RST's BCM 25
+
+
+# The reader backend.
+
+
+@pytest.mark.parametrize("size", [4, 7, 10])
+def test_reader_reads_the_full_uid(rig: Rig, size: int) -> None:
+    reader = rig.reader()
+    rig.chip.place(Card(UIDS[size]))
+    assert rig.poll(reader, 1) == [UIDS[size]]
+    assert not UIDS[size].startswith("88")
+
+
+@settings(max_examples=60, deadline=None)
+@given(uid=st.sampled_from([4, 7, 10]).flatmap(lambda n: st.binary(min_size=n, max_size=n)))
+def test_reader_reads_any_uid(uid: bytes) -> None:
+    with emulated() as rig:
+        reader = rig.reader()
+        rig.chip.place(Card(uid))
+        assert rig.poll(reader, 1) == [uid.hex().upper()]
+
+
+def test_reader_held_card_is_one_tap_and_seen_on_every_poll(rig: Rig) -> None:
+    reader = rig.reader(rearm=0.5, poll_interval=0.1)
+    card = rig.chip.place(Card(UIDS[7]))
+    requests = rig.chip.requests
+    taps = rig.poll(reader, 100)  # ten seconds on the reader
+    assert taps == [UIDS[7]]
+    # Halted after each read and woken by the next poll's WUPA: seen on every poll.
+    assert rig.chip.requests - requests == card.answers == 100
+
+
+def test_reader_taps_again_only_after_rearm_away(rig: Rig) -> None:
+    reader = rig.reader(rearm=0.5, poll_interval=0.1)
+    card = Card(UIDS[4])
+    rig.chip.place(card)
+    assert rig.poll(reader, 5) == [UIDS[4]]
+    rig.chip.remove(card)
+    rig.poll(reader, 2)  # lifted for about 0.2 s: the same presentation
+    rig.chip.place(card)
+    assert rig.poll(reader, 5) == []
+    rig.chip.remove(card)
+    rig.poll(reader, 6)  # away for more than rearm
+    rig.chip.place(card)
+    assert rig.poll(reader, 5) == [UIDS[4]]
+
+
+def test_reader_taps_a_different_card_at_once(rig: Rig) -> None:
+    reader = rig.reader(rearm=0.5)
+    first = rig.chip.place(Card(UIDS[4]))
+    assert rig.poll(reader, 2) == [UIDS[4]]
+    rig.chip.remove(first)
+    rig.chip.place(Card(UIDS[10]))
+    assert rig.poll(reader, 2) == [UIDS[10]]
+
+
+fault_lists = st.lists(
+    st.builds(Fault, st.sampled_from(["clean", "drop", "flip", "parity", "collision"]), st.integers(0, 63)),
+    max_size=12,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(size=st.sampled_from([4, 7, 10]), faults=fault_lists)
+# The SAK's cascade bit flipped at CL1: unchecked, the UID would end as 88xxxxxx.
+@example(size=7, faults=[Fault("clean"), Fault("clean"), Fault("flip", 2)])
+def test_reader_rf_noise_never_gives_a_wrong_badge(size: int, faults: list[Fault]) -> None:
+    with emulated() as rig:
+        reader = rig.reader(rearm=0.5, poll_interval=0.05)
+        rig.chip.place(Card(UIDS[size]))
+        rig.chip.inject(*faults)
+        taps = rig.poll(reader, 40)
+        assert set(taps) == {UIDS[size]}
+        assert not rig.chip.faults  # every fault hit an answer
+        if len(faults) <= 3:  # at most 4 polls (0.25 s) without a good read: under rearm
+            assert len(taps) == 1
+        assert reader.healthy
+
+
+def test_reader_two_cards_at_once_give_no_tap_until_one_leaves(rig: Rig) -> None:
+    reader = rig.reader()
+    rig.chip.place(Card(UIDS[4]))
+    other = rig.chip.place(Card(UIDS[7]))
+    assert rig.poll(reader, 10) == []  # their answers collide (CollErr)
+    rig.chip.remove(other)
+    assert rig.poll(reader, 1) == [UIDS[4]]
+    assert reader.healthy
+
+
+def test_reader_idle_cpu_is_under_5_percent_of_a_core(rig: Rig) -> None:
+    reader = rig.reader()
+    rig.poll(reader, 1)  # bring-up
+    transfers, timeouts = rig.chip.transfers, rig.chip.timeouts
+    rig.poll(reader, 50)
+    per_poll = (rig.chip.transfers - transfers) / 50
+    assert rig.chip.timeouts - timeouts == 50  # every empty poll ended on TimerIRq
+    for rate in (5, 10):
+        assert per_poll * TRANSFER_SECONDS * rate < 0.05
+    assert per_poll <= 12  # about 0.4 % of a core at 10 Hz
+
+
+@pytest.mark.parametrize("floating", [0x00, 0xFF])
+def test_reader_recovers_when_the_chip_vanishes(rig: Rig, floating: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.hardware.mfrc522")
+    reader = rig.reader()
+    assert rig.poll(reader, 1) == [] and reader.healthy
+    rig.chip.unplug(floating)
+    delays = [reader.step()[1] for _ in range(7)]
+    assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert not reader.healthy and "/dev/spidev0.0" in reader.detail
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert 1 <= len(warnings) <= 2 and all("retrying" in w for w in warnings)  # once per reason, not per retry
+    rig.chip.plug()  # back, with every register at its power-on value
+    assert reader.step() == (None, 0.1)
+    assert reader.healthy and reader.detail is None
+    assert "answers (MFRC522 v2.0)" in caplog.records[-1].getMessage()
+    rig.chip.place(Card(UIDS[7]))
+    assert rig.poll(reader, 1) == [UIDS[7]]
+    assert reader.step()[1] == 0.1  # and a later fault starts the backoff afresh
+    rig.chip.unplug()
+    assert reader.step()[1] == 0.2
+
+
+def test_reader_recovers_from_spi_errors(rig: Rig) -> None:
+    reader = rig.reader()
+    rig.poll(reader, 1)
+    rig.chip.spi_error = OSError(5, "Input/output error")
+    rig.poll(reader, 3)
+    assert not reader.healthy and "Input/output error" in reader.detail
+    rig.chip.spi_error = None
+    rig.chip.place(Card(UIDS[4]))
+    assert rig.poll(reader, 1) == [UIDS[4]]
+    assert reader.healthy
+    assert rig.chip.open_handles == 1  # reopened, not leaked
+
+
+def test_reader_recovers_from_a_chip_reset_behind_its_back(rig: Rig) -> None:
+    reader = rig.reader()
+    rig.poll(reader, 1)
+    rig.chip.power_on_reset()  # a brown-out: timer and antenna back to off
+    rig.chip.place(Card(UIDS[10]))
+    assert reader.step()[0] is None
+    assert not reader.healthy and "no interrupt" in reader.detail
+    assert rig.poll(reader, 1) == [UIDS[10]]
+    assert reader.healthy
+
+
+def test_reader_reports_a_missing_spi_device(rig: Rig) -> None:
+    reader = rig.reader(bus=1)
+    assert reader.step() == (None, 0.2)
+    assert not reader.healthy
+    assert "/dev/spidev1.0" in reader.detail and "SPI enabled" in reader.detail
+
+
+@pytest.mark.parametrize(
+    ("version", "healthy", "hint"),
+    [(0x91, True, None), (0x92, True, None), (0x88, True, None),
+     (0x00, False, "check wiring"), (0x37, False, "not an MFRC522")],
+)
+def test_reader_checks_the_version_register(version: int, healthy: bool, hint: str | None) -> None:
+    with emulated(version=version) as rig:
+        reader = rig.reader()
+        reader.step()
+        assert reader.healthy is healthy
+        if hint:
+            assert f"0x{version:02X}" in reader.detail and hint in reader.detail
+
+
+def test_reader_drives_reset_through_gpiozero_and_leaves_rpi_gpio_alone(rig: Rig) -> None:
+    reader = rig.reader()
+    rig.chip.place(Card(UIDS[4]))
+    rig.poll(reader, 2)
+    rig.chip.unplug()
+    rig.poll(reader, 1)
+    rig.chip.plug()
+    rig.poll(reader, 1)
+    reader.close()
+    assert rig.doubles.gpio.calls == []  # no setmode, setup or cleanup
+    # Held high, pulsed low by each bring-up (the first and the recovery).
+    assert [s.state for s in rig.pins.pin(25).states] == [False, True, False, True, False, True]
+
+
+def test_reader_close_switches_the_field_off_and_frees_spi(rig: Rig) -> None:
+    reader = rig.reader()
+    rig.poll(reader, 1)
+    assert rig.chip.field_on and rig.chip.open_handles == 1
+    reader.close()
+    reader.close()
+    assert not rig.chip.field_on and rig.chip.open_handles == 0
+
+
+def test_reader_thread_taps_and_reports_health(rig: Rig) -> None:
+    reader = rig.reader(real_clock=True, rearm=1.0, poll_interval=0.01)
+    taps: list[str] = []
+    health: list[tuple[bool, str | None]] = []
+    reader.start(taps.append, lambda ok, detail: health.append((ok, detail)))
+    card = rig.chip.place(Card(UIDS[7]))
+    wait_for(lambda: taps, what="the first tap")
+    assert health == [(True, None)]
+    rig.chip.remove(card)
+    removed = time.monotonic()
+    wait_for(lambda: time.monotonic() - removed > 1.0, what="rearm to pass")
+    rig.chip.place(card)
+    wait_for(lambda: len(taps) == 2, what="the second tap")
+    answers = card.answers
+    wait_for(lambda: card.answers > answers + 20, what="the card to stay on the reader")
+    assert taps == [UIDS[7], UIDS[7]]
+    rig.chip.unplug()
+    wait_for(lambda: not reader.healthy, what="the reader to be reported gone")
+    rig.chip.plug()
+    wait_for(lambda: reader.healthy, what="the reader to be reported back")
+    oks = [ok for ok, _ in health]  # False may repeat, as the reason changes on retries
+    assert oks[0] and oks[-1] and len(oks) >= 3 and not any(oks[1:-1])
+    reader.close()
+    assert not [t for t in threading.enumerate() if t.name == reader.name]
+
+
+def test_reader_thread_survives_a_failing_tap_handler(rig: Rig) -> None:
+    reader = rig.reader(real_clock=True, rearm=0.0, poll_interval=0.01)
+    calls: list[str] = []
+
+    def handler(badge: str) -> None:
+        calls.append(badge)
+        raise RuntimeError("a bug downstream")
+
+    reader.start(handler)
+    card = rig.chip.place(Card(UIDS[4]))
+    wait_for(lambda: calls, what="a tap")
+    rig.chip.remove(card)
+    rig.chip.place(Card(UIDS[10]))
+    wait_for(lambda: UIDS[10] in calls, what="a tap after the failure")
+    assert reader.healthy
+
+
+def test_factory_builds_the_mfrc522_reader(rig: Rig) -> None:
+    from agent.hardware.factory import make_reader
+    from agent.hardware.mfrc522 import MFRC522Reader
+
+    with make_reader(ReaderConfig(type="mfrc522", reset_pin=24), simulate=False, pins=rig.pins) as reader:
+        assert isinstance(reader, MFRC522Reader)
+        assert rig.pins.pin(24).state  # RST held high: the chip runs
+
+
+def test_agent_imports_without_the_driver() -> None:
+    code = (
+        "import sys, agent.hardware.factory, agent.hardware.mfrc522\n"
+        "print(sorted(m for m in ('mfrc522', 'spidev', 'RPi') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_reader_without_pi_packages_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['RPi'] = None\n"  # as on a machine without RPi.GPIO
+        "from agent.config import ReaderConfig\n"
+        "from agent.hardware.mfrc522 import MFRC522Reader\n"
+        "try:\n    MFRC522Reader(ReaderConfig(type='mfrc522'))\n"
+        "except ImportError as err:\n    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'fabpass[pi]'" in out

@@ -1,0 +1,130 @@
+"""`fabpass bench`: every contract figure is present and a number (not its value: machines differ),
+and the pieces the figures rest on measure what they say."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.devtools.bench import FIGURES, TARGETS, target_text, verdict
+from agent.devtools.bench.common import badges_of, fs_type, member_list, percentile, ram_dir
+from agent.cli.bench import table
+
+CONTRACT_KEYS = ("tap_to_relay_p50_ms", "tap_to_relay_p99_ms", "members_apply_100k_s", "lookup_during_apply_p99_ms",
+                 "outbox_replay_events_per_s", "idle_cpu_percent", "idle_rss_mb", "members_apply_100k_peak_mb",
+                 "outbox_commit_p99_ms", "fleet_agents_per_broker")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.slow
+def test_bench_quick_json_has_every_contract_figure_as_a_number() -> None:
+    done = subprocess.run([sys.executable, "-m", "agent", "bench", "--quick", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "cannot reach broker" not in done.stderr  # the replay's outage is planned, not news
+    figures = json.loads(done.stdout)  # one JSON document (NaN would not parse as strict JSON below)
+    json.loads(done.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
+    for key in CONTRACT_KEYS:
+        assert key in figures, key
+        assert _number(figures[key]), (key, figures[key])
+    assert isinstance(figures["outbox_commit_fs"], str) and figures["outbox_commit_fs"]
+    assert figures["outbox_commit_fs"] not in ("tmpfs", "ramfs")
+    assert figures["tap_to_relay_fs"] in ("tmpfs", "ramfs")
+    assert figures["quick"] is True
+    assert figures["python"] == sys.version.split()[0]
+    assert figures["machine"]["cores"] >= 1
+    assert _number(figures["machine"]["calibration_start_ms"]) and figures["machine"]["calibration_end_ms"] > 0
+    assert figures["members_apply_members"] == 100_000
+    assert figures["outbox_replay_events"] >= 2_000
+
+
+def test_bench_figures_cover_the_contract() -> None:
+    assert set(FIGURES) == set(CONTRACT_KEYS)
+    assert set(TARGETS) <= set(FIGURES)
+
+
+def test_bench_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_bench_verdicts_against_targets() -> None:
+    assert verdict("tap_to_relay_p99_ms", 0.4) == "ok"
+    assert verdict("tap_to_relay_p99_ms", 0.5) == "MISS"
+    assert verdict("outbox_replay_events_per_s", 5000) == "ok"
+    assert verdict("outbox_replay_events_per_s", 4999) == "MISS"
+    assert verdict("outbox_commit_p99_ms", 50.0) == ""
+    assert target_text("idle_rss_mb") == "< 40"
+    assert target_text("fleet_agents_per_broker") == "-"
+
+
+def test_bench_member_list_is_a_valid_snapshot_with_two_badges_and_three_inductions() -> None:
+    from agent.members.snapshot import load_json
+
+    snapshot = load_json(member_list(120, version=7))
+    members = list(snapshot.members())
+    assert snapshot.version == 7 and snapshot.count == 120
+    assert all(len(m.badges) == 2 and len(m.inductions) == 3 and "laser" in m.inductions for m in members)
+    assert len({b for m in members for b in m.badges}) == 240
+    assert members[5].badges == badges_of(5)
+
+
+def test_bench_ram_dir_is_tmpfs_and_removed(tmp_path: Path) -> None:
+    with ram_dir("test") as path:
+        assert fs_type(path) in ("tmpfs", "ramfs")
+        (path / "x").write_text("x")
+    assert not path.exists()
+    assert fs_type("/proc") == "proc"
+
+
+def test_bench_tap_to_relay_times_the_relay_changing_and_stops_its_agent() -> None:
+    from agent.devtools.bench.tap import tap_to_relay
+
+    before = threading.active_count()
+    figures = tap_to_relay(taps=20, members=200)
+    assert figures["tap_to_relay_taps"] == 20
+    assert 0 < figures["tap_to_relay_p50_ms"] <= figures["tap_to_relay_p99_ms"] <= figures["tap_to_relay_max_ms"]
+    assert threading.active_count() == before
+
+
+def test_bench_timed_agent_every_tap_changes_the_relay() -> None:
+    from agent.devtools.bench.tap import TimedAgent, _apply
+
+    with ram_dir("test") as storage, TimedAgent(storage) as timed:
+        _apply(timed.agent, member_list(10))
+        for _ in range(3):
+            timed.tap(badges_of(4)[1])
+            assert timed.agent.relay.on
+            timed.tap(badges_of(4)[0])  # the same member's other badge ends the session
+            assert not timed.agent.relay.on
+        states = [s.state for s in timed.pin.states][-7:]  # after the mock pin's own initial state
+        assert states == [True, False, True, False, True, False, True]  # active-low: on is low
+        events = [e for _, e in timed.agent.outbox.pending(0, 100)]
+        assert sum('"session_started"' in e for e in events) == 3  # the outbox write is on the path
+
+
+def test_bench_table_names_each_figure_value_and_target() -> None:
+    figures = {key: 1.0 for key in FIGURES}
+    figures.update(quick=True, python="3.11.7", outbox_commit_fs="ext4",
+                   machine={"cpu": "Test CPU", "cores": 2, "arch": "x86_64", "kernel": "6.1",
+                            "calibration_start_ms": 15.2, "calibration_end_ms": 31.0})
+    text = table(figures)
+    assert "--quick" in text.splitlines()[0]
+    assert "Test CPU, 2 cores" in text
+    assert "calibration 15.2 ms at the start, 31.0 ms at the end" in text
+    for key in FIGURES:
+        assert key in text
+    assert "(ext4)" in text and "< 0.5" in text
