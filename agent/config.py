@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 import zoneinfo
 from dataclasses import dataclass, field
@@ -16,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.hours import OpeningHours
+from agent.core.model import MACHINE_ID_RULE, is_machine_id
 from agent.core.timespec import parse_duration
 
-MACHINE_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
 READER_TYPES = ("simulated", "mfrc522", "rdm6300", "head")
 REQUIRED = object()
 
@@ -156,8 +155,8 @@ REQUIRED_SECTIONS = ("machine", "reader", "relay", "storage")
 
 
 def _check_machine_id(value: str) -> str:
-    if not MACHINE_ID.fullmatch(value):
-        raise ValueError(f"{value!r} must match [a-z0-9][a-z0-9-]* (it is used in MQTT topics)")
+    if not is_machine_id(value):
+        raise ValueError(f"{value!r} must match {MACHINE_ID_RULE} (it is used in MQTT topics)")
     return value
 
 

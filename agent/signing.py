@@ -21,9 +21,12 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
-from agent.core.timespec import rfc3339
+from agent.core.timespec import MissingOffset, parse_rfc3339, rfc3339
 
 KEY_FILE = "signing.key"
 PUB_FILE = "signing.pub"
@@ -171,10 +174,12 @@ def _parse_ts(ts: Any) -> dt.datetime:
     if not isinstance(ts, str):
         raise SignatureError("ts must be an RFC 3339 UTC time such as 2026-11-25T09:00:00Z")
     try:
-        moment = dt.datetime.fromisoformat(ts.replace("Z", "+00:00").replace("z", "+00:00"))
+        moment = parse_rfc3339(ts)
+    except MissingOffset:
+        raise SignatureError(f"ts {ts!r} must be in UTC (end it with Z)") from None
     except ValueError:
         raise SignatureError(f"ts {ts!r} is not an RFC 3339 time such as 2026-11-25T09:00:00Z") from None
-    if moment.tzinfo is None or moment.utcoffset() != dt.timedelta(0):
+    if moment.utcoffset() != dt.timedelta(0):
         raise SignatureError(f"ts {ts!r} must be in UTC (end it with Z)")
     return moment
 

@@ -8,8 +8,15 @@ from pathlib import Path
 import click
 
 from agent.cli.options import (
-    InputError, RuntimeFailure, broker_option, config_option, json_option, load_config,
-    password_file_option, prefix_option, print_json,
+    InputError,
+    RuntimeFailure,
+    broker_option,
+    config_option,
+    json_option,
+    load_config,
+    password_file_option,
+    prefix_option,
+    print_json,
 )
 
 
@@ -20,15 +27,13 @@ from agent.cli.options import (
 def run(config_path: Path, simulate: bool, verbose: bool) -> None:
     """Run the machine agent (a long-running daemon)."""
     from agent import logs
-    from agent.daemon.agent import Agent
-    from agent.link.agentlink import AgentLink
-
+    from agent.daemon.agent import Agent, link_for
     from agent.members.badgehash import BadgeKeyError
 
     config = load_config(config_path, simulate)
     logs.setup(config.machine.id, verbose)
     try:
-        agent = Agent(config, link_factory=AgentLink.factory(config) if config.mqtt else None)
+        agent = Agent(config, link=link_for(config))
     except BadgeKeyError as err:
         raise InputError(f"{config_path}: members.badge_hash_key_file: {err}") from None
     agent.install_signal_handlers()

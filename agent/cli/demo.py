@@ -9,11 +9,14 @@ import click
 
 @click.command()
 @click.option("--broker", "broker_url", metavar="URL", help="Also publish the events to this broker.")
-def demo(broker_url: str | None) -> None:
+@click.option("--prefix", "topic_prefix", default="fabpass-demo", show_default=True,
+              help="The MQTT topic prefix the demo publishes under: not the lab's own, so that its "
+                   "sessions never reach the real logbook.")
+def demo(broker_url: str | None, topic_prefix: str) -> None:
     """A simulated laser cutter, a sample member list and scripted taps, as a timeline."""
     import logging
 
     from agent.devtools.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
-    sys.exit(run_demo(click.echo, broker_url))
+    sys.exit(run_demo(click.echo, broker_url, topic_prefix))

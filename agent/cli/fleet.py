@@ -7,7 +7,13 @@ import sys
 
 import click
 
-from agent.cli.options import InputError, RuntimeFailure, json_option, password_file_option, print_json
+from agent.cli.options import (
+    InputError,
+    RuntimeFailure,
+    json_option,
+    password_file_option,
+    print_json,
+)
 
 
 def _summary(r: dict) -> list[str]:
@@ -55,10 +61,10 @@ def fleet(machines: int, duration: float, broker_url: str | None, password_file:
     no session open, no relay on without a session, every outbox empty.
     Exit 0 only when consistent, 1 otherwise.
     """
-    from agent.link.broker import BadBrokerURL, Broker
     from agent.devtools.fleet import FleetOptions, run_fleet
     from agent.devtools.fleet.node import MAX_AGENTS
     from agent.devtools.localbroker import BrokerNotInstalled
+    from agent.link.broker import BadBrokerURL, Broker
 
     if machines > MAX_AGENTS:
         raise InputError(f"--machines: at most {MAX_AGENTS} (the agents share one process, and its MQTT "

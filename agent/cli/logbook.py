@@ -21,8 +21,14 @@ from typing import Any, TypeVar
 import click
 
 from agent.cli.options import (
-    InputError, RuntimeFailure, broker_option, json_option, parse_broker, password_file_option,
-    prefix_option, print_json,
+    InputError,
+    RuntimeFailure,
+    broker_option,
+    json_option,
+    parse_broker,
+    password_file_option,
+    prefix_option,
+    print_json,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,9 +82,9 @@ def _open(path: Path):
 
 def _local(ts: str | None) -> str:
     """An archived RFC 3339 time as the host's local 'YYYY-MM-DD HH:MM', for tables."""
-    from agent.logbook.queries import parse_ts
+    from agent.core.timespec import parse_rfc3339
 
-    return parse_ts(ts).astimezone(_local_tz()).strftime("%Y-%m-%d %H:%M") if ts else ""
+    return parse_rfc3339(ts).astimezone(_local_tz()).strftime("%Y-%m-%d %H:%M") if ts else ""
 
 
 def _hm(seconds: float) -> str:
@@ -110,8 +116,8 @@ def logbook() -> None:
 def run(broker_url: str, password_file: str | None, topic_prefix: str, db_path: Path,
         client_id: str, session_expiry: str) -> None:
     """Collect every machine's events into the logbook until SIGTERM or SIGINT."""
-    from agent.logbook.collector import Collector
     from agent.core.timespec import parse_duration
+    from agent.logbook.collector import Collector
 
     try:
         expiry = int(parse_duration(session_expiry))
@@ -234,8 +240,8 @@ def export(db_path: Path, fmt: str, since: str | None, until: str | None) -> Non
 def service(machine: str, db_path: Path, note: str | None, at: str | None, every: str | None,
             thresholds: Path | None, as_json: bool) -> None:
     """Record a service, set the interval, and show hours of use since the last service."""
-    from agent.logbook import maintenance
     from agent.core.timespec import parse_duration
+    from agent.logbook import maintenance
 
     now = _now()
     done_at = _when("--at", at, now)
@@ -277,8 +283,8 @@ def service(machine: str, db_path: Path, note: str | None, at: str | None, every
 def retention(db_path: Path, months: int, pseudonymise: bool, key_file: Path | None,
               as_json: bool) -> None:
     """Delete (or pseudonymise) events and sessions older than N months."""
-    from agent.logbook import privacy
     from agent.core.timespec import rfc3339
+    from agent.logbook import privacy
 
     if pseudonymise and key_file is None:
         raise InputError("--pseudonymise needs --key-file (a secret kept apart from the database)")

@@ -8,8 +8,15 @@ from pathlib import Path
 import click
 
 from agent.cli.options import (
-    InputError, RuntimeFailure, broker_option, config_option, json_option, load_config,
-    password_file_option, prefix_option, print_json,
+    InputError,
+    RuntimeFailure,
+    broker_option,
+    config_option,
+    json_option,
+    load_config,
+    password_file_option,
+    prefix_option,
+    print_json,
 )
 
 
@@ -18,14 +25,13 @@ def members() -> None:
     """Load, publish and check the member list."""
 
 
-def _hasher(config):
-    """The badge hasher of a machine that stores hashes, or None."""
-    from agent.members.badgehash import BadgeHasher, BadgeKeyError
+def _storage(config, create: bool):
+    """The machine's storage opened without its agent (agent.daemon.storage)."""
+    from agent.daemon.storage import Storage
+    from agent.members.badgehash import BadgeKeyError
 
-    if not config.members.badge_hash_key_file:
-        return None
     try:
-        return BadgeHasher.from_file(config.members.badge_hash_key_file)
+        return Storage(config, create)
     except BadgeKeyError as err:
         raise InputError(f"members.badge_hash_key_file: {err}") from None
 
@@ -49,11 +55,9 @@ def import_(file: Path, config_path: Path, version: int | None) -> None:
     The version must grow, as for a published list; the agent records a
     members_updated (or members_rejected) event.
     """
+    import datetime as dt
+
     from agent.daemon.control import ControlError, NotRunning, request
-    from agent.daemon.agent import OUTBOX_FILE
-    from agent.members.cache import MemberCache
-    from agent.daemon.listsync import apply_here, apply_list
-    from agent.daemon.outbox import Outbox
 
     config = load_config(config_path)
     if file.suffix.lower() == ".csv" and version is None:
@@ -63,18 +67,12 @@ def import_(file: Path, config_path: Path, version: int | None) -> None:
     except ControlError as err:
         raise InputError(str(err)) from None
     except NotRunning:
-        import datetime as dt
-
-        config.storage.dir.mkdir(parents=True, exist_ok=True)
-        outbox = Outbox(config.storage.dir / OUTBOX_FILE, config.machine.id)
-        cache = MemberCache(config.storage.dir)
+        storage = _storage(config, create=True)
         try:
-            load = lambda: _load(file, version, config.members.public_key)  # noqa: E731
-            result = apply_list(outbox, lambda: apply_here(cache, load, _hasher(config)),
-                                dt.datetime.now(dt.timezone.utc)).as_dict()
+            result = storage.import_list(lambda: _load(file, version, config.members.public_key),
+                                         dt.datetime.now(dt.timezone.utc)).as_dict()
         finally:
-            cache.close()
-            outbox.close()
+            storage.close()
     if result["error"]:
         raise InputError(result["error"])
     if not result["applied"]:
@@ -145,17 +143,10 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     With the agent running its state (lock, session) counts; without, the
     machine is taken as idle and unlocked.
     """
-    import datetime as dt
-
-    from agent.daemon.clock import now
-    from agent.daemon.control import ControlError, NotRunning, request
-    from agent.daemon.agent import OUTBOX_FILE, check_badge, machine_of
-    from agent.daemon.clocksync import SimulatedClock, SystemClock
-    from agent.members.cache import MemberCache
-    from agent.daemon.listsync import is_stale, list_age
     from agent.core.model import BadBadge, normalise_badge
-    from agent.daemon.outbox import Outbox
     from agent.core.session import State
+    from agent.daemon.clock import SimulatedClock, SystemClock, now
+    from agent.daemon.control import ControlError, NotRunning, request
 
     config = load_config(config_path)
     try:
@@ -167,19 +158,12 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     except ControlError as err:
         raise InputError(str(err)) from None
     except NotRunning:
-        hasher = _hasher(config)
-        badge = hasher(badge) if hasher else badge
-        cache = MemberCache(config.storage.dir)
-        outbox_path = config.storage.dir / OUTBOX_FILE
-        age = None
-        if outbox_path.exists():
-            outbox = Outbox(outbox_path, config.machine.id)
-            age = list_age(outbox, dt.datetime.now(dt.timezone.utc))
-            outbox.close()
-        clock = SimulatedClock() if config.simulate else SystemClock()
-        result = check_badge(cache, State(), machine_of(config), badge, now(),
-                             is_stale(config.members.max_list_age, age), clock.synchronised())
-        cache.close()
+        storage = _storage(config, create=False)
+        try:
+            clock = SimulatedClock() if config.simulate else SystemClock()
+            result = storage.check(storage.badge_key(badge), State(), now(), clock.synchronised())
+        finally:
+            storage.close()
     if as_json:
         print_json(result)
     elif result["granted"]:

@@ -12,7 +12,12 @@ from pathlib import Path
 import click
 
 from agent.cli.options import (
-    InputError, RuntimeFailure, broker_option, json_option, parse_broker, password_file_option,
+    InputError,
+    RuntimeFailure,
+    broker_option,
+    json_option,
+    parse_broker,
+    password_file_option,
     prefix_option,
 )
 
@@ -75,12 +80,12 @@ def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broke
           password_file: str | None, topic_prefix: str, sign_key: Path | None) -> None:
     import datetime as dt
 
-    from agent.config import MACHINE_ID
-    from agent.link.publish import PublishError, publish_acknowledged
+    from agent.core.model import MACHINE_ID_RULE, is_machine_id
     from agent.link.commands import MAX_REASON, Command
+    from agent.link.publish import PublishError, publish_acknowledged
 
-    if not MACHINE_ID.fullmatch(machine):
-        raise InputError(f"MACHINE: {machine!r} is not a machine id ([a-z0-9][a-z0-9-]*)")
+    if not is_machine_id(machine):
+        raise InputError(f"MACHINE: {machine!r} is not a machine id ({MACHINE_ID_RULE})")
     if len(reason) > MAX_REASON:
         raise InputError(f"--reason: at most {MAX_REASON} characters ({len(reason)} given)")
     broker = parse_broker(broker_url, password_file)

@@ -1,4 +1,5 @@
-"""The nouns of fabpass: badges, members, refusal reasons, event types.
+"""The nouns of fabpass: badges, members, machine ids, moments, refusal reasons,
+event types and what a member is shown.
 
 Pure data and pure helpers; nothing here does I/O.
 """
@@ -8,9 +9,31 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from enum import Enum
+from dataclasses import dataclass
+from enum import Enum, StrEnum
 from types import MappingProxyType
 from typing import NamedTuple
+
+# A machine id names its MQTT topics: lowercase letters, digits and dashes.
+MACHINE_ID_RULE = "[a-z0-9][a-z0-9-]*"
+MACHINE_ID = re.compile(MACHINE_ID_RULE)
+
+
+def is_machine_id(text: object) -> bool:
+    return isinstance(text, str) and MACHINE_ID.fullmatch(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """A moment as the agent sees it: wall time (aware) for events and dates, the
+    monotonic clock for durations and deadlines."""
+
+    wall: dt.datetime
+    mono: float
+
+    def local(self, tz: dt.tzinfo | None) -> dt.datetime:
+        return self.wall.astimezone(tz)
+
 
 # ISO 14443 UIDs are 4, 7 or 10 bytes; EM4100 tags are 5 bytes.
 BADGE_HEX_LENGTHS = frozenset({8, 10, 14, 20})
@@ -77,6 +100,33 @@ class Reason(str, Enum):
     IN_USE = "in_use"
     STORAGE_ERROR = "storage_error"
     CLOCK_UNSYNCHRONISED = "clock_unsynchronised"
+
+
+class EventType(StrEnum):
+    """Every event an agent records (docs/reference/events.md gives their fields)."""
+
+    SESSION_STARTED = "session_started"
+    SESSION_ENDED = "session_ended"
+    SESSION_EXTENDED = "session_extended"
+    ACCESS_DENIED = "access_denied"
+    MACHINE_LOCKED = "machine_locked"
+    MACHINE_UNLOCKED = "machine_unlocked"
+    COMMAND_REJECTED = "command_rejected"
+    MEMBERS_UPDATED = "members_updated"
+    MEMBERS_REJECTED = "members_rejected"
+    AGENT_STARTED = "agent_started"
+    AGENT_STOPPED = "agent_stopped"
+
+
+class Signal(str, Enum):
+    """What the member is told, by LEDs and buzzer on the Pi or on a reader head."""
+
+    GRANTED = "granted"
+    REFUSED = "refused"
+    ENDED = "ended"
+    WARNING = "warning"
+    IDLE = "idle"
+    OFFLINE = "offline"
 
 
 class EndReason(str, Enum):

@@ -12,18 +12,8 @@ import datetime as dt
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.hardware.reader import Signal
-from agent.core.model import EndReason, Member, Reason
+from agent.core.model import EndReason, EventType, Instant, Member, Reason, Signal
 from agent.core.policy import Rules, Situation, decide, may_end_others
-
-
-@dataclass(frozen=True, slots=True)
-class Instant:
-    wall: dt.datetime  # aware
-    mono: float
-
-    def local(self, tz: dt.tzinfo | None) -> dt.datetime:
-        return self.wall.astimezone(tz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +116,7 @@ class Relay:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    type: str
+    type: EventType
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -162,10 +152,6 @@ class Step:
     actions: tuple[Action, ...] = ()
     outcome: Outcome | None = None
 
-    @property
-    def turns_relay_on(self) -> bool:
-        return any(isinstance(a, Relay) and a.on for a in self.actions)
-
 
 @dataclass(frozen=True, slots=True)
 class Machine:
@@ -184,13 +170,13 @@ def handle(state: State, event: Input, now: Instant, machine: Machine) -> Step:
         return _tick(state, now, machine)
     if isinstance(event, Lock):
         locked = _relabel(replace(state, locked=True), state, now)
-        step = Step(locked, (Record("machine_locked", {"by": event.by, "reason": event.reason}),))
+        step = Step(locked, (Record(EventType.MACHINE_LOCKED, {"by": event.by, "reason": event.reason}),))
         if event.now and state.session is not None:
             return _then(step, _end(locked, now, machine, EndReason.REMOTE, {"by": event.by}))
         return step
     if isinstance(event, Unlock):
         unlocked = _relabel(replace(state, locked=False), state, now)
-        return Step(unlocked, (Record("machine_unlocked", {"by": event.by, "reason": event.reason}),))
+        return Step(unlocked, (Record(EventType.MACHINE_UNLOCKED, {"by": event.by, "reason": event.reason}),))
     if isinstance(event, EndSession):
         if state.session is None:
             return Step(state)
@@ -220,7 +206,7 @@ def _refuse(state: State, tap: Tap, reason: Reason) -> Step:
     fields: dict[str, Any] = {"badge": tap.badge, "reason": reason.value}
     if member_id:
         fields["member_id"] = member_id
-    return Step(state, (Record("access_denied", fields), Indicate(Signal.REFUSED)),
+    return Step(state, (Record(EventType.ACCESS_DENIED, fields), Indicate(Signal.REFUSED)),
                 Outcome("refused", reason.value, state.relay, member_id))
 
 
@@ -263,7 +249,7 @@ def _start(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
         state, session=session, relay=relay_now, relay_on_at=None if relay_now else ready,
         run_on_until=None, idle_since=None if state.running else now.mono,
     ), state, now)
-    actions: list[Action] = [Record("session_started", {"member_id": member.id, "badge": tap.badge})]
+    actions: list[Action] = [Record(EventType.SESSION_STARTED, {"member_id": member.id, "badge": tap.badge})]
     if relay_now and not state.relay:
         actions.append(Relay(True))
     actions.append(Indicate(Signal.GRANTED))
@@ -282,7 +268,7 @@ def _extend(state: State, tap: Tap, now: Instant, machine: Machine, local: dt.da
     extended = replace(session, deadline=now.mono + machine.timing.max_session, warned=False)
     return Step(
         replace(state, session=extended),
-        (Record("session_extended", {"member_id": session.member_id, "badge": tap.badge}), Indicate(Signal.GRANTED)),
+        (Record(EventType.SESSION_EXTENDED, {"member_id": session.member_id, "badge": tap.badge}), Indicate(Signal.GRANTED)),
         Outcome("extended", None, state.relay, session.member_id),
     )
 
@@ -304,7 +290,7 @@ def _end(state: State, now: Instant, machine: Machine, reason: EndReason,
         actions.append(Relay(False))
     duration = round(max(0.0, now.mono - session.started_mono), 3)
     fields = {"member_id": session.member_id, "duration_s": duration, "reason": reason.value, **(extra or {})}
-    actions += [Record("session_ended", fields), Indicate(Signal.ENDED)]
+    actions += [Record(EventType.SESSION_ENDED, fields), Indicate(Signal.ENDED)]
     return Step(new, tuple(actions), Outcome("ended", None, keep_on, session.member_id))
 
 

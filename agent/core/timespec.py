@@ -47,13 +47,28 @@ def parse_time(text: str, now: dt.datetime, tz: dt.tzinfo | None = None) -> dt.d
         if len(text) == 10:
             day = dt.date.fromisoformat(text)
             return dt.datetime.combine(day, dt.time(), tzinfo=tz)
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
             f"{text!r} is not a time; write an ISO date (2026-11-24), a date-time "
             "(2026-11-24T14:00) or a span back from now (7d, 12h)"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=tz)
+
+
+class MissingOffset(ValueError):
+    """A date-time without a UTC offset: which moment it means is not known."""
+
+
+def parse_rfc3339(text: str) -> dt.datetime:
+    """An aware datetime from an RFC 3339 time such as `2026-11-25T09:00:00.123Z`;
+    ValueError when it is not one, MissingOffset when it has no UTC offset."""
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not an RFC 3339 time")
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise MissingOffset(f"{text!r} has no UTC offset")
+    return moment
 
 
 def rfc3339(moment: dt.datetime) -> str:

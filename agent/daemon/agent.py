@@ -16,80 +16,100 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpiozero import DigitalInputDevice, Factory
 
 from agent import __version__
-from agent.core import session
-from agent.daemon import listsync as membersync
-from agent.members.badgehash import BadgeHasher
-from agent.daemon.clock import now as system_now
 from agent.config import Config
+from agent.core import session
+from agent.core.model import (
+    BadBadge,
+    EndReason,
+    EventType,
+    Instant,
+    Reason,
+    Signal,
+    normalise_badge,
+)
+from agent.core.session import Indicate, Outcome, Record, Relay, Step, Tap
+from agent.core.timespec import parse_rfc3339, rfc3339
+from agent.daemon.clock import SimulatedClock, SystemClock
+from agent.daemon.clock import now as system_now
 from agent.daemon.control import ControlError, ControlServer
-from agent.daemon.clocksync import SimulatedClock, SystemClock
+from agent.daemon.listsync import ListOutcome
+from agent.daemon.outbox import StorageError
+from agent.daemon.storage import Storage
+from agent.daemon.systemd import Notifier
 from agent.hardware.factory import make_reader, pin_factory
 from agent.hardware.outputs import Indicators, MachineRelay
-from agent.hardware.reader import Reader, Signal
-from agent.members.cache import MemberCache
-from agent.core.model import BadBadge, EndReason, Reason, normalise_badge
-from agent.daemon.systemd import Notifier
-from agent.daemon.outbox import Outbox, StorageError
-from agent.core.policy import Rules
-from agent.core.session import Indicate, Instant, Outcome, Record, Relay, Step, Tap
-from agent.core.timespec import rfc3339
+from agent.hardware.reader import Reader
+from agent.members.update import Updated, update_cache_in_child
+
+if TYPE_CHECKING:
+    from agent.link.agentlink import AgentLink
+    from agent.link.commands import Command
 
 log = logging.getLogger("fabpass.agent")
 
-OUTBOX_FILE = "agent.db"
 MAX_IDLE_WAIT = 1.0  # the loop wakes at least this often (heartbeat, watchdog)
 
 
-def machine_of(config: Config) -> session.Machine:
-    m = config.machine
-    return session.Machine(
-        rules=Rules(m.induction, m.hours),
-        timing=session.Timing(
-            max_session=m.max_session, warn_before=m.warn_before, hard_limit=m.hard_limit,
-            idle_timeout=config.sensor.idle_timeout, min_off=config.relay.min_off, run_on=config.relay.run_on,
-        ),
-        tz=config.tz,
-        has_sensor=config.sensor.pin is not None,
-    )
+def link_for(config: Config, drain_s: float = 5.0) -> AgentLink | None:
+    """The MQTT link the config asks for, or None without [mqtt]."""
+    mc = config.mqtt
+    if mc is None:
+        return None
+    from agent.link.agentlink import AgentLink, LinkSettings
+    from agent.link.broker import Broker
+
+    broker = Broker.parse(mc.url).with_credentials(mc.username, mc.password_file, mc.ca_file, mc.cert_file,
+                                                   mc.key_file)
+    return AgentLink(LinkSettings(broker, config.machine.id, mc.topic_prefix, mc.keepalive,
+                                  config.members.public_key, config.simulate, drain_s))
 
 
-def check_badge(cache: MemberCache, state: session.State, machine: session.Machine,
-                badge: str, now: Instant, list_stale: bool = False, clock_trusted: bool = True) -> dict[str, Any]:
-    """Would this tap be granted now? The session machine's answer, with no effect."""
-    member = cache.lookup(badge)
-    step = session.handle(state, Tap(badge, member, list_stale, clock_trusted), now, machine)
-    outcome = step.outcome
-    assert outcome is not None
-    return {"granted": outcome.granted, "reason": outcome.reason,
-            "member_id": member.id if member else None}
+class _FromLink:
+    """What the link hands over, put on the agent's loop; a list is taken on the link's thread."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def connected(self) -> None:
+        self.agent.submit(self.agent.status_changed)
+
+    def list_arrived(self, payload: bytes) -> None:
+        self.agent.receive_list(payload)
+
+    def command_arrived(self, command: Command) -> None:
+        self.agent.submit(self.agent.command, command.kind, command.by, command.reason, command.now)
+
+    def command_refused(self, error: str) -> None:
+        self.agent.submit(self.agent.reject_command, error)
+
+    def simulated_tap(self, badge: str) -> None:
+        self.agent.submit(self.agent.tap, badge)
 
 
 class Agent:
+    """The machine agent of `config`. `link` (see link_for) connects it to a broker."""
+
     def __init__(self, config: Config, pins: Factory | None = None, reader: Reader | None = None,
-                 clock: Callable[[], Instant] = system_now, link_factory: Callable[..., Any] | None = None,
+                 clock: Callable[[], Instant] = system_now, link: AgentLink | None = None,
                  clock_status: SystemClock | SimulatedClock | None = None) -> None:
         self.config = config
         self.id = config.machine.id
-        self.machine = machine_of(config)
         self.clock = clock
         self.simulated = config.simulate
         self.pins = pins if pins is not None else pin_factory(self.simulated)
-        config.storage.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         # The relay first: off from the first instant.
         self.relay = MachineRelay(config.relay, self.pins)
         self.indicators = Indicators(config.indicators, self.pins)
-        self.outbox = Outbox(config.storage.dir / OUTBOX_FILE, self.id,
-                             config.mqtt.outbox_limit if config.mqtt else 100_000)
-        self.cache = MemberCache(config.storage.dir)
+        self.storage = Storage(config)
+        self.machine = self.storage.machine
+        self.outbox, self.cache = self.storage.outbox, self.storage.cache
         self.reader = reader or make_reader(config.reader, self.simulated, self.pins)
         self.clock_status = clock_status or (SimulatedClock() if self.simulated else SystemClock())
-        key_file = config.members.badge_hash_key_file
-        self.hasher = BadgeHasher.from_file(key_file) if key_file else None
         self.sensor: DigitalInputDevice | None = None
         self.state = session.State()
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = queue.SimpleQueue()
@@ -97,7 +117,7 @@ class Agent:
         self._unwritten: list[tuple[str, dict[str, Any]]] = []
         self._saved: dict[str, Any] = {}  # the meta keys as last written by this agent
         self._members_lock = threading.Lock()
-        self.link = link_factory(self) if link_factory else None
+        self.link = link
         self.control: ControlServer | None = None
         self.started = threading.Event()
         self.notifier = Notifier.from_env()
@@ -139,7 +159,7 @@ class Agent:
     def _start(self) -> None:
         now = self.clock()
         self._recover(now)
-        self._commit([("agent_started", {"agent_version": __version__})], now)
+        self._commit([(EventType.AGENT_STARTED, {"agent_version": __version__})], now)
         running = False
         if self.config.sensor.pin is not None:
             self.sensor = DigitalInputDevice(self.config.sensor.pin, pull_up=None,
@@ -152,7 +172,7 @@ class Agent:
         self.control = ControlServer(self.config.storage.dir, self._control)
         self.control.start()
         if self.link is not None:
-            self.link.start()
+            self.link.start(self.outbox, _FromLink(self))
         info = self.cache.info()
         log.info("started: %s (%s), reader %s, relay pin %d (%s), members version %s (%d), %s",
                  self.config.machine.name or self.id, "simulated" if self.simulated else "hardware",
@@ -166,11 +186,11 @@ class Agent:
         open_session = self.outbox.get("session")
         if not open_session:
             return
-        started = dt.datetime.fromisoformat(open_session["started"].replace("Z", "+00:00"))
+        started = parse_rfc3339(open_session["started"])
         duration = round(max(0.0, (now.wall - started).total_seconds()), 3)
         log.warning("closing session of %s left open by an unclean stop (%.0f s, end estimated)",
                     open_session["member_id"], duration)
-        self._commit([("session_ended", {
+        self._commit([(EventType.SESSION_ENDED, {
             "member_id": open_session["member_id"], "duration_s": duration,
             "reason": EndReason.AGENT_RESTART.value, "end_estimated": True,
         })], now, {"session": None})
@@ -212,7 +232,7 @@ class Agent:
         self.relay.switch(False)
         try:
             self.handle(session.Shutdown())
-            self._commit([("agent_stopped", {"agent_version": __version__})], self.clock())
+            self._commit([(EventType.AGENT_STOPPED, {"agent_version": __version__})], self.clock())
         except Exception:
             log.exception("error while recording the shutdown")
         finally:
@@ -223,22 +243,18 @@ class Agent:
                         part.close()
                     except Exception:
                         log.exception("error while closing %s", part)
-            self.cache.close()
-            self.outbox.close()
+            self.storage.close()
             log.info("stopped; relay off")
 
     # -- the machine ------------------------------------------------------------
 
-    def badge_key(self, uid: str) -> str:
-        """How this agent stores and reports a badge: the UID, or its keyed hash."""
-        return self.hasher(uid) if self.hasher else uid
-
     def tap(self, uid: str) -> dict[str, Any]:
-        badge = self.badge_key(uid)
+        badge = self.storage.badge_key(uid)
         member = self.cache.lookup(badge)
-        outcome = self.handle(Tap(badge, member, self._list_stale(), self.clock_status.synchronised()))
+        outcome = self.handle(Tap(badge, member, self.storage.list_stale(self.clock().wall),
+                                  self.clock_status.synchronised()))
         assert outcome is not None
-        shown = f"{badge[:12]}…" if self.hasher else badge
+        shown = f"{badge[:12]}…" if self.storage.hasher else badge
         if outcome.action == "refused":
             log.info("tap %s (%s): refused, %s", shown, member.id if member else "unknown", outcome.reason)
         else:
@@ -266,7 +282,7 @@ class Agent:
                 member_id = event.member.id if event.member else None
                 log.error("refusing %s (%s): %s", event.badge, member_id, err)
                 fields = {"badge": event.badge, "member_id": member_id, "reason": Reason.STORAGE_ERROR.value}
-                self._unwritten.append(("access_denied", fields))
+                self._unwritten.append((EventType.ACCESS_DENIED, fields))
                 self._show(Signal.REFUSED)
                 return Outcome("refused", Reason.STORAGE_ERROR.value, self.relay.on, member_id)
             self._unwritten.extend(records)
@@ -317,39 +333,34 @@ class Agent:
 
     # -- members -------------------------------------------------------------------
 
-    def _list_stale(self) -> bool:
-        max_age = self.config.members.max_list_age
-        return max_age is not None and membersync.is_stale(max_age, self.members_age())
-
     def members_age(self) -> float | None:
-        return membersync.list_age(self.outbox, self.clock().wall)
+        return self.storage.list_age(self.clock().wall)
 
-    def apply_members(self, load: Callable[[], Any]) -> dict[str, Any]:
-        """Apply a list parsed by `load` (a file being imported), in this process."""
-        return self._apply(lambda now: membersync.apply_list(
-            self.outbox, lambda: membersync.apply_here(self.cache, load, self.hasher), now))
+    def import_members(self, load: Callable[[], Any]) -> dict[str, Any]:
+        """Take a list parsed by `load` (a file being imported), in this process."""
+        return self._take_list(lambda now: self.storage.import_list(load, now))
 
-    def apply_published(self, payload: bytes) -> dict[str, Any]:
-        """Apply a list from the broker in a child process, so taps never wait for it."""
+    def receive_list(self, payload: bytes) -> dict[str, Any]:
+        """Take a list from the broker, written by a child process so that taps never wait for it."""
         members = self.config.members
 
-        def in_child(data: bytes) -> membersync.Applied:
-            return membersync.apply_in_child(self.config.storage.dir, data, members.public_key,
-                                             members.badge_hash_key_file)
+        def in_child(data: bytes) -> Updated:
+            return update_cache_in_child(self.config.storage.dir, data, members.public_key,
+                                         members.badge_hash_key_file)
 
         # What else decides the cache's content: a new key must re-read even the same list.
-        settings = f"{members.public_key or ''} {self.hasher('00000000') if self.hasher else ''}"
-        return self._apply(lambda now: membersync.apply_published(self.outbox, self.cache, payload, in_child,
-                                                                  now, settings))
+        hasher = self.storage.hasher
+        settings = f"{members.public_key or ''} {hasher('00000000') if hasher else ''}"
+        return self._take_list(lambda now: self.storage.lists.take_published(payload, in_child, now, settings))
 
-    def _apply(self, apply: Callable[[dt.datetime], membersync.ApplyResult]) -> dict[str, Any]:
+    def _take_list(self, take: Callable[[dt.datetime], ListOutcome]) -> dict[str, Any]:
         with self._members_lock:
-            result = apply(self.clock().wall)
+            outcome = take(self.clock().wall)
         if self.link is not None:
             self.link.wake()
-        if result.applied:
+        if outcome.applied:
             self.submit(self.status_changed)
-        return result.as_dict()
+        return outcome.as_dict()
 
     # -- remote commands -----------------------------------------------------------
 
@@ -365,7 +376,7 @@ class Agent:
 
     def reject_command(self, error: str) -> None:
         log.warning("command rejected: %s", error)
-        self._commit([("command_rejected", {"error": error})], self.clock())
+        self._commit([(EventType.COMMAND_REJECTED, {"error": error})], self.clock())
 
     # -- status and control --------------------------------------------------------------
 
@@ -412,9 +423,9 @@ class Agent:
             except BadBadge as err:
                 raise ControlError(str(err), usage=True) from None
             if op == "check":
-                badge = self.badge_key(badge)
-                return self.call(lambda: check_badge(self.cache, self.state, self.machine, badge, self.clock(),
-                                                     self._list_stale(), self.clock_status.synchronised()))
+                badge = self.storage.badge_key(badge)
+                return self.call(lambda: self.storage.check(badge, self.state, self.clock(),
+                                                            self.clock_status.synchronised()))
             if not self.simulated:
                 raise ControlError("this agent runs real hardware: taps come from its reader "
                                    "(start it with --simulate to tap from the command line)", usage=True)
@@ -423,6 +434,6 @@ class Agent:
             from agent.members.snapshot import load_file
 
             path, version = request.get("path"), request.get("version")
-            return self.apply_members(lambda: load_file(path, version=version,
+            return self.import_members(lambda: load_file(path, version=version,
                                                         public_key=self.config.members.public_key))
         raise ControlError(f"unknown request {op!r}", usage=True)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from agent.core.model import EventType
 from agent.core.timespec import rfc3339
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,9 @@ class Outbox:
 
     def _at_bound(self, records: list[tuple[str, dict[str, Any]]], depth: int) -> list:
         """At the bound a session cannot start; ends and lock changes are kept; refusals are dropped."""
-        if any(kind == "session_started" for kind, _ in records):
+        if any(kind == EventType.SESSION_STARTED for kind, _ in records):
             raise StorageError(f"outbox full ({depth} events waiting for the broker)")
-        kept = [r for r in records if r[0] != "access_denied"]
+        kept = [r for r in records if r[0] != EventType.ACCESS_DENIED]
         if len(kept) < len(records):
             self.dropped += len(records) - len(kept)
             log.error("outbox full (%d events waiting for the broker): dropped a refusal event "

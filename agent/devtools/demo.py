@@ -7,39 +7,24 @@ outbox, gpiozero with mock pins); only the clock is scripted, so that a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from agent.config import HardwareConfig, parse
-from agent.daemon.agent import Agent
-from agent.core.session import Instant
+from agent.core.model import Instant
+from agent.daemon.agent import Agent, link_for
+from agent.devtools.machines import machine_toml
+from agent.devtools.wait import wait_for
 
-CONFIG = """
-[machine]
-id = "laser-1"
-name = "Laser cutter (Trotec Speedy 400)"
-induction = "laser"
-max_session = "4h"
-timezone = "Europe/Rome"
-[reader]
-type = "simulated"
-[relay]
-pin = 17
-active_high = false
-[indicators]
-green = 5
-red = 6
-amber = 13
-buzzer = 19
-[storage]
-dir = "{storage}"
-"""
+MACHINE = {"name": "Laser cutter (Trotec Speedy 400)", "max_session": "4h", "timezone": "Europe/Rome"}
+INDICATORS = {"green": 5, "red": 6, "amber": 13, "buzzer": 19}
+PREFIX = "fabpass-demo"  # with --broker: never the lab's own topics, logbook or billing
 MEMBERS = {
     "v": 1, "version": 1, "generated_at": "2026-11-25T08:00:00Z",
     "members": [
@@ -89,21 +74,15 @@ class ScriptedClock:
         self.wall = target
 
 
-def run_demo(echo: Callable[[str], None], broker_url: str | None = None) -> int:
+def run_demo(echo: Callable[[str], None], broker_url: str | None = None, prefix: str = PREFIX) -> int:
     with tempfile.TemporaryDirectory(prefix="fabpass-demo-") as tmp:
         storage = Path(tmp)
-        text = CONFIG.format(storage=storage)
-        if broker_url:
-            text += f'[mqtt]\nurl = "{broker_url}"\n'
+        mqtt = {"mqtt": {"url": broker_url, "topic_prefix": prefix}} if broker_url else {}
+        text = machine_toml("laser-1", storage, machine=MACHINE, indicators=INDICATORS, **mqtt)
         config = dataclasses.replace(parse(text, "demo.toml"), hardware=HardwareConfig(simulate=True))
         start = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.timezone.utc)
         clock = ScriptedClock(start)
-        link = None
-        if broker_url:
-            from agent.link.agentlink import AgentLink
-
-            link = AgentLink.factory(config)
-        agent = Agent(config, clock=clock, link_factory=link)
+        agent = Agent(config, clock=clock, link=link_for(config))
         relay_pin = agent.pins.pin(config.relay.pin)
         loop = threading.Thread(target=agent.run, name="demo-agent", daemon=True)
         loop.start()
@@ -119,11 +98,12 @@ def run_demo(echo: Callable[[str], None], broker_url: str | None = None) -> int:
 
         echo(f"fabpass demo: {config.machine.name} ({config.machine.id}), simulated pins, "
              f"relay on BCM {config.relay.pin} (active-low)")
-        echo(f"storage: {storage}  broker: {broker_url or 'none (events wait in the outbox)'}\n")
+        where = f"{broker_url}, topics under {prefix}/" if broker_url else "none (events wait in the outbox)"
+        echo(f"storage: {storage}  broker: {where}\n")
         payload = json.dumps(MEMBERS).encode()
         from agent.members.snapshot import load_json
 
-        result = agent.apply_members(lambda: load_json(payload))
+        result = agent.import_members(lambda: load_json(payload))
         echo(f"{stamp()}  member list version {result['version']} loaded: {result['count']} members")
         holder, since = None, 0
         for minutes, kind, arg in SCRIPT:
@@ -146,14 +126,13 @@ def run_demo(echo: Callable[[str], None], broker_url: str | None = None) -> int:
             else:
                 agent.call(agent.command, kind, "technician", arg)
                 echo(f"{stamp()}  technician {kind}s the machine{': ' + arg if arg else ''}")
-        if link is not None:
-            deadline = time.monotonic() + 10
-            while agent.outbox.depth and time.monotonic() < deadline:
-                time.sleep(0.05)
+        if broker_url:
+            with contextlib.suppress(TimeoutError):
+                wait_for(lambda: not agent.outbox.depth, 10, "the broker", step=0.05)
         status = agent.call(agent.status)
         agent.stop()
         loop.join(10)
         echo(f"\n{status['last_seq']} events recorded (seq 1..{status['last_seq']}); "
-             + (f"{status['outbox']} not yet acknowledged by the broker" if link else
+             + (f"{status['outbox']} not yet acknowledged by the broker" if broker_url else
                 "they wait in the outbox until a broker is configured (try --broker mqtt://localhost)"))
     return 0

@@ -14,9 +14,9 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
+from agent.devtools.wait import wait_for
 from agent.link.broker import Broker
 
 CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -93,13 +93,15 @@ class LocalBroker:
         """Start and wait until it accepts connections; RuntimeError with its log if it cannot."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while not port_open(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mosquitto did not start on port {self.port}: "
-                                   f"{self.log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.02)
+        proc = self.proc
+        try:
+            wait_for(lambda: port_open(self.port) or proc.poll() is not None, timeout, "mosquitto", step=0.02)
+        except TimeoutError:
+            pass
+        if not port_open(self.port):
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start on port {self.port}: "
+                               f"{self.log.read_text(errors='replace')[-2000:]}")
 
     def stop(self) -> None:
         """SIGTERM (mosquitto saves its persistence file), SIGKILL after 5 s; idempotent."""

@@ -14,10 +14,10 @@ import time
 from gpiozero import Factory
 
 from agent.config import ReaderConfig
+from agent.core.model import BadBadge, Signal, normalise_badge
 from agent.hardware import headproto
-from agent.hardware.reader import Signal, TapDebouncer
+from agent.hardware.reader import TapDebouncer
 from agent.hardware.serialport import SerialReader
-from agent.core.model import BadBadge, normalise_badge
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from typing import Any
 from gpiozero import DigitalOutputDevice, Factory
 
 from agent.config import ReaderConfig
-from agent.hardware.reader import TapDebouncer, ThreadedReader
 from agent.core.model import badge_from_bytes
+from agent.hardware.reader import TapDebouncer, ThreadedReader
 
 log = logging.getLogger(__name__)
 

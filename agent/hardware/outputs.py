@@ -10,7 +10,7 @@ from __future__ import annotations
 from gpiozero import LED, Buzzer, DigitalOutputDevice, Factory, OutputDevice
 
 from agent.config import IndicatorConfig, RelayConfig
-from agent.hardware.reader import Signal
+from agent.core.model import Signal
 
 
 class MachineRelay:

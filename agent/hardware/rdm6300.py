@@ -10,9 +10,9 @@ from __future__ import annotations
 from gpiozero import Factory
 
 from agent.config import ReaderConfig
+from agent.core.model import badge_from_bytes
 from agent.hardware.reader import TapDebouncer
 from agent.hardware.serialport import SerialReader
-from agent.core.model import badge_from_bytes
 
 STX, ETX = 0x02, 0x03
 BODY_LENGTH = 12  # 10 hex digits of tag, 2 of checksum

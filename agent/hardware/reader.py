@@ -5,21 +5,11 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from enum import Enum
+
+from agent.core.model import Signal
 
 TapHandler = Callable[[str], None]
 HealthHandler = Callable[[bool, "str | None"], None]
-
-
-class Signal(str, Enum):
-    """What the member is told, by LEDs and buzzer on the Pi or on a reader head."""
-
-    GRANTED = "granted"
-    REFUSED = "refused"
-    ENDED = "ended"
-    WARNING = "warning"
-    IDLE = "idle"
-    OFFLINE = "offline"
 
 
 class Reader(ABC):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.hardware.reader import Reader
 from agent.core.model import normalise_badge
+from agent.hardware.reader import Reader
 
 
 class SimulatedReader(Reader):

@@ -14,20 +14,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.link import commands as remote
-from agent.link.broker import Broker, Outage, disconnect, make_client
-from agent.config import Config
 from agent.core.model import BadBadge, normalise_badge
-
-if TYPE_CHECKING:
-    from agent.daemon.agent import Agent
+from agent.link import commands
+from agent.link.broker import Broker, Outage, disconnect, make_client
+from agent.link.topics import DEFAULT_PREFIX, Topics
 
 log = logging.getLogger("fabpass.mqtt")
 
@@ -52,10 +50,46 @@ WINDOW = 200  # events published and not yet acknowledged
 BATCH = 100
 
 
-def topics(prefix: str, machine: str) -> dict[str, str]:
-    base = f"{prefix}/machines/{machine}"
-    return {"members": f"{prefix}/members", "status": f"{base}/status", "events": f"{base}/events",
-            "commands": f"{base}/commands", "sim_tap": f"{base}/sim/tap"}
+class EventSource(Protocol):
+    """The agent's outbox, as the link drains it."""
+
+    def pending(self, after_seq: int = 0, limit: int = 500) -> list[tuple[int, str]]: ...
+
+    def acknowledge(self, seqs: Iterable[int]) -> None: ...
+
+    @property
+    def depth(self) -> int: ...
+
+
+class LinkHandler(Protocol):
+    """What the link hands to the agent that owns it, from the link's threads.
+
+    `list_arrived` runs on the link's own list thread and may take its time;
+    the others are called from paho's network thread and must not block.
+    """
+
+    def connected(self) -> None: ...
+
+    def list_arrived(self, payload: bytes) -> None: ...
+
+    def command_arrived(self, command: commands.Command) -> None: ...
+
+    def command_refused(self, error: str) -> None: ...
+
+    def simulated_tap(self, badge: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """What the link needs from the machine's config."""
+
+    broker: Broker
+    machine: str
+    prefix: str = DEFAULT_PREFIX
+    keepalive: int = 30
+    public_key: str | None = None  # commands must be signed by its private key
+    simulated: bool = False  # taps on sim/tap are accepted
+    drain_s: float = 5.0  # at close, while connected, the outbox may drain this long
 
 
 def offline_status(machine: str) -> bytes:
@@ -63,19 +97,12 @@ def offline_status(machine: str) -> bytes:
 
 
 class AgentLink:
-    drain_s = 5.0  # at close, while connected
-    @classmethod
-    def factory(cls, config: Config) -> Callable[[Agent], AgentLink]:
-        return lambda agent: cls(agent, config)
+    """Created with its settings; `start(outbox, handler)` connects and drains."""
 
-    def __init__(self, agent: Agent, config: Config) -> None:
-        assert config.mqtt is not None
-        self.agent = agent
-        self.config = config
-        mc = config.mqtt
-        self.broker = Broker.parse(mc.url).with_credentials(
-            mc.username, mc.password_file, mc.ca_file, mc.cert_file, mc.key_file)
-        self.topics = topics(mc.topic_prefix, config.machine.id)
+    def __init__(self, settings: LinkSettings) -> None:
+        self.settings = settings
+        self.broker = settings.broker
+        self.topics = Topics(settings.prefix)
         self._outage = Outage(log, self.broker, f"retrying every {RECONNECT_MAX_S} s at most, events wait in the outbox")
         self.client = self._new_client(mqtt.MQTTv5)
         self._downgrade = threading.Event()
@@ -88,18 +115,20 @@ class AgentLink:
         self._sent_up_to = 0
         self._threads = [threading.Thread(target=self._publisher, name="mqtt-publisher", daemon=True),
                          threading.Thread(target=self._list_worker, name="members-sync", daemon=True)]
+        self._outbox: EventSource | None = None
+        self._handler: LinkHandler | None = None
         self._guard = None
-        if config.members.public_key:
+        self._public_key = None
+        if settings.public_key:
             from agent.signing import ReplayGuard, load_public_key
 
-            self._public_key = load_public_key(config.members.public_key)
+            self._public_key = load_public_key(settings.public_key)
             self._guard = ReplayGuard()
-        else:
-            self._public_key = None
 
     def _new_client(self, protocol: int) -> mqtt.Client:
-        client = make_client(self.broker, f"fabpass-{self.config.machine.id}", protocol, persistent=True)
-        client.will_set(self.topics["status"], offline_status(self.config.machine.id), qos=1, retain=True)
+        machine = self.settings.machine
+        client = make_client(self.broker, f"fabpass-{machine}", protocol, persistent=True)
+        client.will_set(self.topics.status(machine), offline_status(machine), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         client.max_inflight_messages_set(WINDOW)
         client.on_connect = self._on_connect
@@ -111,13 +140,14 @@ class AgentLink:
         client.enable_logger(PAHO_LOG)
         return client
 
-    def start(self) -> None:
+    def start(self, outbox: EventSource, handler: LinkHandler) -> None:
+        self._outbox, self._handler = outbox, handler
         self._connect()
         for thread in self._threads:
             thread.start()
 
     def _connect(self) -> None:
-        keepalive = self.config.mqtt.keepalive
+        keepalive = self.settings.keepalive
         if self.client.protocol == mqtt.MQTTv5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -140,8 +170,8 @@ class AgentLink:
         """Give the outbox up to `drain_s` to reach a connected broker (the shutdown's own
         `session_ended` and `agent_stopped`), then disconnect; what is left waits in the
         outbox for the next start."""
-        deadline = time.monotonic() + self.drain_s
-        while self.connected and self.agent.outbox.depth and time.monotonic() < deadline:
+        deadline = time.monotonic() + self.settings.drain_s
+        while self.connected and self._outbox is not None and self._outbox.depth and time.monotonic() < deadline:
             self._wake.set()
             self._stop.wait(0.02)
         self._stop.set()
@@ -150,7 +180,8 @@ class AgentLink:
             thread.join(timeout=5)
         if self.connected:
             # A clean stop: say so ourselves (the will is only for vanishing).
-            info = self.client.publish(self.topics["status"], offline_status(self.config.machine.id), qos=1, retain=True)
+            machine = self.settings.machine
+            info = self.client.publish(self.topics.status(machine), offline_status(machine), qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
@@ -163,7 +194,7 @@ class AgentLink:
         self._wake.set()
 
     def publish_status(self, status: dict[str, Any]) -> None:
-        self.client.publish(self.topics["status"], json.dumps(status), qos=1, retain=True)
+        self.client.publish(self.topics.status(self.settings.machine), json.dumps(status), qos=1, retain=True)
 
     # -- paho callbacks (network thread): hand over, never block ------------------
 
@@ -178,11 +209,12 @@ class AgentLink:
         self.connected = True
         self._outage.ended()
         log.info("connected to %s", self.broker)
-        subscriptions = [(self.topics["members"], 1), (self.topics["commands"], 1)]
-        if self.agent.simulated:
-            subscriptions.append((self.topics["sim_tap"], 1))
+        machine = self.settings.machine
+        subscriptions = [(self.topics.members, 1), (self.topics.commands(machine), 1)]
+        if self.settings.simulated:
+            subscriptions.append((self.topics.sim_tap(machine), 1))
         client.subscribe(subscriptions)
-        self.agent.submit(self.agent.status_changed)
+        self._handler.connected()
         self._wake.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -195,30 +227,30 @@ class AgentLink:
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        topic, payload = message.topic, message.payload
-        if topic == self.topics["members"]:
+        topic, payload, machine = message.topic, message.payload, self.settings.machine
+        if topic == self.topics.members:
             try:
                 self._lists.get_nowait()  # a newer list replaces one not yet started
             except queue.Empty:
                 pass
             self._lists.put_nowait(payload)
-        elif topic == self.topics["commands"]:
+        elif topic == self.topics.commands(machine):
             self._command(payload)
-        elif topic == self.topics["sim_tap"] and self.agent.simulated:
+        elif topic == self.topics.sim_tap(machine) and self.settings.simulated:
             try:
                 badge = normalise_badge(payload.decode("utf-8", "replace").strip())
             except BadBadge as err:
                 log.warning("sim/tap ignored: %s", err)
                 return
-            self.agent.submit(self.agent.tap, badge)
+            self._handler.simulated_tap(badge)
 
     def _command(self, payload: bytes) -> None:
         try:
-            command = remote.parse(payload, self.config.machine.id, self._public_key, self._guard)
-        except remote.CommandError as err:
-            self.agent.submit(self.agent.reject_command, str(err))
+            command = commands.parse(payload, self.settings.machine, self._public_key, self._guard)
+        except commands.CommandError as err:
+            self._handler.command_refused(str(err))
             return
-        self.agent.submit(self.agent.command, command.kind, command.by, command.reason, command.now)
+        self._handler.command_arrived(command)
 
     # -- our threads ---------------------------------------------------------------------
 
@@ -231,12 +263,12 @@ class AgentLink:
             if not payload:
                 continue  # a cleared retained list
             try:
-                self.agent.apply_published(payload)
+                self._handler.list_arrived(payload)
             except Exception:  # the sync must outlive any one list (a full disk, say)
                 log.exception("member list not applied")
 
     def _publisher(self) -> None:
-        outbox = self.agent.outbox
+        outbox = self._outbox
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
@@ -251,7 +283,7 @@ class AgentLink:
                 if not batch:
                     break
                 for seq, payload in batch:
-                    info = self.client.publish(self.topics["events"], payload, qos=1)
+                    info = self.client.publish(self.topics.events(self.settings.machine), payload, qos=1)
                     if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                         log.error("cannot publish event %d: %s", seq, mqtt.error_string(info.rc))
                         break
@@ -259,7 +291,7 @@ class AgentLink:
                     self._sent_up_to = seq
                 self._settle_acks(outbox)
 
-    def _settle_acks(self, outbox: Any) -> None:
+    def _settle_acks(self, outbox: EventSource) -> None:
         done = []
         while True:
             try:

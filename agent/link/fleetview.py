@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+from agent.core.model import EventType
 from agent.link.broker import Broker, BrokerUnreachable, connected
 
 
@@ -59,18 +60,18 @@ def format_event(event: dict[str, Any]) -> str:
     who = event.get("member_id") or "-"
     badge = f" badge {event['badge']}" if event.get("badge") else ""
     details = {
-        "session_started": f"{who} started{badge}",
-        "session_ended": f"{who} ended after {_duration(event.get('duration_s'))} ({event.get('reason')})"
+        EventType.SESSION_STARTED: f"{who} started{badge}",
+        EventType.SESSION_ENDED: f"{who} ended after {_duration(event.get('duration_s'))} ({event.get('reason')})"
                          + (" [end estimated]" if event.get("end_estimated") else ""),
-        "session_extended": f"{who} extended the session",
-        "access_denied": f"REFUSED {who}{badge}: {event.get('reason')}",
-        "machine_locked": f"locked by {event.get('by')}: {event.get('reason')}",
-        "machine_unlocked": f"unlocked by {event.get('by')}",
-        "command_rejected": f"command rejected: {event.get('error')}",
-        "members_updated": f"member list version {event.get('version')} ({event.get('count')} members)",
-        "members_rejected": f"member list REJECTED: {event.get('error')}",
-        "agent_started": f"agent {event.get('agent_version')} started",
-        "agent_stopped": "agent stopped",
+        EventType.SESSION_EXTENDED: f"{who} extended the session",
+        EventType.ACCESS_DENIED: f"REFUSED {who}{badge}: {event.get('reason')}",
+        EventType.MACHINE_LOCKED: f"locked by {event.get('by')}: {event.get('reason')}",
+        EventType.MACHINE_UNLOCKED: f"unlocked by {event.get('by')}",
+        EventType.COMMAND_REJECTED: f"command rejected: {event.get('error')}",
+        EventType.MEMBERS_UPDATED: f"member list version {event.get('version')} ({event.get('count')} members)",
+        EventType.MEMBERS_REJECTED: f"member list REJECTED: {event.get('error')}",
+        EventType.AGENT_STARTED: f"agent {event.get('agent_version')} started",
+        EventType.AGENT_STOPPED: "agent stopped",
     }.get(kind, kind)
     return f"{ts}  {event.get('machine', '?'):<12} #{event.get('seq', '?'):<6} {details}"
 

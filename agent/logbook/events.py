@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 from typing import Any
 
-from agent.core.timespec import rfc3339
+from agent.core.model import EventType, is_machine_id
+from agent.core.timespec import MissingOffset, parse_rfc3339, rfc3339
 
-SESSION_STARTED = "session_started"
-SESSION_ENDED = "session_ended"
-ACCESS_DENIED = "access_denied"
-SESSION_TYPES = frozenset({SESSION_STARTED, SESSION_ENDED})
+SESSION_TYPES = (EventType.SESSION_STARTED, EventType.SESSION_ENDED)
 
-_MACHINE_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
 # Fields each type needs beyond the common ones, with the types they must have.
 _REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
-    SESSION_STARTED: {"member_id": (str,), "badge": (str,)},
-    SESSION_ENDED: {"member_id": (str,), "duration_s": (int, float), "reason": (str,)},
-    ACCESS_DENIED: {"badge": (str,), "reason": (str,)},
+    EventType.SESSION_STARTED: {"member_id": (str,), "badge": (str,)},
+    EventType.SESSION_ENDED: {"member_id": (str,), "duration_s": (int, float), "reason": (str,)},
+    EventType.ACCESS_DENIED: {"badge": (str,), "reason": (str,)},
 }
 
 
@@ -47,19 +42,19 @@ def parse_event(payload: bytes, topic_machine: str) -> dict[str, Any]:
     seq = event.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
         raise MalformedEvent("'seq' is missing or not a positive integer")
-    if event["machine"] != topic_machine or not _MACHINE_ID.fullmatch(topic_machine):
+    if event["machine"] != topic_machine or not is_machine_id(topic_machine):
         raise MalformedEvent(f"machine {event['machine']!r} does not match its topic's {topic_machine!r}")
     try:
-        moment = dt.datetime.fromisoformat(event["ts"].replace("Z", "+00:00"))
+        moment = parse_rfc3339(event["ts"])
+    except MissingOffset:
+        raise MalformedEvent(f"'ts' {event['ts']!r} has no UTC offset") from None
     except ValueError:
         raise MalformedEvent(f"'ts' {event['ts']!r} is not an RFC 3339 time") from None
-    if moment.tzinfo is None:
-        raise MalformedEvent(f"'ts' {event['ts']!r} has no UTC offset")
     for key, types in _REQUIRED.get(event["type"], {}).items():
         value = event.get(key)
         if not isinstance(value, types) or isinstance(value, bool):
             raise MalformedEvent(f"{event['type']} without a valid {key!r}")
-    if event["type"] == SESSION_ENDED and event["duration_s"] < 0:
+    if event["type"] == EventType.SESSION_ENDED and event["duration_s"] < 0:
         raise MalformedEvent("'duration_s' is negative")
     return {**event, "ts": rfc3339(moment)}
 

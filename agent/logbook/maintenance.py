@@ -17,8 +17,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from agent.logbook.queries import parse_ts
-from agent.core.timespec import parse_duration, rfc3339
+from agent.core.timespec import parse_duration, parse_rfc3339, rfc3339
 
 
 class ThresholdsError(ValueError):
@@ -61,11 +60,11 @@ def load_thresholds(path: str | Path) -> dict[str, float]:
 
 def _seconds_used(db: Database, machine: str, since: str | None, now: dt.datetime) -> float:
     """Seconds of use on `machine` after `since` (all time if None), open sessions up to `now`."""
-    floor = parse_ts(since) if since else None
+    floor = parse_rfc3339(since) if since else None
     total = 0.0
     for row in db.query('SELECT start, "end", duration_s FROM sessions WHERE machine = ?'
                         ' AND ("end" IS NULL OR "end" > ?)', [machine, since or ""]):
-        start = parse_ts(row["start"])
+        start = parse_rfc3339(row["start"])
         end = start + dt.timedelta(seconds=row["duration_s"]) if row["end"] else now
         total += max(0.0, (end - max(start, floor or start)).total_seconds())
     return total

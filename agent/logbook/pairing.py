@@ -17,12 +17,8 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from agent.logbook.events import SESSION_ENDED, SESSION_STARTED
-from agent.core.timespec import rfc3339
-
-
-def _parse(ts: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+from agent.core.model import EventType
+from agent.core.timespec import parse_rfc3339, rfc3339
 
 
 def _from_start(start: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +39,7 @@ def _close(row: dict[str, Any], end: dict[str, Any]) -> None:
 
 
 def _orphan(end: dict[str, Any]) -> dict[str, Any]:
-    start = _parse(end["ts"]) - dt.timedelta(seconds=end["duration_s"])
+    start = parse_rfc3339(end["ts"]) - dt.timedelta(seconds=end["duration_s"])
     row = {
         "machine": end["machine"], "anchor_seq": end["seq"], "start_seq": None,
         "member_id": end["member_id"], "badge": None, "start": rfc3339(start),
@@ -58,10 +54,10 @@ def pair(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     open_row: dict[str, Any] | None = None
     for event in sorted(events, key=lambda e: e["seq"]):
-        if event["type"] == SESSION_STARTED:
+        if event["type"] == EventType.SESSION_STARTED:
             open_row = _from_start(event)
             rows.append(open_row)
-        elif event["type"] == SESSION_ENDED:
+        elif event["type"] == EventType.SESSION_ENDED:
             if open_row is not None:
                 _close(open_row, event)
                 open_row = None

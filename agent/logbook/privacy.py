@@ -19,9 +19,9 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from agent.logbook.events import ACCESS_DENIED
-from agent.logbook.queries import SESSION_KEYS, sessions
+from agent.core.model import EventType
 from agent.core.timespec import rfc3339
+from agent.logbook.queries import SESSION_KEYS, sessions
 
 PSEUDONYM_PREFIX = "anon-"
 
@@ -94,6 +94,6 @@ def member_export(db: Database, member_id: str, now: dt.datetime) -> dict[str, A
         "generated_at": rfc3339(now),
         "sessions": [{k: s[k] for k in SESSION_KEYS} for s in own],
         "refusals": [{k: e.get(k) for k in ("machine", "ts", "badge", "reason")}
-                     for e in events if e["type"] == ACCESS_DENIED],
+                     for e in events if e["type"] == EventType.ACCESS_DENIED],
         "events": events,
     }

@@ -16,14 +16,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from agent.logbook.events import ACCESS_DENIED
-from agent.core.timespec import rfc3339
+from agent.core.model import EventType
+from agent.core.timespec import parse_rfc3339, rfc3339
 
 SESSION_KEYS = ("machine", "member_id", "badge", "start", "end", "duration_s", "end_reason")
-
-
-def parse_ts(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def sessions(db: Database, now: dt.datetime, *, machine: str | None = None,
@@ -57,7 +53,7 @@ def sessions(db: Database, now: dt.datetime, *, machine: str | None = None,
 
 def _with_duration(row: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     if row["end"] is None:
-        row["duration_s"] = round(max(0.0, (now - parse_ts(row["start"])).total_seconds()), 3)
+        row["duration_s"] = round(max(0.0, (now - parse_rfc3339(row["start"])).total_seconds()), 3)
     return row
 
 
@@ -65,7 +61,7 @@ def refusals(db: Database, *, machine: str | None = None, member: str | None = N
              reason: str | None = None, since: dt.datetime | None = None, until: dt.datetime | None = None,
              limit: int | None = None) -> list[dict[str, Any]]:
     """access_denied events, newest first: machine, ts, member_id, badge, reason."""
-    where, params = ["type = :type"], {"type": ACCESS_DENIED}
+    where, params = ["type = :type"], {"type": EventType.ACCESS_DENIED}
     for key, value in (("machine", machine), ("member_id", member), ("reason", reason)):
         if value:
             where.append(f"{key} = :{key}")
@@ -110,7 +106,7 @@ def report(db: Database, now: dt.datetime, tz: dt.tzinfo, *, since: dt.datetime 
     for row in rows:
         per_machine[row["machine"]].append(row["duration_s"])
         per_member[row["member_id"]].append(row["duration_s"])
-        start = parse_ts(row["start"])
+        start = parse_rfc3339(row["start"])
         end = start + dt.timedelta(seconds=row["duration_s"])
         for hour, seconds in _seconds_by_hour_of_day(start, end, tz):
             by_hour[hour] += seconds
@@ -142,7 +138,7 @@ def weekly_hours(db: Database, now: dt.datetime, tz: dt.tzinfo, weeks: int) -> d
     result: dict[str, dict[str, float]] = {
         (monday + dt.timedelta(weeks=i)).isoformat(): {} for i in range(weeks)}
     for row in sessions(db, now, since=since, by_start=True):
-        day = parse_ts(row["start"]).astimezone(tz).date()
+        day = parse_rfc3339(row["start"]).astimezone(tz).date()
         week = (day - dt.timedelta(days=day.weekday())).isoformat()
         hours = result[week]
         hours[row["machine"]] = hours.get(row["machine"], 0.0) + row["duration_s"] / 3600

@@ -18,9 +18,10 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from agent.logbook.events import SESSION_STARTED, SESSION_TYPES
-from agent.logbook.pairing import pair
+from agent.core.model import EventType
 from agent.core.timespec import rfc3339
+from agent.logbook.events import SESSION_TYPES
+from agent.logbook.pairing import pair
 
 MAX_SEQ = 2**63 - 1
 LOCK_TIMEOUT_S = 10.0
@@ -143,7 +144,7 @@ def _rebuild_sessions(db: Database, machine: str, seq: int) -> None:
     lo, hi = db.execute(
         "SELECT (SELECT max(seq) FROM events WHERE machine = :m AND type = :t AND seq < :s),"
         " (SELECT min(seq) FROM events WHERE machine = :m AND type = :t AND seq > :s)",
-        {"m": machine, "t": SESSION_STARTED, "s": seq},
+        {"m": machine, "t": EventType.SESSION_STARTED, "s": seq},
     ).fetchone()
     lo, hi = lo or 0, hi or MAX_SEQ
     placeholders = ", ".join("?" for _ in SESSION_TYPES)

@@ -24,9 +24,9 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from agent.core.timespec import parse_rfc3339, parse_time
 from agent.logbook import queries
 from agent.logbook.chart import weekly_chart
-from agent.core.timespec import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _read_only(db_path: Path) -> Database:
 
 
 def _local(ts: str | None, tz: dt.tzinfo) -> str:
-    return queries.parse_ts(ts).astimezone(tz).strftime("%Y-%m-%d %H:%M") if ts else ""
+    return parse_rfc3339(ts).astimezone(tz).strftime("%Y-%m-%d %H:%M") if ts else ""
 
 
 def _table(table_id: str, header: list[str], rows: list[list[Any]], row_class: str) -> str:

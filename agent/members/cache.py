@@ -1,7 +1,7 @@
 """The member cache: one SQLite file per agent, replaced whole by each new list.
 
 A snapshot is written to a new file beside the cache and renamed into place,
-so an apply is atomic (all of the new list, or the old one untouched) and taps
+so a new list is atomic (all of the new list, or the old one untouched) and taps
 never wait for it: lookups keep reading the old file until the rename, then
 reopen. A lookup is one indexed query on the badge.
 
@@ -124,7 +124,7 @@ class MemberCache:
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / FILENAME
         self._local = threading.local()
-        self._apply_lock = threading.Lock()
+        self._replace_lock = threading.Lock()
         self._check_integrity()
 
     def _check_integrity(self) -> None:
@@ -198,13 +198,13 @@ class MemberCache:
         if cached is not None and version <= cached:
             raise VersionNotNewer(version, cached)
 
-    def apply(self, snapshot: SnapshotLike) -> int:
+    def replace(self, snapshot: SnapshotLike) -> int:
         """Replace the cache with `snapshot`; returns the member count.
 
         Raises VersionNotNewer, or whatever the snapshot raises while its
         members are read (a bad member): then the cache is untouched.
         """
-        with self._apply_lock:
+        with self._replace_lock:
             self.check_version(snapshot.version)
             tmp = self.path.with_name(FILENAME + ".new")
             tmp.unlink(missing_ok=True)

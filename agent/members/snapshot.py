@@ -25,10 +25,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from agent.core.model import BadBadge, Member, is_normal_list_badge, normalise_list_badge
+from agent.core.model import (
+    BadBadge,
+    Member,
+    is_normal_list_badge,
+    normalise_list_badge,
+)
 
 if TYPE_CHECKING:  # signing (and cryptography, 6 MB of RSS) is imported only where a key is used
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 MAX_BYTES = 32 * 1024 * 1024
 FORMAT_VERSION = 1

@@ -9,7 +9,14 @@ import sys
 import pytest
 
 from agent.members.badgehash import BadgeHasher, BadgeKeyError
-from tests.support.agents import ADA, GRACE, AgentProcess, RunningAgent, config_text, members_json
+from tests.support.agents import (
+    ADA,
+    GRACE,
+    AgentProcess,
+    RunningAgent,
+    config_text,
+    members_json,
+)
 from tests.support.helpers import Collector, wait_for
 
 KEY = b"k" * 32

@@ -23,11 +23,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.link.broker import Broker, make_client
 from agent.devtools.localbroker import LocalBroker as Mosquitto
+from agent.link.broker import Broker, make_client
+from tests.support import ROOT
 from tests.support.helpers import free_port, port_open, wait_for
 
-from tests.support import ROOT
 ACL = ROOT / "deploy" / "mosquitto" / "acl"
 ADD_MACHINE = ROOT / "deploy" / "mosquitto" / "add-machine"
 NOT_AUTHORISED = 0x87

@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from agent.daemon.clocksync import SimulatedClock, SystemClock
 from agent.core.hours import OpeningHours
 from agent.core.model import Member, Reason
 from agent.core.policy import Rules, Situation, decide
+from agent.daemon.clock import SimulatedClock, SystemClock
 from tests.support.agents import ADA, RunningAgent, config_text, members_json
 
 NOW = dt.datetime(2026, 11, 25, 10, 0)

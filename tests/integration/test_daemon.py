@@ -10,7 +10,16 @@ from click.testing import CliRunner
 
 from agent.cli import main
 from tests.support.agents import (
-    ADA, ALAN, GRACE, HEDY, AgentProcess, FakeClock, RunningAgent, config_text, machine_files, members_json,
+    ADA,
+    ALAN,
+    GRACE,
+    HEDY,
+    AgentProcess,
+    FakeClock,
+    RunningAgent,
+    config_text,
+    machine_files,
+    members_json,
     read_events,
 )
 from tests.support.helpers import wait_for

@@ -15,20 +15,19 @@ from pathlib import Path
 import pytest
 
 from agent.config import ReaderConfig
+from agent.core.model import Signal
 from agent.hardware import headproto
 from agent.hardware.head import HeadReader
-from agent.hardware.reader import Signal
+from tests.support import ROOT
 from tests.support.helpers import wait_for
 from tests.support.serialdevice import SerialDevice
 
-from tests.support import ROOT
 PICO = ROOT / "firmware" / "pico"
 sys.path.insert(0, str(PICO))
 
 import headloop  # noqa: E402
 import iso14443a  # noqa: E402
 from indicator import Indicator  # noqa: E402
-
 
 # -- ISO 14443 A --------------------------------------------------------------------
 

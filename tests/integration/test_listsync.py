@@ -1,5 +1,5 @@
-"""Lists from the broker (agent.membersync.apply_published) on a real cache, outbox and applier
-process: the retained list delivered again at a reconnect is confirmed without a new applier."""
+"""Lists from the broker (agent.daemon.listsync.ListSync.take_published) on a real cache, outbox
+and updater process: the retained list delivered again at a reconnect is confirmed without a new one."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.members.cache import FILENAME, MemberCache
-from agent.daemon.listsync import CONFIRMED_KEY, Applied, apply_in_child, apply_published
+from agent.daemon.listsync import CONFIRMED_KEY, ListSync
 from agent.daemon.outbox import Outbox
+from agent.members.cache import FILENAME, MemberCache
+from agent.members.update import Updated, update_cache_in_child
 from tests.support.agents import members_json
 
 NOW = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.timezone.utc)
 
 
 class Storage:
-    """A machine's storage folder, and the applier runs it took."""
+    """A machine's storage folder, and the updater runs it took."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -26,13 +27,13 @@ class Storage:
         self.outbox = Outbox(directory / "outbox.db", "laser-1")
         self.runs = 0
 
-    def apply(self, payload: bytes) -> Applied:
+    def update(self, payload: bytes) -> Updated:
         self.runs += 1
-        return apply_in_child(self.directory, payload)
+        return update_cache_in_child(self.directory, payload)
 
     def deliver(self, payload: bytes, minutes: int = 0, settings: str = ""):
-        return apply_published(self.outbox, self.cache, payload, self.apply, NOW + dt.timedelta(minutes=minutes),
-                               settings)
+        return ListSync(self.outbox, self.cache).take_published(payload, self.update,
+                                                                NOW + dt.timedelta(minutes=minutes), settings)
 
     def events(self) -> list[str]:
         return [json.loads(body)["type"] for _, body in self.outbox.pending()]
@@ -49,7 +50,7 @@ def storage(tmp_path):
     s.close()
 
 
-def test_membersync_same_list_again_is_confirmed_without_an_applier(storage):
+def test_listsync_same_list_again_is_confirmed_without_an_applier(storage):
     first = storage.deliver(members_json(version=5))
     assert first.applied and storage.runs == 1 and storage.cache.version == 5
     again = storage.deliver(members_json(version=5), minutes=10)
@@ -59,7 +60,7 @@ def test_membersync_same_list_again_is_confirmed_without_an_applier(storage):
     assert storage.events() == ["members_updated"], "a confirmation is no event"
 
 
-def test_membersync_same_version_in_other_bytes_is_read_then_remembered(storage):
+def test_listsync_same_version_in_other_bytes_is_read_then_remembered(storage):
     storage.deliver(members_json(version=5))
     respaced = json.dumps(json.loads(members_json(version=5)), indent=2).encode()
     assert storage.deliver(respaced).error is None and storage.runs == 2  # read: only the version says "same"
@@ -67,7 +68,7 @@ def test_membersync_same_version_in_other_bytes_is_read_then_remembered(storage)
     assert storage.events() == ["members_updated"]
 
 
-def test_membersync_same_list_applied_again_when_the_cache_lost_it(storage):
+def test_listsync_same_list_applied_again_when_the_cache_lost_it(storage):
     storage.deliver(members_json(version=5))
     storage.cache.close()
     (storage.directory / FILENAME).unlink()  # as a corrupt cache is moved aside at start
@@ -76,7 +77,7 @@ def test_membersync_same_list_applied_again_when_the_cache_lost_it(storage):
     assert again.applied and storage.runs == 2 and storage.cache.version == 5
 
 
-def test_membersync_same_list_read_again_under_other_settings(storage):
+def test_listsync_same_list_read_again_under_other_settings(storage):
     storage.deliver(members_json(version=5), settings="key-a")
     storage.deliver(members_json(version=5), settings="key-b")  # a new signing or badge hash key
     assert storage.runs == 2
@@ -84,7 +85,7 @@ def test_membersync_same_list_read_again_under_other_settings(storage):
 
 @pytest.mark.parametrize("bad", [members_json(version=4), b'{"v": 1, "version": 9, "members": [{]}'],
                          ids=["older", "broken"])
-def test_membersync_a_refused_list_delivered_again_is_refused_without_an_applier(storage, bad):
+def test_listsync_a_refused_list_delivered_again_is_refused_without_an_applier(storage, bad):
     storage.deliver(members_json(version=5))
     first = storage.deliver(bad)
     assert first.error and storage.runs == 2
@@ -95,7 +96,7 @@ def test_membersync_a_refused_list_delivered_again_is_refused_without_an_applier
     assert storage.cache.version == 5
 
 
-def test_membersync_a_refused_list_is_read_again_when_the_cache_changed(storage):
+def test_listsync_a_refused_list_is_read_again_when_the_cache_changed(storage):
     storage.deliver(members_json(version=5))
     assert storage.deliver(members_json(version=4)).error  # not newer than 5
     storage.cache.close()
@@ -104,7 +105,7 @@ def test_membersync_a_refused_list_is_read_again_when_the_cache_changed(storage)
     assert storage.deliver(members_json(version=4)).applied and storage.runs == 3
 
 
-def test_membersync_a_list_this_machine_could_not_write_is_tried_again(storage):
+def test_listsync_a_list_this_machine_could_not_write_is_tried_again(storage):
     blocker = storage.directory / (FILENAME + ".new")
     blocker.mkdir()  # where the applier writes the new cache: it cannot
     failed = storage.deliver(members_json(version=6))

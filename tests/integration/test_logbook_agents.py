@@ -8,7 +8,14 @@ import signal
 import subprocess
 import sys
 
-from tests.support.agents import ADA, ALAN, GRACE, AgentProcess, config_text, members_json
+from tests.support.agents import (
+    ADA,
+    ALAN,
+    GRACE,
+    AgentProcess,
+    config_text,
+    members_json,
+)
 from tests.support.helpers import publish, wait_for
 
 

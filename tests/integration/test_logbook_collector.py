@@ -13,7 +13,13 @@ from agent.logbook.collector import Collector
 from agent.logbook.queries import sessions
 from agent.logbook.store import open_db
 from tests.support.helpers import wait_for
-from tests.support.logbook import MONDAY, FakeMachine, events_topic, publish, stop_cleanly
+from tests.support.logbook import (
+    MONDAY,
+    FakeMachine,
+    events_topic,
+    publish,
+    stop_cleanly,
+)
 
 LATER = MONDAY + dt.timedelta(days=2)
 

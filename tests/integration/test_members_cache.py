@@ -11,8 +11,15 @@ from typing import Callable, Iterator
 
 import pytest
 
-from agent.members.cache import BATCH, FILENAME, ROWS, CacheInfo, MemberCache, VersionNotNewer
 from agent.core.model import Member
+from agent.members.cache import (
+    BATCH,
+    FILENAME,
+    ROWS,
+    CacheInfo,
+    MemberCache,
+    VersionNotNewer,
+)
 from agent.members.snapshot import SnapshotError, load_csv, load_json
 
 
@@ -70,7 +77,7 @@ def test_members_cache_empty_before_any_list(cache, tmp_path):
 
 
 def test_members_cache_apply_and_lookup(cache, tmp_path):
-    assert cache.apply(Snap(7, [ADA, BOB])) == 2
+    assert cache.replace(Snap(7, [ADA, BOB])) == 2
     assert cache.info() == CacheInfo(7, 2, "2026-11-25T09:00:00Z")
     found = cache.lookup("04A1B2C3")
     assert found == strip_badges(ADA)
@@ -83,7 +90,7 @@ def test_members_cache_apply_and_lookup(cache, tmp_path):
 
 def test_members_cache_lookups_share_inductions_read_only(cache):
     twin = ADA._replace(id="m-twin", badges=("0A0B0C0D",))
-    cache.apply(Snap(1, [ADA, twin]))
+    cache.replace(Snap(1, [ADA, twin]))
     ada, other = cache.lookup("04A1B2C3"), cache.lookup("0A0B0C0D")
     with pytest.raises(TypeError):
         ada.inductions["cnc"] = None  # would change every member with these inductions
@@ -92,7 +99,7 @@ def test_members_cache_lookups_share_inductions_read_only(cache):
 
 def test_members_cache_member_without_badges_or_dates(cache):
     plain = Member(id="m-x", name="", status="active", badges=("0A0B0C0D",))
-    cache.apply(Snap(1, [plain], generated_at=None))
+    cache.replace(Snap(1, [plain], generated_at=None))
     assert cache.lookup("0A0B0C0D") == strip_badges(plain)
     assert cache.info() == CacheInfo(1, 1, None)
 
@@ -101,7 +108,7 @@ def test_members_cache_apply_from_json_snapshot(cache):
     text = json.dumps({"v": 1, "version": 42, "generated_at": "2026-11-25T09:00:00Z", "members": [
         {"id": "m-0001", "name": "Ada Lovelace", "badges": ["04:a1:b2:c3:d4:e5:f6"], "status": "active",
          "expires": "2027-06-30", "roles": ["staff"], "inductions": {"laser": None, "cnc": "2027-01-31"}}]})
-    assert cache.apply(load_json(text)) == 1
+    assert cache.replace(load_json(text)) == 1
     ada = cache.lookup("04A1B2C3D4E5F6")
     assert ada.id == "m-0001" and ada.expires == dt.date(2027, 6, 30) and ada.is_staff
     assert ada.inductions == {"laser": None, "cnc": dt.date(2027, 1, 31)}
@@ -112,21 +119,21 @@ def test_members_cache_apply_from_csv_snapshot(cache):
     text = ("id,name,badges,status,expires,roles,inductions\n"
             "m-1,Ada,04A1B2C3 04A1B2C3D4E5F6,active,2027-06-30,staff,laser cnc:2027-01-31\n"
             "m-2,Bob,0102030405,suspended,,,\n")
-    assert cache.apply(load_csv(text, version=1_700_000_000)) == 2
+    assert cache.replace(load_csv(text, version=1_700_000_000)) == 2
     assert cache.lookup("04A1B2C3D4E5F6").inductions == {"laser": None, "cnc": dt.date(2027, 1, 31)}
     assert cache.lookup("0102030405").status == "suspended"
     assert cache.info() == CacheInfo(1_700_000_000, 2, None)
 
 
 def test_members_cache_empty_list(cache):
-    cache.apply(Snap(1, [ADA]))
-    assert cache.apply(Snap(2, [])) == 0
+    cache.replace(Snap(1, [ADA]))
+    assert cache.replace(Snap(2, [])) == 0
     assert cache.info().count == 0 and cache.lookup("04A1B2C3") is None
 
 
 def test_members_cache_many_members_cross_batches(cache):
     people = [person(n) for n in range(2 * BATCH + 17)]
-    assert cache.apply(Snap(1, people)) == len(people)
+    assert cache.replace(Snap(1, people)) == len(people)
     assert cache.info().count == len(people)
     for n in (0, BATCH - 1, BATCH, 2 * BATCH + 16):
         assert cache.lookup(f"{n:08X}").id == f"m-{n:05d}"
@@ -135,7 +142,7 @@ def test_members_cache_many_members_cross_batches(cache):
 def test_members_cache_badges_cross_statements_of_many_rows(cache):
     """Rows go in ROWS to a statement: members with 0 to 3 badges straddle every boundary."""
     people = [person(n, badges=tuple(f"{n:05X}{k:03X}" for k in range(n % 4))) for n in range(3 * ROWS + 5)]
-    assert cache.apply(Snap(1, people)) == len(people)
+    assert cache.replace(Snap(1, people)) == len(people)
     for member in people:
         for badge in member.badges:
             assert cache.lookup(badge).id == member.id
@@ -144,8 +151,8 @@ def test_members_cache_badges_cross_statements_of_many_rows(cache):
 
 
 def test_members_cache_new_list_replaces_old_whole(cache):
-    cache.apply(Snap(1, [ADA, BOB]))
-    cache.apply(Snap(2, [person(1)]))
+    cache.replace(Snap(1, [ADA, BOB]))
+    cache.replace(Snap(2, [person(1)]))
     assert cache.lookup("04A1B2C3") is None and cache.lookup("0102030405") is None
     assert cache.lookup("00000001").id == "m-00001"
     assert cache.info() == CacheInfo(2, 1, "2026-11-25T09:00:00Z")
@@ -153,7 +160,7 @@ def test_members_cache_new_list_replaces_old_whole(cache):
 
 def test_members_cache_survives_reopen(tmp_path):
     first = MemberCache(tmp_path)
-    first.apply(Snap(5, [ADA]))
+    first.replace(Snap(5, [ADA]))
     first.close()
     again = MemberCache(tmp_path)
     assert again.info().version == 5 and again.lookup("04A1B2C3").id == "m-ada"
@@ -166,7 +173,7 @@ def test_members_cache_in_a_directory_whose_name_looks_like_a_uri(tmp_path):
     storage = tmp_path / "lab?mode=rw #2 100%20"
     storage.mkdir()
     first = MemberCache(storage)
-    first.apply(Snap(3, [ADA]))
+    first.replace(Snap(3, [ADA]))
     first.close()
     again = MemberCache(storage)  # checks the existing file first
     assert again.lookup("04A1B2C3").id == "m-ada" and again.info().version == 3
@@ -177,9 +184,9 @@ def test_members_cache_in_a_directory_whose_name_looks_like_a_uri(tmp_path):
 def test_members_cache_other_instance_sees_apply(tmp_path):
     """A second process (fabpass members import) applies; the agent's cache reopens the file."""
     agent, importer = MemberCache(tmp_path), MemberCache(tmp_path)
-    importer.apply(Snap(1, [ADA]))
+    importer.replace(Snap(1, [ADA]))
     assert agent.lookup("04A1B2C3").id == "m-ada"
-    importer.apply(Snap(2, [BOB]))
+    importer.replace(Snap(2, [BOB]))
     assert agent.lookup("04A1B2C3") is None and agent.info().version == 2
     agent.close()
     importer.close()
@@ -190,9 +197,9 @@ def test_members_cache_other_instance_sees_apply(tmp_path):
 
 @pytest.mark.parametrize("version, same", [(9, True), (8, False), (1, False)])
 def test_members_cache_version_not_newer(cache, version, same):
-    cache.apply(Snap(9, [ADA]))
+    cache.replace(Snap(9, [ADA]))
     with pytest.raises(VersionNotNewer) as info:
-        cache.apply(Snap(version, [BOB]))
+        cache.replace(Snap(version, [BOB]))
     assert info.value.same is same
     assert str(version) in str(info.value) and "9" in str(info.value)
     assert cache.info().version == 9 and cache.lookup("04A1B2C3").id == "m-ada"
@@ -200,13 +207,13 @@ def test_members_cache_version_not_newer(cache, version, same):
 
 
 def test_members_cache_version_check_does_not_read_members(cache):
-    cache.apply(Snap(9, [ADA]))
+    cache.replace(Snap(9, [ADA]))
     with pytest.raises(VersionNotNewer):
-        cache.apply(Snap(3, [ADA], fail_after=0))  # would raise RuntimeError if read
+        cache.replace(Snap(3, [ADA], fail_after=0))  # would raise RuntimeError if read
 
 
 def test_members_cache_check_version(cache):
-    cache.apply(Snap(9, [ADA]))
+    cache.replace(Snap(9, [ADA]))
     cache.check_version(10)
     with pytest.raises(VersionNotNewer):
         cache.check_version(9)
@@ -217,38 +224,38 @@ def test_members_cache_check_version(cache):
 
 @pytest.mark.parametrize("fail_after", [0, 3, BATCH + 5])
 def test_members_cache_snapshot_fails_halfway_keeps_old(tmp_path, cache, fail_after):
-    cache.apply(Snap(1, [ADA, BOB]))
+    cache.replace(Snap(1, [ADA, BOB]))
     before = (tmp_path / FILENAME).read_bytes()
     people = [person(n) for n in range(BATCH + 10)]
     with pytest.raises(RuntimeError, match="halfway"):
-        cache.apply(Snap(2, people, fail_after=fail_after))
+        cache.replace(Snap(2, people, fail_after=fail_after))
     assert (tmp_path / FILENAME).read_bytes() == before
     assert not (tmp_path / (FILENAME + ".new")).exists()
     assert cache.info() == CacheInfo(1, 2, "2026-11-25T09:00:00Z")
     assert cache.lookup("04A1B2C3").id == "m-ada" and cache.lookup("00000001") is None
     # the version was not used up: the same list, whole, applies
-    assert cache.apply(Snap(2, people)) == len(people)
+    assert cache.replace(Snap(2, people)) == len(people)
     assert cache.lookup("00000001").id == "m-00001"
 
 
 def test_members_cache_list_wrong_after_its_members_keeps_old(tmp_path, cache):
     """Read in one pass (as the applier loads), a list is refused after its last member."""
-    cache.apply(Snap(1, [ADA, BOB]))
+    cache.replace(Snap(1, [ADA, BOB]))
     before = (tmp_path / FILENAME).read_bytes()
     people = [{"id": f"m-{n}", "status": "active", "badges": [f"{n:08X}"]} for n in range(BATCH + 10)]
     text = json.dumps({"v": 1, "version": 2, "generated_at": None, "members": people, "extra": 1})
     with pytest.raises(SnapshotError, match="extra: unknown top-level key"):
-        cache.apply(load_json(text, check_members=False))
+        cache.replace(load_json(text, check_members=False))
     assert (tmp_path / FILENAME).read_bytes() == before
     assert not (tmp_path / (FILENAME + ".new")).exists()
     assert cache.info() == CacheInfo(1, 2, "2026-11-25T09:00:00Z")
 
 
 def test_members_cache_duplicate_badge_in_raw_snapshot_keeps_old(cache):
-    cache.apply(Snap(1, [ADA]))
+    cache.replace(Snap(1, [ADA]))
     clash = [person(1, badges=("0A0A0A0A",)), person(2, badges=("0A0A0A0A",))]
     with pytest.raises(sqlite3.IntegrityError):
-        cache.apply(Snap(2, clash))
+        cache.replace(Snap(2, clash))
     assert cache.info().version == 1 and cache.lookup("04A1B2C3").id == "m-ada"
 
 
@@ -259,7 +266,7 @@ def test_members_cache_lookups_during_apply_see_old_or_new(tmp_path):
     cache = MemberCache(tmp_path)
     old = [person(n, name="old") for n in range(3000)]
     new = [person(n, name="new", status="suspended") for n in range(3000)]
-    cache.apply(Snap(1, old))
+    cache.replace(Snap(1, old))
     halfway, resume = threading.Event(), threading.Event()
 
     def hook(index: int) -> None:
@@ -271,7 +278,7 @@ def test_members_cache_lookups_during_apply_see_old_or_new(tmp_path):
 
     def applier() -> None:
         try:
-            cache.apply(Snap(2, new, hook=hook))
+            cache.replace(Snap(2, new, hook=hook))
         except BaseException as err:  # pragma: no cover - reported below
             errors.append(err)
             halfway.set()
@@ -302,7 +309,7 @@ def test_members_cache_lookups_during_apply_see_old_or_new(tmp_path):
 
 def test_members_cache_lookups_from_several_threads(tmp_path):
     cache = MemberCache(tmp_path)
-    cache.apply(Snap(1, [person(n) for n in range(200)]))
+    cache.replace(Snap(1, [person(n) for n in range(200)]))
     results: dict[int, list] = {}
 
     def reader(k: int) -> None:
@@ -337,13 +344,13 @@ def _other_schema(path):
 
 
 def _truncated(path):
-    MemberCache(path.parent).apply(Snap(1, [person(n) for n in range(3000)]))
+    MemberCache(path.parent).replace(Snap(1, [person(n) for n in range(3000)]))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
 
 
 def _garbled_pages(path):
-    MemberCache(path.parent).apply(Snap(1, [person(n) for n in range(3000)]))
+    MemberCache(path.parent).replace(Snap(1, [person(n) for n in range(3000)]))
     data = bytearray(path.read_bytes())
     for offset in range(4096, len(data), 4096):  # keep the header page, scribble on every other page
         data[offset:offset + 64] = b"\xa5" * 64
@@ -360,14 +367,14 @@ def test_members_cache_corrupt_file_moved_aside_at_start(tmp_path, damage):
     assert (tmp_path / "members.corrupt").read_bytes() == damaged
     assert cache.info() == CacheInfo(None, 0, None) and cache.lookup("00000001") is None
     # the next list rebuilds it
-    assert cache.apply(Snap(1, [ADA])) == 1
+    assert cache.replace(Snap(1, [ADA])) == 1
     assert cache.lookup("04A1B2C3").id == "m-ada"
     cache.close()
 
 
 def test_members_cache_of_another_schema_version_moved_aside_with_a_reason(tmp_path, caplog):
     """A cache written by an older fabpass (another table layout) is never read with this one's queries."""
-    MemberCache(tmp_path).apply(Snap(1, [ADA]))
+    MemberCache(tmp_path).replace(Snap(1, [ADA]))
     conn = sqlite3.connect(tmp_path / FILENAME)
     conn.execute("PRAGMA user_version=1")
     conn.commit()
@@ -376,6 +383,6 @@ def test_members_cache_of_another_schema_version_moved_aside_with_a_reason(tmp_p
     assert (tmp_path / "members.corrupt").exists() and not (tmp_path / FILENAME).exists()
     assert "schema 1, this fabpass reads schema 2" in caplog.text
     assert cache.lookup("04A1B2C3") is None
-    cache.apply(Snap(1, [ADA]))
+    cache.replace(Snap(1, [ADA]))
     assert cache.lookup("04A1B2C3").id == "m-ada"
     cache.close()

@@ -10,7 +10,14 @@ import sys
 import pytest
 
 from tests.support.agents import (
-    ADA, GRACE, AgentProcess, assert_every_seq_once, by_seq, config_text, members_json, read_events,
+    ADA,
+    GRACE,
+    AgentProcess,
+    assert_every_seq_once,
+    by_seq,
+    config_text,
+    members_json,
+    read_events,
 )
 from tests.support.helpers import Collector, publish, read_line, wait_for
 
@@ -264,11 +271,10 @@ def test_mqtt_list_applied_in_a_child_process_leaves_taps_running(stack):
 
 def test_mqtt_an_error_in_a_callback_does_not_kill_the_link(tmp_path, mosquitto, mocker):
     from agent.link import commands as remote
-    from agent.link.agentlink import AgentLink
     from tests.support.agents import RunningAgent
 
     text = config_text(tmp_path, extra=f'[mqtt]\nurl = "{mosquitto.url}"\n')
-    agent = RunningAgent(text, link_factory=lambda a: AgentLink(a, a.config))
+    agent = RunningAgent(text, connect=True)
     try:
         wait_for(lambda: agent.agent.link.connected, 10, "the connection")
         real, calls = remote.parse, []
@@ -309,7 +315,6 @@ def test_mqtt_an_outage_is_one_warning_in_the_journal_not_one_per_retry(tmp_path
     per outage, in words, and again after the link has been connected in between."""
     import logging
 
-    from agent.link.agentlink import AgentLink
     from tests.support.agents import RunningAgent
 
     def attempts() -> int:
@@ -322,7 +327,7 @@ def test_mqtt_an_outage_is_one_warning_in_the_journal_not_one_per_retry(tmp_path
     caplog.set_level(logging.INFO, logger="fabpass.mqtt")
     caplog.set_level(logging.DEBUG, logger="paho")  # the last call sets caplog's own level
     text = config_text(tmp_path, extra=f'[mqtt]\nurl = "{mosquitto.url}"\n')
-    agent = RunningAgent(text, link_factory=lambda a: AgentLink(a, a.config))
+    agent = RunningAgent(text, connect=True)
     try:
         wait_for(lambda: agent.agent.link.connected, 10, "the connection")
         mosquitto.stop()

@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.config import ReaderConfig
+from agent.core.model import Signal
 from agent.hardware import headproto
 from agent.hardware.factory import make_reader
 from agent.hardware.head import HeadReader
-from agent.hardware.reader import Signal
 from tests.support.helpers import wait_for
 from tests.support.serialdevice import SerialDevice
 

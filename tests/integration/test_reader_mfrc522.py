@@ -23,7 +23,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.config import ReaderConfig
-from tests.support.emulated_mfrc522 import TRANSFER_SECONDS, Card, Doubles, EmulatedMFRC522, Fault, installed
+from tests.support.emulated_mfrc522 import (
+    TRANSFER_SECONDS,
+    Card,
+    Doubles,
+    EmulatedMFRC522,
+    Fault,
+    installed,
+)
 from tests.support.helpers import wait_for
 
 UIDS = {4: "C1A2B3D4", 7: "04A1B2C3D4E5F6", 10: "04A1B2C3D4E5F6071829"}

@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.agents import (
-    ADA, GRACE, AgentProcess, assert_every_seq_once, by_seq, config_text, members_json,
+    ADA,
+    GRACE,
+    AgentProcess,
+    assert_every_seq_once,
+    by_seq,
+    config_text,
+    members_json,
 )
 from tests.support.helpers import Collector, free_port, publish, wait_for
 

@@ -17,7 +17,6 @@ in the outbox, not against the agent's own idea of its state:
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -27,7 +26,18 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.agents import ADA, ALAN, GRACE, HEDY, MEMBERS, FakeClock, RunningAgent, config_text, read_events
+from agent.core.timespec import parse_rfc3339
+from tests.support.agents import (
+    ADA,
+    ALAN,
+    GRACE,
+    HEDY,
+    MEMBERS,
+    FakeClock,
+    RunningAgent,
+    config_text,
+    read_events,
+)
 from tests.support.helpers import wait_for
 
 BOB = "0B0B0B0B"
@@ -199,7 +209,7 @@ class Harness:
         if self.relay_on():
             if open_start is None:
                 assert last_end is not None and self.run_on > 0, "relay on with no session and no run-on"
-                ended_at = dt.datetime.fromisoformat(last_end["ts"].replace("Z", "+00:00"))
+                ended_at = parse_rfc3339(last_end["ts"])
                 assert (self.clock().wall - ended_at).total_seconds() < self.run_on, \
                     "relay still on after the run-on"
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.agents import ADA, GRACE, AgentProcess, RunningAgent, config_text, members_json
+from tests.support.agents import (
+    ADA,
+    GRACE,
+    AgentProcess,
+    RunningAgent,
+    config_text,
+    members_json,
+)
 from tests.support.helpers import publish, wait_for
 
 

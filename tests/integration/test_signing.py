@@ -16,8 +16,16 @@ from hypothesis import strategies as st
 
 from agent.cli import main
 from agent.signing import (
-    KeyFileError, ReplayGuard, SignatureError, canonical_json, generate_keys, load_private_key,
-    load_public_key, sign, sign_command, verify,
+    KeyFileError,
+    ReplayGuard,
+    SignatureError,
+    canonical_json,
+    generate_keys,
+    load_private_key,
+    load_public_key,
+    sign,
+    sign_command,
+    verify,
 )
 
 NOW = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.timezone.utc)

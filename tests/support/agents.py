@@ -10,32 +10,18 @@ import signal
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from agent.config import HardwareConfig, parse
+from agent.core.model import Instant
+from agent.daemon.agent import Agent, link_for
 from agent.daemon.control import NotRunning, request
-from agent.daemon.agent import Agent
-from agent.core.session import Instant
+from agent.devtools.machines import machine_toml
 from tests.support.helpers import wait_for
-
-BASE = """
-[machine]
-id = "{id}"
-induction = "laser"
-{machine}
-[reader]
-type = "simulated"
-[relay]
-pin = 17
-active_high = {active_high}
-{relay}
-[storage]
-dir = "{storage}"
-{extra}
-"""
 
 MEMBERS = {
     "v": 1, "version": 1, "generated_at": "2026-11-25T08:00:00Z",
@@ -59,8 +45,10 @@ def members_json(version: int = 1, members: list | None = None) -> bytes:
 
 def config_text(storage: Path, machine_id: str = "laser-1", active_high: bool = False,
                 machine: str = "", relay: str = "", extra: str = "") -> str:
-    return BASE.format(id=machine_id, storage=storage, active_high=str(active_high).lower(),
-                       machine=machine, relay=relay, extra=extra)
+    """The shared machine template (agent.devtools.machines) with TOML lines added to
+    [machine] and [relay] and TOML text after it."""
+    return machine_toml(machine_id, storage, active_high=active_high, extra=extra,
+                        machine=tomllib.loads(machine), relay=tomllib.loads(relay))
 
 
 def machine_files(tmp_path: Path, storage: Path | None = None, **config: Any) -> tuple[Path, Path, Path]:
@@ -94,7 +82,7 @@ class FakeClock:
 class RunningAgent:
     """An Agent on mock pins, its loop in a thread; `stop()` is idempotent."""
 
-    def __init__(self, text: str, clock: Any = None, simulate: bool = True, link_factory: Any = None) -> None:
+    def __init__(self, text: str, clock: Any = None, simulate: bool = True, connect: bool = False) -> None:
         config = parse(text, "test.toml")
         config = dataclasses.replace(config, hardware=HardwareConfig(simulate=simulate))
         self.pins = MockFactory(pin_class=MockPWMPin)
@@ -103,7 +91,7 @@ class RunningAgent:
             from agent.hardware.simulated import SimulatedReader
 
             kwargs["reader"] = SimulatedReader()
-        self.agent = Agent(config, pins=self.pins, link_factory=link_factory, **kwargs)
+        self.agent = Agent(config, pins=self.pins, link=link_for(config) if connect else None, **kwargs)
         self.config = config
         self.relay_pin = self.pins.pin(config.relay.pin)
         self.thread = threading.Thread(target=self.agent.run, daemon=True)
@@ -122,7 +110,7 @@ class RunningAgent:
     def apply(self, payload: bytes) -> dict[str, Any]:
         from agent.members.snapshot import load_json
 
-        return self.agent.apply_members(lambda: load_json(payload))
+        return self.agent.import_members(lambda: load_json(payload))
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(p) for _, p in self.agent.outbox.pending(0, 100_000)]

@@ -4,26 +4,13 @@ The brokers are real: `agent.devtools.localbroker.LocalBroker` (see the fixtures
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import TypeVar
 
-from agent.link.broker import disconnect
 from agent.devtools.localbroker import free_port, port_open  # noqa: F401  (re-exported for tests)
+from agent.devtools.wait import wait_for  # noqa: F401  (re-exported for tests)
+from agent.link.broker import disconnect
 
 T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def read_line(stream, timeout: float = 10.0) -> str:

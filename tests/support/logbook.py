@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from agent.link.broker import Broker, disconnect, make_client
 from agent.core.timespec import rfc3339
+from agent.link.broker import Broker, disconnect, make_client
 
 UTC = dt.timezone.utc
 MONDAY = dt.datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

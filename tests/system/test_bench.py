@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.devtools.bench import FIGURES, TARGETS, target_text, verdict
-from agent.devtools.bench.common import badges_of, fs_type, member_list, percentile, ram_dir
 from agent.cli.bench import table
+from agent.devtools.bench import FIGURES, TARGETS, target_text, verdict
+from agent.devtools.bench.common import (
+    badges_of,
+    fs_type,
+    member_list,
+    percentile,
+    ram_dir,
+)
 
 CONTRACT_KEYS = ("tap_to_relay_p50_ms", "tap_to_relay_p99_ms", "members_apply_100k_s", "lookup_during_apply_p99_ms",
                  "outbox_replay_events_per_s", "idle_cpu_percent", "idle_rss_mb", "members_apply_100k_peak_mb",

@@ -14,7 +14,14 @@ from click.testing import CliRunner
 from agent.cli import main
 from agent.daemon.control import ControlError
 from tests.support.agents import (
-    ADA, GRACE, AgentProcess, FakeClock, RunningAgent, config_text, members_json, read_events,
+    ADA,
+    GRACE,
+    AgentProcess,
+    FakeClock,
+    RunningAgent,
+    config_text,
+    members_json,
+    read_events,
 )
 from tests.support.helpers import Collector, wait_for
 from tests.support.serialdevice import SerialDevice

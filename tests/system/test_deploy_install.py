@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import load, parse
-
 from tests.support import ROOT
+
 INSTALL = ROOT / "deploy" / "install.sh"
 
 # Each stub appends "name arg arg…" to $CALLS. useradd and usermod also do

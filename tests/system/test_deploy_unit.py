@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT
+
 UNIT = ROOT / "deploy" / "fabpass.service"
 RELAY_OFF = ROOT / "deploy" / "relay-off"
 INSTALLED_PROGRAMS = ("/opt/fabpass/bin/fabpass", "/opt/fabpass/libexec/relay-off")

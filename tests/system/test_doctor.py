@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from gpiozero import DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory
 
-from agent.daemon import doctor
 from agent.cli.doctor import doctor as doctor_command
 from agent.config import parse
+from agent.daemon import doctor
 from agent.daemon.doctor import FAIL, OK, WARN, Probes, RelaySeen, diagnose
 from tests.support.helpers import free_port
 

@@ -7,17 +7,16 @@ import datetime as dt
 import io
 import json
 import zoneinfo
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from tests.support import ROOT
 from agent.cli import main
 from agent.cli.logbook import logbook
+from agent.core.timespec import rfc3339
 from agent.logbook import queries
 from agent.logbook.store import ingest, open_db
-from agent.core.timespec import rfc3339
+from tests.support import ROOT
 from tests.support.logbook import UTC, FakeMachine
 
 NOW = dt.datetime.now(UTC).replace(microsecond=0)

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agents import ADA, AgentProcess, config_text, machine_files, members_json
+from tests.support.agents import (
+    ADA,
+    AgentProcess,
+    config_text,
+    machine_files,
+    members_json,
+)
 from tests.support.helpers import Collector, publish, wait_for
 
 SECRET = "s3cret-Pa55-zebra"

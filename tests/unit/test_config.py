@@ -11,7 +11,6 @@ import pytest
 from agent import config as cfg
 from agent.config import ConfigError
 from agent.core.hours import OpeningHours
-
 from tests.support import ROOT as REPO
 
 MINIMAL = {

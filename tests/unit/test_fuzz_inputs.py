@@ -19,10 +19,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.link import commands as remote
 from agent.config import SECTIONS, ConfigError, parse
-from agent.signing import ReplayGuard, generate_keys, load_private_key, load_public_key, sign, sign_command
+from agent.link import commands as remote
 from agent.members.snapshot import MAX_BYTES, Snapshot, SnapshotError, load_json
+from agent.signing import (
+    ReplayGuard,
+    generate_keys,
+    load_private_key,
+    load_public_key,
+    sign,
+    sign_command,
+)
 from tests.support.agents import config_text, members_json
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,

@@ -12,13 +12,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.hardware.reader import Signal
 from agent.core.hours import OpeningHours
-from agent.core.model import Member
+from agent.core.model import Instant, Member, Signal
 from agent.core.policy import Rules
 from agent.core.session import (
-    EndSession, Indicate, Instant, Lock, Machine, Outcome, Record, Relay, Running, Shutdown, State,
-    Step, Tap, Tick, Timing, Unlock, handle, next_wakeup,
+    EndSession,
+    Indicate,
+    Lock,
+    Machine,
+    Outcome,
+    Record,
+    Relay,
+    Running,
+    Shutdown,
+    State,
+    Step,
+    Tap,
+    Tick,
+    Timing,
+    Unlock,
+    handle,
+    next_wakeup,
 )
 
 T0 = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.timezone.utc)  # a Wednesday
@@ -137,7 +151,7 @@ def test_session_refusal_leaves_state_untouched(state, tapped, reason, member_id
         fields["member_id"] = member_id
     assert step.actions == (Record("access_denied", fields), Indicate(Signal.REFUSED))
     assert step.outcome == Outcome("refused", reason, state.relay, member_id)
-    assert not step.outcome.granted and not step.turns_relay_on
+    assert not step.outcome.granted and Relay(True) not in step.actions
 
 
 def test_session_outside_hours_refused_but_staff_granted():
@@ -634,7 +648,7 @@ def _check_step(before: State, step: Step, physical: bool, open_session: str | N
         assert state.session is None and state.relay
     # a refusal never switches the relay on, and leaves the state alone
     if step.outcome is not None and step.outcome.action == "refused":
-        assert not step.turns_relay_on
+        assert Relay(True) not in step.actions
         assert state == before
     if step.outcome is not None:
         assert step.outcome.relay == state.relay

@@ -17,8 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.model import Member
+from agent.members.snapshot import (
+    MAX_BYTES,
+    SnapshotError,
+    load_csv,
+    load_file,
+    load_json,
+    to_json,
+)
 from agent.signing import canonical_json, sign
-from agent.members.snapshot import MAX_BYTES, SnapshotError, load_csv, load_file, load_json, to_json
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 PUBLIC = base64.b64encode(KEY.public_key().public_bytes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+
 import pytest
 
 from agent.core.timespec import parse_duration, parse_time, rfc3339

@@ -50,7 +50,7 @@ def child(snapshot_path: Path, storage: Path) -> dict[str, Any]:
     baseline = _status_kb("VmRSS")
     start = time.perf_counter()
     # As the agent's applier does for a list from the broker (agent/members/applier.py).
-    count = cache.apply(load_json(snapshot_path.read_bytes(), check_members=False))
+    count = cache.replace(load_json(snapshot_path.read_bytes(), check_members=False))
     seconds = time.perf_counter() - start
     peak = _status_kb("VmHWM")
     cache.close()

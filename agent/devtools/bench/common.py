@@ -15,24 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from agent.devtools.machines import machine_toml
+
 RAM_DIRS = ("/dev/shm", "/run/user/%d" % os.getuid(), "/tmp")
 DISK_DIRS = ("/var/tmp", str(Path.home()), "/tmp")
-
-CONFIG = """
-[machine]
-id = "{id}"
-name = "Benchmark laser"
-induction = "laser"
-[reader]
-type = "simulated"
-[relay]
-pin = 17
-active_high = false
-[storage]
-dir = "{storage}"
-{extra}
-"""
-
 
 # --- places ----------------------------------------------------------------------
 
@@ -88,8 +74,8 @@ def disk_dir(prefix: str) -> Iterator[Path]:
 
 
 def config_text(storage: Path, machine_id: str = "bench-1", broker_url: str | None = None) -> str:
-    extra = f'[mqtt]\nurl = "{broker_url}"\n' if broker_url else ""
-    return CONFIG.format(id=machine_id, storage=storage, extra=extra)
+    mqtt = {"mqtt": {"url": broker_url}} if broker_url else {}
+    return machine_toml(machine_id, storage, machine={"name": "Benchmark laser"}, **mqtt)
 
 
 def load_config(storage: Path, broker_url: str | None = None, simulate: bool = True):
@@ -125,16 +111,6 @@ def member_list(count: int, version: int = 1) -> bytes:
         })
     return json.dumps({"v": 1, "version": version, "generated_at": "2026-11-25T09:00:00Z",
                        "members": members}, separators=(",", ":")).encode()
-
-
-# --- waiting ---------------------------------------------------------------------------
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str, step: float = 0.005) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(step)
 
 
 # --- figures ---------------------------------------------------------------------------

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.devtools.bench.common import config_text, member_list, ram_dir, wait_until
+from agent.devtools.bench.common import config_text, member_list, ram_dir
 from agent.devtools.localbroker import LocalBroker
+from agent.devtools.wait import wait_for
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -63,7 +64,7 @@ def idle(seconds: float, members: int = 1000) -> dict[str, Any]:
                 status = _status(storage)
                 return bool(status and status["broker"])
 
-            wait_until(ready, 30, "the agent to connect to the broker", step=0.05)
+            wait_for(ready, 30, "the agent to connect to the broker", step=0.05)
             from agent.daemon.control import request
 
             imported = request(storage, {"op": "import", "path": str(snapshot)})

@@ -24,8 +24,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from agent.devtools.bench.common import disk_dir, fs_type, load_config, percentile, ram_dir, wait_until
+from agent.core.model import EventType
+from agent.devtools.bench.common import (
+    disk_dir,
+    fs_type,
+    load_config,
+    percentile,
+    ram_dir,
+)
 from agent.devtools.localbroker import LocalBroker
+from agent.devtools.wait import wait_for
 
 SESSION = {"member_id": "m-000001", "badge": "04000000000001", "started": "2026-11-25T09:00:00Z"}
 
@@ -40,8 +48,8 @@ def outbox_commit(commits: int) -> dict[str, Any]:
             times = []
             for i in range(commits):
                 on = i % 2 == 0
-                record = (("session_started", {"member_id": "m-000001", "badge": "04000000000001"}) if on else
-                          ("session_ended", {"member_id": "m-000001", "duration_s": 1.0, "reason": "badge_off"}))
+                record = ((EventType.SESSION_STARTED, {"member_id": "m-000001", "badge": "04000000000001"}) if on else
+                          (EventType.SESSION_ENDED, {"member_id": "m-000001", "duration_s": 1.0, "reason": "badge_off"}))
                 start = time.perf_counter()
                 outbox.commit([record], now, {"session": SESSION if on else None, "locked": False})
                 times.append(time.perf_counter() - start)
@@ -71,14 +79,13 @@ def _planned_outage() -> Iterator[None]:
 def outbox_replay(events: int) -> dict[str, Any]:
     from gpiozero.pins.mock import MockFactory
 
-    from agent.daemon.agent import Agent
+    from agent.daemon.agent import Agent, link_for
     from agent.hardware.simulated import SimulatedReader
-    from agent.link.agentlink import AgentLink
 
     with ram_dir("replay") as storage:
         broker = LocalBroker(storage)
         config = load_config(storage, broker_url=broker.url)
-        agent = Agent(config, pins=MockFactory(), reader=SimulatedReader(), link_factory=AgentLink.factory(config))
+        agent = Agent(config, pins=MockFactory(), reader=SimulatedReader(), link=link_for(config))
         connected = threading.Event()
         link = agent.link
         on_connect = link.client.on_connect
@@ -98,7 +105,7 @@ def outbox_replay(events: int) -> dict[str, Any]:
                 now = dt.datetime.now(dt.timezone.utc)
                 batch = 500
                 for first in range(0, events, batch):
-                    agent.outbox.commit([("access_denied", {"badge": f"{0xA0000000 + i:08X}",
+                    agent.outbox.commit([(EventType.ACCESS_DENIED, {"badge": f"{0xA0000000 + i:08X}",
                                                             "reason": "unknown_badge"})
                                          for i in range(first, min(events, first + batch))], now)
                 queued = agent.outbox.depth
@@ -107,7 +114,7 @@ def outbox_replay(events: int) -> dict[str, Any]:
                 if not connected.wait(30):
                     raise RuntimeError("the agent did not connect to the broker")
             up = time.perf_counter()
-            wait_until(lambda: agent.outbox.depth == 0, 300, "the outbox to empty", step=0.02)
+            wait_for(lambda: agent.outbox.depth == 0, 300, "the outbox to empty", step=0.02)
             drained = time.perf_counter()
             return {
                 "outbox_replay_events_per_s": round(queued / (drained - up)),

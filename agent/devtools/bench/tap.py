@@ -9,7 +9,7 @@ every tap changes the relay: the "on" half includes the durable outbox write.
 
 `lookup_during_apply` times the same taps while a large member list is being
 applied as one from the broker is: from another thread, as the MQTT list
-worker calls `Agent.apply_published`, which applies it in a child process.
+worker calls `Agent.receive_list`, which writes it in a child process.
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.devtools.bench.common import badges_of, fs_type, load_config, member_list, percentile, ram_dir
+from agent.devtools.bench.common import (
+    badges_of,
+    fs_type,
+    load_config,
+    member_list,
+    percentile,
+    ram_dir,
+)
 
 
 class TimedAgent:
@@ -88,7 +95,7 @@ class TimedAgent:
 
 def _apply(agent: Any, payload: bytes) -> dict[str, Any]:
     """As a list from the broker is applied: in a child process."""
-    result = agent.apply_published(payload)
+    result = agent.receive_list(payload)
     if not result["applied"]:
         raise RuntimeError(f"the member list was not applied: {result['error']}")
     return result

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,38 +10,20 @@ from typing import Any
 from gpiozero.pins.mock import MockFactory
 
 from agent.config import HardwareConfig, parse
-from agent.daemon.agent import OUTBOX_FILE, Agent
-from agent.devtools.fleet.check import RelayFault
-from agent.link.agentlink import AgentLink
+from agent.daemon.agent import Agent, link_for
 from agent.daemon.outbox import Outbox
-
-CONFIG = """
-[machine]
-id = {id}
-induction = {induction}
-[reader]
-type = "simulated"
-[relay]
-pin = 17
-active_high = false
-[mqtt]
-url = {url}
-topic_prefix = {prefix}
-{password}
-[storage]
-dir = {storage}
-"""
+from agent.daemon.storage import OUTBOX_FILE
+from agent.devtools.fleet.check import RelayFault
+from agent.devtools.machines import machine_toml
 
 # How many agents one process can host: paho waits on its socket with select(), which
 # fails for descriptors above 1023, and each agent holds about 14 (SQLite files, sockets).
 MAX_AGENTS = 60
 
 
-class FlushingLink(AgentLink):
-    """An AgentLink with a longer drain at close: twenty agents stopping at once after
-    a broker outage may need more than the default to deliver their last events."""
-
-    drain_s = 30.0
+# Twenty agents stopping at once after a broker outage may need more than the
+# default drain to deliver their last events.
+DRAIN_S = 30.0
 
 
 class SimMachine:
@@ -52,17 +33,15 @@ class SimMachine:
                  password_file: str | None = None) -> None:
         self.id = machine_id
         self.storage = storage
-        # JSON strings are valid TOML basic strings: any URL or path is quoted safely.
-        text = CONFIG.format(**{k: json.dumps(str(v)) for k, v in (
-            ("id", machine_id), ("induction", induction), ("url", broker_url), ("prefix", prefix),
-            ("storage", storage))}, password=f"password_file = {json.dumps(password_file)}" if password_file else "")
+        mqtt = {"url": broker_url, "topic_prefix": prefix, **({"password_file": password_file} if password_file else {})}
+        text = machine_toml(machine_id, storage, induction=induction, mqtt=mqtt)
         config = dataclasses.replace(parse(text, f"{machine_id}.toml"), hardware=HardwareConfig(simulate=True))
         self.config = config
         # Plain mock pins (no indicators here): a released pin keeps its last level, as a
         # relay input does; MockPWMPin would drive it low on close, "on" for active-low.
         self.pins = MockFactory()
         self.relay_pin = self.pins.pin(config.relay.pin)
-        self.agent = Agent(config, pins=self.pins, link_factory=FlushingLink.factory(config))
+        self.agent = Agent(config, pins=self.pins, link=link_for(config, drain_s=DRAIN_S))
         self.thread = threading.Thread(target=self.agent.run, name=f"agent-{machine_id}", daemon=True)
 
     def start(self, timeout: float = 15.0) -> None:
@@ -76,7 +55,7 @@ class SimMachine:
             if wait:
                 self.join()
 
-    def join(self, timeout: float = FlushingLink.drain_s + 15) -> None:
+    def join(self, timeout: float = DRAIN_S + 15) -> None:
         self.thread.join(timeout)
         if self.thread.is_alive():
             raise RuntimeError(f"{self.id}: the agent did not stop within {timeout:.0f} s")

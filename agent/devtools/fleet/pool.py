@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.devtools.fleet import population as pop
-from agent.devtools.fleet.node import MAX_AGENTS, FlushingLink
+from agent.devtools.fleet.node import DRAIN_S, MAX_AGENTS
 
-STOP_S = FlushingLink.drain_s + 30  # a worker stops its agents at once; each may drain for drain_s
+STOP_S = DRAIN_S + 30  # a worker stops its agents at once; each may drain for drain_s
 
 
 class _Worker:

@@ -22,17 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.link.broker import Broker
+from agent.core.timespec import rfc3339
 from agent.devtools.fleet import population as pop
 from agent.devtools.fleet.check import RelayFault, check
 from agent.devtools.fleet.node import MAX_AGENTS, SimMachine
 from agent.devtools.fleet.witness import Witness
 from agent.devtools.localbroker import LocalBroker
-from agent.logbook.collector import Collector
-from agent.logbook.store import Outcome, open_db
-from agent.logbook.queries import sessions
+from agent.devtools.wait import wait_for
+from agent.link.broker import Broker
 from agent.link.publish import publish_acknowledged
-from agent.core.timespec import rfc3339
+from agent.logbook.collector import Collector
+from agent.logbook.queries import sessions
+from agent.logbook.store import Outcome, open_db
 
 SETTLE_S = 30.0  # longest wait for lists to apply and the logbook to catch up
 
@@ -147,15 +148,6 @@ def _outages(broker: LocalBroker, at: list[float], length: float, stop: threadin
         done.append(moment)
 
 
-def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-    return result
-
-
 def start_machines(specs: list[pop.Machine], root: Path, url: str, prefix: str,
                    password_file: str | None, stack: contextlib.ExitStack) -> list[SimMachine]:
     """One running SimMachine per spec, each stopped when `stack` closes."""
@@ -184,7 +176,7 @@ class _Running(Protocol):
 
 def wait_for_list(machines: Sequence[_Running], version: int) -> None:
     for machine in machines:
-        _wait(lambda: machine.status()["members_version"] == version, SETTLE_S,
+        wait_for(lambda: machine.status()["members_version"] == version, SETTLE_S,
               f"{machine.id} to apply member list version {version}")
 
 
@@ -216,7 +208,7 @@ def run_fleet(options: FleetOptions, say: Callable[[str], None] = lambda line: N
                               client_id=f"fabpass-fleet-logbook-{run_id}", session_expiry_s=600)
         collector.start()
         stack.callback(collector.stop)
-        _wait(collector.connected.is_set, SETTLE_S, "the logbook collector to connect")
+        wait_for(collector.connected.is_set, SETTLE_S, "the logbook collector to connect")
         witness = Witness(broker, options.prefix)
         witness.start()
         stack.callback(witness.stop)
@@ -262,7 +254,7 @@ def run_fleet(options: FleetOptions, say: Callable[[str], None] = lambda line: N
         reader = open_db(root / "logbook.db")
         try:
             with contextlib.suppress(TimeoutError):
-                _wait(lambda: reader.execute("SELECT count(*) FROM events").fetchone()[0] >= expected,
+                wait_for(lambda: reader.execute("SELECT count(*) FROM events").fetchone()[0] >= expected,
                       SETTLE_S, "the logbook to archive every event")
             archived = reader.execute("SELECT machine, seq, event_id FROM events").fetchall()
             rows = sessions(reader, dt.datetime.now(dt.timezone.utc))

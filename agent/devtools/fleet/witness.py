@@ -11,8 +11,8 @@ from collections import defaultdict
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.link.broker import Broker, disconnect, make_client
 from agent.devtools.fleet.check import Row
+from agent.link.broker import Broker, disconnect, make_client
 
 
 class Witness:

@@ -1,4 +1,4 @@
-"""`python -m agent.members.applier DIR`: apply the member list on standard input to the cache
+"""`python -m agent.members.updater DIR`: write the member list on standard input into the cache
 in DIR, in a process of its own, and answer one JSON object on standard output:
 `{"version", "count"}`, `{"version", "cached"}` (not newer), `{"error", "version"}` (the
 list cannot be used) or `{"error", "storage": true}` (this machine could not write it).
@@ -17,12 +17,12 @@ import sys
 
 from agent.members.badgehash import BadgeHasher
 from agent.members.cache import MemberCache, VersionNotNewer
-from agent.daemon.listsync import apply_here
 from agent.members.snapshot import load_json
+from agent.members.update import update_cache
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.members.applier")
+    parser = argparse.ArgumentParser(prog="python -m agent.members.updater")
     parser.add_argument("directory")
     parser.add_argument("--public-key")
     parser.add_argument("--hash-key-file")
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = MemberCache(args.directory)
     try:
         hasher = BadgeHasher.from_file(args.hash_key_file) if args.hash_key_file else None
-        applied = apply_here(cache, lambda: load_json(payload, args.public_key, check_members=False), hasher)
+        updated = update_cache(cache, lambda: load_json(payload, args.public_key, check_members=False), hasher)
     except VersionNotNewer as err:
         answer = {"version": err.version, "cached": err.cached}
     except ValueError as err:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, sqlite3.Error) as err:
         answer = {"error": str(err), "storage": True}
     else:
-        answer = {"version": applied.version, "count": applied.count}
+        answer = {"version": updated.version, "count": updated.count}
     finally:
         cache.close()
     sys.stdout.write(json.dumps(answer) + "\n")
