@@ -85,14 +85,15 @@ def status(config_path: Path | None, broker_url: str | None, password_file: str 
         raise InputError("give either --config FILE (this machine) or --broker URL (the fleet)")
     if broker_url is not None:
         from agent.cli.options import parse_broker
+        from agent.cli.text import fleet_table
         from agent.link.broker import BrokerUnreachable
-        from agent.link.fleetview import fleet_status, format_fleet
+        from agent.link.fleetview import fleet_status
 
         try:
             machines = fleet_status(parse_broker(broker_url, password_file), topic_prefix)
         except BrokerUnreachable as err:
             raise RuntimeFailure(str(err)) from None
-        print_json(machines) if as_json else click.echo(format_fleet(machines))
+        print_json(machines) if as_json else click.echo(fleet_table(machines))
         return
     result = _ask(config_path, {"op": "status"})
     if as_json:

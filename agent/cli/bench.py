@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from agent.cli import text
 from agent.cli.options import json_option, print_json
 
 
@@ -23,7 +24,7 @@ def table(figures: dict) -> str:
              f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, Linux {m['kernel']}; "
              f"Python {figures['python']}; calibration {m['calibration_start_ms']} ms at the start, "
              f"{m['calibration_end_ms']} ms at the end (lower is faster; compare runs by it)", ""]
-    rows = [("figure", "value", "target", "")]
+    rows = []
     for key in FIGURES:
         value = figures.get(key)
         shown = _value(value)
@@ -32,9 +33,7 @@ def table(figures: dict) -> str:
         if key == "fleet_agents_per_broker" and figures.get("fleet_cap_reached"):
             shown = f"≥ {shown} (cap)"
         rows.append((key, shown, target_text(key), verdict(key, value)))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        lines.append(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}".rstrip())
+    lines.append(text.table(["figure", "value", "target", ""], rows, align=["left", "right", "left", "left"]))
     lines += ["", "details: " + ", ".join(f"{k}={_value(v)}" for k, v in figures.items()
                                           if k not in FIGURES and not isinstance(v, dict)
                                           and k not in ("quick", "python"))]
@@ -48,8 +47,8 @@ def table(figures: dict) -> str:
 def bench(quick: bool, as_json: bool) -> None:
     """Measure the benchmarks: tap to relay, member list apply, outbox, idle agent, fleet.
 
-    Takes about 7 minutes, 5 of them ramping the fleet up to 640 agents, which
-    loads every core (--quick: under one). Storage goes to a RAM filesystem
+    Takes minutes, most of them ramping the fleet up to 640 agents, which loads
+    every core (--quick: about a minute). Storage goes to a RAM filesystem
     where the contract says so and to a real disk for outbox_commit; a Mosquitto
     on a free loopback port is started and stopped. See docs/performance.md.
     """

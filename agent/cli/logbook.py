@@ -93,10 +93,9 @@ def _hm(seconds: float) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> None:
-    cells = [header] + [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    from agent.cli.text import table
+
+    click.echo(table(header, rows))
 
 
 @click.group()

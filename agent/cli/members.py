@@ -97,6 +97,7 @@ def publish(file: Path, broker_url: str, password_file: str | None, topic_prefix
     """Validate a CSV or JSON member list and publish it as the retained snapshot."""
     from agent.cli.options import parse_broker
     from agent.link.publish import PublishError, publish_acknowledged
+    from agent.link.topics import Topics
     from agent.members.snapshot import SnapshotError, to_json
 
     broker = parse_broker(broker_url, password_file)
@@ -126,7 +127,7 @@ def publish(file: Path, broker_url: str, password_file: str | None, topic_prefix
         except SnapshotError as err:
             raise InputError(str(err)) from None
     try:
-        publish_acknowledged(broker, f"{topic_prefix}/members", payload, retain=True)
+        publish_acknowledged(broker, Topics(topic_prefix).members, payload, retain=True)
     except PublishError as err:
         raise RuntimeFailure(str(err)) from None
     click.echo(f"published version {snapshot.version}: {snapshot.count} members"

@@ -32,11 +32,12 @@ from agent.cli.options import (
 def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: str,
          machine: str | None, as_json: bool) -> None:
     """Follow usage events live (`logs tail`), one line each, until Ctrl-C."""
+    from agent.cli.text import event_line
     from agent.link.broker import disconnect, make_client
-    from agent.link.fleetview import format_event
+    from agent.link.topics import ANY, Topics
 
     broker = parse_broker(broker_url, password_file)
-    topic = f"{topic_prefix}/machines/{machine or '+'}/events"
+    topic = Topics(topic_prefix).events(machine or ANY)
     client = make_client(broker)
     failed: list[str] = []
     done = threading.Event()
@@ -53,7 +54,7 @@ def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: st
             sys.stdout.write(message.payload.decode("utf-8", "replace") + "\n")
         else:
             try:
-                line = format_event(json.loads(message.payload))
+                line = event_line(json.loads(message.payload))
             except (ValueError, TypeError, AttributeError):
                 line = f"(unreadable event on {message.topic})"
             sys.stdout.write(line + "\n")
@@ -83,6 +84,7 @@ def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broke
     from agent.core.model import MACHINE_ID_RULE, is_machine_id
     from agent.link.commands import MAX_REASON, Command
     from agent.link.publish import PublishError, publish_acknowledged
+    from agent.link.topics import Topics
 
     if not is_machine_id(machine):
         raise InputError(f"MACHINE: {machine!r} is not a machine id ({MACHINE_ID_RULE})")
@@ -98,7 +100,7 @@ def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broke
         except (SignatureError, ValueError, OSError) as err:
             raise InputError(f"--sign-key: {err}") from None
     try:
-        publish_acknowledged(broker, f"{topic_prefix}/machines/{machine}/commands",
+        publish_acknowledged(broker, Topics(topic_prefix).commands(machine),
                          json.dumps(payload).encode(), retain=False)
     except PublishError as err:
         raise RuntimeFailure(str(err)) from None

@@ -144,10 +144,10 @@ _NO_INDUCTIONS: Mapping[str, dt.date | None] = MappingProxyType({})
 
 class Member(NamedTuple):
     """A member as the list gives it and the policy judges it. Immutable, and a
-    NamedTuple rather than a frozen dataclass because an apply builds 100,000 of
-    them: the dataclass's __init__ (one object.__setattr__ per field) costs
-    12,200 instructions, the tuple's 4,300. `inductions` is read-only and may
-    be shared."""
+    NamedTuple rather than a frozen dataclass because a list builds 100,000 of
+    them and a dataclass's __init__ sets each field through object.__setattr__
+    (docs/performance.md has the cost of each). `inductions` is read-only and
+    may be shared."""
 
     id: str
     name: str

@@ -397,7 +397,8 @@ class Agent:
             "name": self.config.machine.name, "members_count": info.count,
             "previous_member_id": state.previous_member,
             "reader": {"type": self.config.reader.type if not self.simulated else "simulated",
-                       "healthy": self.reader.healthy, "detail": self.reader.detail},
+                       "healthy": self.reader.healthy, "detail": self.reader.detail,
+                       "counters": self.reader.counters},
             "simulated": self.simulated,
         }
 

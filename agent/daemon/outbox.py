@@ -31,7 +31,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, payload TEXT NOT NULL)",),
     ("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",),
     # The event_id column was never read (the id is in the payload), and its unique
-    # index was about 30 % of each commit's SQL time, which an "on" tap waits for.
+    # index was a large part of each commit, which an "on" tap waits for
+    # (docs/performance.md).
     ("CREATE TABLE events_3 (seq INTEGER PRIMARY KEY, payload TEXT NOT NULL)",
      "INSERT INTO events_3 SELECT seq, payload FROM events",
      "DROP TABLE events",
@@ -68,7 +69,7 @@ class Outbox:
         return conn
 
     def _migrate(self) -> None:
-        # Plain sqlite3, not sqlite_utils: importing that costs the running agent about 9 MB.
+        # Plain sqlite3, not sqlite_utils: importing that costs the running agent megabytes of RSS.
         conn = self._conn()
         conn.execute("CREATE TABLE IF NOT EXISTS migrations (id INTEGER PRIMARY KEY, applied TEXT)")
         done = {row[0] for row in conn.execute("SELECT id FROM migrations").fetchall()}

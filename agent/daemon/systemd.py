@@ -52,10 +52,6 @@ class Notifier:
         address = _address(value) if value else None
         return cls(address, _watchdog_interval(env, os.getpid() if pid is None else pid))
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def ready(self) -> None:
         self.send("READY=1")
 
@@ -64,10 +60,6 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send("STOPPING=1")
-
-    def status(self, text: str) -> None:
-        """A one-line status shown by `systemctl status`."""
-        self.send("STATUS=" + " ".join(text.splitlines()))
 
     def send(self, message: str) -> None:
         if self.address is None:

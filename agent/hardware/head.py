@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from gpiozero import Factory
 
@@ -45,6 +46,10 @@ class HeadReader(SerialReader):
         """Lines from the head this agent dropped, by reason."""
         return {**self._decoder.dropped, "bad_uid": self.bad_uids}
 
+    @property
+    def counters(self) -> dict[str, Any]:
+        return {"firmware": self.firmware, "dropped": self.dropped, "head_dropped": self.head_dropped}
+
     def indicate(self, signal: Signal) -> None:
         if signal.value in headproto.STEADY:
             self._steady = signal
@@ -72,7 +77,7 @@ class HeadReader(SerialReader):
             self._heard = now
             if not self.healthy:
                 log.info("%s: the head on %s is answering", self.name, self.port)
-            self._report_health(True)
+            self._answering()
             if kind == headproto.CARD:
                 self._card(fields[0], now)
             elif kind == headproto.BEAT and fields[1].isdigit():

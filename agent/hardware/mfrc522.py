@@ -64,9 +64,6 @@ NVB_SELECT = 0x70  # all 40 bits of the level follow
 CASCADE_TAG = 0x88
 SAK_CASCADE = 0x04  # SAK bit: the UID continues at the next cascade level
 
-BACKOFF_FIRST = 0.2
-BACKOFF_LONGEST = 5.0
-
 
 class ReaderFault(Exception):
     """The chip does not answer as an MFRC522 should: unplugged, unpowered, miswired."""
@@ -125,7 +122,6 @@ class MFRC522Reader(ThreadedReader):
         self._sleep, self._clock = sleep, clock
         self._debouncer = TapDebouncer(config.rearm)
         self._ready = False
-        self._backoff = BACKOFF_FIRST
 
     # The loop and its health.
 
@@ -133,10 +129,7 @@ class MFRC522Reader(ThreadedReader):
         while not self._stop.is_set():
             badge, delay = self.step()
             if badge is not None:
-                try:
-                    self._on_tap(badge)
-                except Exception:
-                    log.exception("%s: the tap handler failed for %s", self.name, badge)
+                self._tap(badge)
             self._stop.wait(delay)
 
     def step(self) -> tuple[str | None, float]:
@@ -161,12 +154,7 @@ class MFRC522Reader(ThreadedReader):
 
     def _lost(self, why: str) -> float:
         self._ready = False
-        detail = f"{self.device}: {why}"
-        if detail != self.detail:
-            log.warning("%s: %s; retrying", self.name, detail)
-        self._report_health(False, detail)
-        delay, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_LONGEST)
-        return delay
+        return super()._lost(f"{self.device}: {why}")
 
     def _bring_up(self) -> None:
         self._open_spi()
@@ -184,10 +172,10 @@ class MFRC522Reader(ThreadedReader):
         chip.Write_MFRC522(chip.TxAutoReg, 0x40)  # TxASKReg: 100 % ASK, as type A needs
         chip.Write_MFRC522(chip.ModeReg, 0x3D)  # CRC preset 0x6363, CRC_A's
         chip.AntennaOn()
-        self._ready, self._backoff = True, BACKOFF_FIRST
+        self._ready = True
         if not self.healthy:
             log.info("%s: %s answers (%s)", self.name, self.device, KNOWN_VERSIONS[version])
-        self._report_health(True)
+        self._answering()
 
     def _open_spi(self) -> None:
         self._close_spi()

@@ -79,6 +79,10 @@ class RDM6300Reader(SerialReader):
         """Frames dropped so far: bad checksums, partial frames."""
         return self._parser.dropped
 
+    @property
+    def counters(self) -> dict[str, int]:
+        return {"dropped": self.dropped}
+
     def _received(self, data: bytes, now: float) -> None:
         for badge in self._parser.feed(data):
             if self._debouncer.seen(badge, now):

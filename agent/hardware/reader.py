@@ -1,12 +1,17 @@
-"""The reader interface that every backend implements, and the tap debouncer they share."""
+"""The reader interface that every backend implements, and what they share: the tap
+debouncer, a thread that never dies of a fault, and health with back-off."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 from agent.core.model import Signal
+
+log = logging.getLogger(__name__)
 
 TapHandler = Callable[[str], None]
 HealthHandler = Callable[[bool, "str | None"], None]
@@ -44,6 +49,11 @@ class Reader(ABC):
     def indicate(self, signal: Signal) -> None:
         """Show `signal` on the reader itself, for readers that have LEDs (a reader head)."""
 
+    @property
+    def counters(self) -> dict[str, Any]:
+        """What the reader has dropped or learnt (bad frames, firmware), for the status."""
+        return {}
+
     def _report_health(self, ok: bool, detail: str | None = None) -> None:
         if ok != self.healthy or detail != self.detail:
             self.healthy, self.detail = ok, detail
@@ -77,12 +87,42 @@ class TapDebouncer:
 
 
 class ThreadedReader(Reader):
-    """A reader whose backend runs a blocking loop in a daemon thread."""
+    """A reader whose backend runs a blocking loop in a daemon thread.
+
+    A device that stops answering is reported unhealthy (`_lost`) and tried
+    again after a back-off that doubles from BACKOFF_FIRST to BACKOFF_LONGEST,
+    and reset once it answers (`_answering`). A tap handler that fails costs
+    that tap, never the thread (`_tap`).
+    """
+
+    BACKOFF_FIRST = 0.2
+    BACKOFF_LONGEST = 5.0
 
     def __init__(self) -> None:
         super().__init__()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._backoff = self.BACKOFF_FIRST
+
+    def _tap(self, badge: str) -> None:
+        try:
+            self._on_tap(badge)
+        except Exception:
+            log.exception("%s: the tap handler failed for %s", self.name, badge)
+
+    def _lost(self, detail: str) -> float:
+        """Report the device unhealthy (logged once per distinct detail); returns how
+        long to wait before trying it again."""
+        if self.healthy or detail != self.detail:
+            log.warning("%s: %s; retrying", self.name, detail)
+        self._report_health(False, detail)
+        delay, self._backoff = self._backoff, min(self._backoff * 2, self.BACKOFF_LONGEST)
+        return delay
+
+    def _answering(self) -> None:
+        """The device answers: healthy, and the next fault starts the back-off afresh."""
+        self._backoff = self.BACKOFF_FIRST
+        self._report_health(True)
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)

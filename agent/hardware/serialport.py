@@ -20,15 +20,13 @@ from agent.hardware.reader import ThreadedReader
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 0.1  # bounds how long close() waits for the thread, and a stuck write
-BACKOFF_FIRST = 0.2
-BACKOFF_LONGEST = 5.0
 
 
 class SerialReader(ThreadedReader):
     """Base of the serial backends: owns the port and the open/read/reopen loop.
 
     Subclasses implement `_received(data, now)`, and may override `_connected()`
-    (the port has just opened) and `_tick(now)` (called after every read, so at
+    (the port has just opened; call super() or `_answering()`) and `_tick(now)` (called after every read, so at
     least every READ_TIMEOUT). `now` is time.monotonic().
     """
 
@@ -43,18 +41,14 @@ class SerialReader(ThreadedReader):
         self._lock = threading.Lock()  # guards self._serial against writers on other threads
 
     def _run(self) -> None:
-        delay = BACKOFF_FIRST
         while not self._stop.is_set():
             try:
                 port = serial.serial_for_url(
                     self.port, baudrate=self.config.baudrate, timeout=READ_TIMEOUT, write_timeout=READ_TIMEOUT
                 )
             except (serial.SerialException, OSError, ValueError) as err:
-                self._lost(f"cannot open {self.port}: {err}")
-                self._stop.wait(delay)
-                delay = min(delay * 2, BACKOFF_LONGEST)
+                self._stop.wait(self._lost(f"cannot open {self.port}: {err}"))
                 continue
-            delay = BACKOFF_FIRST
             with self._lock:
                 self._serial = port
             try:
@@ -69,7 +63,7 @@ class SerialReader(ThreadedReader):
                 self._lost(f"{self.port} went away: {err}")
             except Exception:  # a bug must not silence the reader for good
                 log.exception("%s: unexpected error; reopening %s", self.name, self.port)
-                self._stop.wait(BACKOFF_LONGEST)
+                self._stop.wait(self.BACKOFF_LONGEST)
             finally:
                 self._release()
 
@@ -78,22 +72,10 @@ class SerialReader(ThreadedReader):
 
     def _connected(self) -> None:
         log.info("%s: reading %s", self.name, self.port)
-        self._report_health(True)
+        self._answering()
 
     def _tick(self, now: float) -> None:
         pass
-
-    def _tap(self, badge: str) -> None:
-        """Hand a tap to the agent; its handler failing costs that tap, not the reader."""
-        try:
-            self._on_tap(badge)
-        except Exception:
-            log.exception("%s: the tap handler failed for %s", self.name, badge)
-
-    def _lost(self, detail: str) -> None:
-        if self.healthy or detail != self.detail:
-            log.warning("%s: %s; retrying", self.name, detail)
-        self._report_health(False, detail)
 
     def _write(self, data: bytes) -> bool:
         """Send `data` if the port is open; False when it is not (the device is away)."""

@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.link.broker import Broker, Outage, disconnect, make_client
+from agent.link.topics import Topics
 from agent.logbook.events import MalformedEvent, parse_event, parse_status
 from agent.logbook.store import Outcome, ingest, open_db, record_status
 
@@ -39,6 +40,7 @@ class Collector:
                  session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S) -> None:
         self.broker = broker
         self.prefix = prefix
+        self.topics = Topics(prefix)
         self.session_expiry_s = session_expiry_s
         self.db = open_db(db_path, create=True)
         self.connected = threading.Event()
@@ -84,8 +86,7 @@ class Collector:
             log.error("broker %s refused the connection: %s", self.broker, reason_code)
             return
         self._outage.ended()
-        client.subscribe([(f"{self.prefix}/machines/+/events", 1),
-                          (f"{self.prefix}/machines/+/status", 1)])
+        client.subscribe([(self.topics.events(), 1), (self.topics.status(), 1)])
         log.info("connected to %s (session %s)", self.broker,
                  "resumed" if flags.session_present else "new")
         self.connected.set()
@@ -98,7 +99,7 @@ class Collector:
     def _on_message(self, client: mqtt.Client, userdata, message: mqtt.MQTTMessage) -> None:
         if self.failed.is_set():
             return  # unacknowledged: redelivered to the next collector
-        machine, kind = self._route(message.topic)
+        machine, kind = self.topics.parse(message.topic) or ("", "")
         try:
             if kind == "events":
                 outcome = ingest(self.db, parse_event(message.payload, machine))
@@ -117,9 +118,3 @@ class Collector:
             self.failed.set()
             return
         client.ack(message.mid, message.qos)
-
-    def _route(self, topic: str) -> tuple[str, str]:
-        """(machine, "events" | "status") from `P/machines/ID/KIND`."""
-        rest = topic.removeprefix(f"{self.prefix}/machines/")
-        machine, _, kind = rest.partition("/")
-        return machine, kind

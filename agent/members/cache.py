@@ -49,8 +49,8 @@ LOOKUP = ("SELECT m.id, m.name, m.status, m.expires, m.roles, m.inductions FROM 
 MEMBER_COLUMNS = ("rowid", "id", "name", "status", "expires", "roles", "inductions")
 BADGE_COLUMNS = ("badge", "member")
 # Rows per INSERT statement: one statement of many rows instead of one per row
-# (executemany) takes 28 % off writing the cache. The parameters stay under
-# 999, the limit of SQLite builds before 3.32.
+# (executemany) writes the cache faster (docs/performance.md). The parameters
+# stay under 999, the limit of SQLite builds before 3.32.
 ROWS = 128
 BATCH = 16 * ROWS  # members read before their rows are written
 

@@ -249,7 +249,7 @@ def _json_roles(roles: tuple[Any, ...]) -> frozenset[str]:
 
 
 def _laid_out_member(pairs: tuple[tuple[str, Any], ...]) -> Member | None:
-    """The common case of _member at 60 % of its cost: every field given, in
+    """The common case of _member, at a fraction of its cost: every field given, in
     _LAYOUT's order, the badges already normal. Makes the same checks on these
     values; returns None for anything else, which _member then reads and explains."""
     if len(pairs) != len(_LAYOUT):

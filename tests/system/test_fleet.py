@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
-from agent.devtools.fleet import FleetOptions, RelayFault, capacity, check, run_fleet
+from agent.devtools.bench.capacity import capacity
+from agent.devtools.fleet import FleetOptions, RelayFault, check, run_fleet
 from agent.devtools.fleet import population as pop
 
 # -- the whole fleet -------------------------------------------------------------------

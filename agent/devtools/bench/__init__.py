@@ -54,7 +54,7 @@ FIGURES = ("tap_to_relay_p50_ms", "tap_to_relay_p99_ms", "members_apply_100k_s",
 
 
 def _families(sizes: Sizes) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
-    from agent.devtools.bench import apply, fleet, idle, outbox, tap
+    from agent.devtools.bench import apply, capacity, idle, outbox, tap
 
     return [
         ("tap to relay", lambda: tap.tap_to_relay(sizes.taps, sizes.tap_members)),
@@ -63,7 +63,7 @@ def _families(sizes: Sizes) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         ("outbox commit", lambda: outbox.outbox_commit(sizes.commits)),
         ("outbox replay", lambda: outbox.outbox_replay(sizes.replay_events)),
         ("idle agent", lambda: idle.idle(sizes.idle_s)),
-        ("fleet", lambda: fleet.agents_per_broker(sizes.fleet_quick)),
+        ("fleet", lambda: capacity.agents_per_broker(sizes.fleet_quick)),
     ]
 
 

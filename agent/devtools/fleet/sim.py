@@ -31,6 +31,7 @@ from agent.devtools.localbroker import LocalBroker
 from agent.devtools.wait import wait_for
 from agent.link.broker import Broker
 from agent.link.publish import publish_acknowledged
+from agent.link.topics import Topics
 from agent.logbook.collector import Collector
 from agent.logbook.queries import sessions
 from agent.logbook.store import Outcome, open_db
@@ -164,7 +165,7 @@ def publish_members(broker: Broker, prefix: str, tappers: list[pop.Tapper], vers
     """Publish the generated list as the retained snapshot; returns its member count."""
     now = dt.datetime.now(dt.timezone.utc)
     snapshot = pop.member_list(tappers, version, now.date(), rfc3339(now))
-    publish_acknowledged(broker, f"{prefix}/members", json.dumps(snapshot).encode(), retain=True)
+    publish_acknowledged(broker, Topics(prefix).members, json.dumps(snapshot).encode(), retain=True)
     return len(snapshot["members"])
 
 
@@ -286,6 +287,7 @@ def run_fleet(options: FleetOptions, say: Callable[[str], None] = lambda line: N
 
 def _clear_retained(broker: Broker, prefix: str, machine_ids: list[str]) -> None:
     """Leave nothing of the run retained on someone else's broker."""
-    for topic in [f"{prefix}/members", *(f"{prefix}/machines/{m}/status" for m in machine_ids)]:
+    topics = Topics(prefix)
+    for topic in [topics.members, *(topics.status(m) for m in machine_ids)]:
         with contextlib.suppress(Exception):
             publish_acknowledged(broker, topic, b"", retain=True, timeout=5)

@@ -13,6 +13,7 @@ from paho.mqtt.properties import Properties
 
 from agent.devtools.fleet.check import Row
 from agent.link.broker import Broker, disconnect, make_client
+from agent.link.topics import Topics
 
 
 class Witness:
@@ -23,7 +24,7 @@ class Witness:
 
     def __init__(self, broker: Broker, prefix: str, session_expiry_s: int = 300) -> None:
         self.broker = broker
-        self.topic = f"{prefix}/machines/+/events"
+        self.topic = Topics(prefix).events()
         self.session_expiry_s = session_expiry_s
         self.first_seen: dict[tuple[str, int], float] = {}
         self.deliveries = 0

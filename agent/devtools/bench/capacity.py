@@ -123,3 +123,11 @@ def capacity(quick: bool = False, start: int = 10, factor: float = 2.0, cap: int
                 break
             size = min(cap, max(size + 1, round(size * factor)))
     return Capacity(best, p99s, threshold_ms, interval_s, cap_reached=best >= cap)
+
+
+def agents_per_broker(quick: bool) -> dict[str, Any]:
+    """The benchmark's figures; JSON has no infinity, so a step where some event never arrived is null."""
+    figures = capacity(quick=quick).as_dict()
+    figures["fleet_p99_ms"] = {n: (p if p == p and abs(p) != float("inf") else None)
+                               for n, p in figures.get("fleet_p99_ms", {}).items()}
+    return figures
