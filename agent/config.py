@@ -26,8 +26,9 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message is for a person."""
 
 
-def _opt(default: Any = REQUIRED, kind: str | None = None, doc: str = "") -> Any:
-    """A config field. `kind` names a parser beyond the Python type (`duration`, `pin`…)."""
+def _opt(doc: str, default: Any = REQUIRED, kind: str | None = None) -> Any:
+    """A config key: what it does (the config reference, docs/reference/config.md, is
+    made from these), its default, and `kind`, a parser beyond the Python type."""
     meta = {"kind": kind, "doc": doc, "required": default is REQUIRED}
     if default is REQUIRED:
         return field(metadata=meta)
@@ -38,84 +39,108 @@ def _opt(default: Any = REQUIRED, kind: str | None = None, doc: str = "") -> Any
 
 @dataclass(frozen=True)
 class MachineConfig:
-    id: str = _opt(kind="machine_id")
-    induction: str = _opt()
-    name: str = _opt("")
-    max_session: float | None = _opt(None, "duration", "a session ends (timeout) after this long")
-    warn_before: float = _opt(300.0, "duration", "warn this long before max_session ends it")
-    hard_limit: float | None = _opt(None, "duration", "ends a session even while the machine runs")
-    timezone: str | None = _opt(None, "timezone")
-    hours: OpeningHours | None = _opt(None, "hours", "opening hours, e.g. ['mon-fri 09:00-19:00']")
+    """The machine this agent guards."""
+
+    id: str = _opt("unique in the lab, [a-z0-9][a-z0-9-]*; names the machine's MQTT topics", kind="machine_id")
+    induction: str = _opt("the induction a member must hold to use the machine")
+    name: str = _opt("a name for people, e.g. 'Laser cutter (Trotec Speedy 400)'", "")
+    max_session: float | None = _opt("a session ends (timeout) after this long; a tap in the warning "
+                                     "window extends it", None, "duration")
+    warn_before: float = _opt("warn this long before max_session ends a session", 300.0, "duration")
+    hard_limit: float | None = _opt("ends a session even while the machine runs", None, "duration")
+    timezone: str | None = _opt("the zone of expiry dates and opening hours, e.g. 'Europe/Rome'; "
+                                "default: the system's", None, "timezone")
+    hours: OpeningHours | None = _opt("opening hours, e.g. ['mon-fri 09:00-19:00', 'sat 10:00-14:00']; "
+                                      "staff may use the machine outside them", None, "hours")
 
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    type: str = _opt(kind="reader_type")
-    port: str | None = _opt(None)
-    baudrate: int = _opt(9600)
-    bus: int = _opt(0)
-    device: int = _opt(0)
-    reset_pin: int = _opt(25, "pin")
-    rearm: float = _opt(0.5, "duration", "a card counts as a new tap after this long away")
-    poll_interval: float = _opt(0.1, "duration", "how often an MFRC522 is polled for a card")
+    """The badge reader."""
+
+    type: str = _opt("simulated, mfrc522, rdm6300 or head", kind="reader_type")
+    port: str | None = _opt("rdm6300 and head: the serial device (pyserial URLs too), e.g. /dev/serial0", None)
+    baudrate: int = _opt("rdm6300 and head: the serial speed", 9600)
+    bus: int = _opt("mfrc522: the SPI bus (/dev/spidevBUS.DEVICE)", 0)
+    device: int = _opt("mfrc522: the SPI chip select", 0)
+    reset_pin: int = _opt("mfrc522: the BCM pin wired to RST", 25, "pin")
+    rearm: float = _opt("a card counts as a new tap after this long away", 0.5, "duration")
+    poll_interval: float = _opt("how often an MFRC522 is polled for a card", 0.1, "duration")
 
 
 @dataclass(frozen=True)
 class RelayConfig:
-    pin: int = _opt(kind="pin")
-    active_high: bool = _opt()
-    min_off: float = _opt(0.0, "duration", "shortest time off between two sessions")
-    run_on: float = _opt(0.0, "duration", "the relay stays on this long after a session ends")
+    """The relay on the machine's power or enable line."""
+
+    pin: int = _opt("the BCM pin driving the relay board's IN", kind="pin")
+    active_high: bool = _opt("true when the board switches on a high level; most boards are active-low "
+                             "(false). Required: a wrong guess would power the machine")
+    min_off: float = _opt("shortest time off between two sessions", 0.0, "duration")
+    run_on: float = _opt("the relay stays on this long after a session ends (a dust extractor)", 0.0, "duration")
 
 
 @dataclass(frozen=True)
 class IndicatorConfig:
-    green: int | None = _opt(None, "pin")
-    red: int | None = _opt(None, "pin")
-    amber: int | None = _opt(None, "pin")
-    buzzer: int | None = _opt(None, "pin")
-    active_high: bool = _opt(True)
-    # A pin that toggles while the agent is healthy, for a hardware watchdog.
-    heartbeat: int | None = _opt(None, "pin")
+    """What a member sees and hears; every output is optional."""
+
+    green: int | None = _opt("the BCM pin of the green LED (granted, ended)", None, "pin")
+    red: int | None = _opt("the BCM pin of the red LED (refused)", None, "pin")
+    amber: int | None = _opt("the BCM pin of the amber LED (ending soon, reader not answering)", None, "pin")
+    buzzer: int | None = _opt("the BCM pin of a buzzer", None, "pin")
+    active_high: bool = _opt("true when the LEDs light on a high level", True)
+    heartbeat: int | None = _opt("a pin that toggles while the agent is healthy, for a hardware watchdog",
+                                 None, "pin")
 
 
 @dataclass(frozen=True)
 class SensorConfig:
     """A machine-running input: a current sensor or the machine's busy signal."""
 
-    pin: int | None = _opt(None, "pin")
-    active_high: bool = _opt(True)
-    idle_timeout: float | None = _opt(None, "duration", "a session ends after the machine idles this long")
+    pin: int | None = _opt("the BCM pin of the machine-running input", None, "pin")
+    active_high: bool = _opt("true when a high level means the machine runs", True)
+    idle_timeout: float | None = _opt("a session ends after the machine idles this long", None, "duration")
 
 
 @dataclass(frozen=True)
 class MqttConfig:
-    url: str = _opt()
-    topic_prefix: str = _opt("fabpass")
-    username: str | None = _opt(None)
-    password_file: str | None = _opt(None)
-    ca_file: str | None = _opt(None)
-    cert_file: str | None = _opt(None)
-    key_file: str | None = _opt(None)
-    keepalive: int = _opt(30)
-    outbox_limit: int = _opt(100_000)
+    """The broker; without this section events wait in the outbox."""
+
+    url: str = _opt("mqtt://[user@]host[:port] or mqtts://… (TLS)")
+    topic_prefix: str = _opt("the prefix of every topic", "fabpass")
+    username: str | None = _opt("the broker account (the machine id, by the lab's convention)", None)
+    password_file: str | None = _opt("a file holding the broker password", None)
+    ca_file: str | None = _opt("mqtts: the CA that signed the broker's certificate", None)
+    cert_file: str | None = _opt("mqtts: this machine's client certificate", None)
+    key_file: str | None = _opt("mqtts: the key of the client certificate", None)
+    keepalive: int = _opt("seconds, 1 to 30: the broker publishes the will within about 1.5 times this", 30)
+    outbox_limit: int = _opt("events kept for the broker at most; at the bound refusals are dropped and "
+                             "no session starts", 100_000)
 
 
 @dataclass(frozen=True)
 class MembersConfig:
-    public_key: str | None = _opt(None)
-    max_list_age: float | None = _opt(None, "duration", "refuse non-staff when the list is older")
-    badge_hash_key_file: str | None = _opt(None)
+    """The member list."""
+
+    public_key: str | None = _opt("base64 Ed25519 key: only lists and commands signed by its private key "
+                                  "are accepted", None)
+    max_list_age: float | None = _opt("refuse non-staff (stale_member_list) when the list is older", None,
+                                      "duration")
+    badge_hash_key_file: str | None = _opt("a site key (mode 0600): badges are kept and reported as keyed "
+                                           "hashes, never as UIDs", None)
 
 
 @dataclass(frozen=True)
 class StorageConfig:
-    dir: Path = _opt(kind="path")
+    """Where the agent keeps its state."""
+
+    dir: Path = _opt("the member cache and the event outbox live here", kind="path")
 
 
 @dataclass(frozen=True)
 class HardwareConfig:
-    simulate: bool = _opt(False)
+    """Real or simulated parts."""
+
+    simulate: bool = _opt("mock GPIO pins and a simulated reader (as --simulate or FABPASS_SIMULATE=1)", False)
 
 
 @dataclass(frozen=True)

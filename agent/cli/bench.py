@@ -1,4 +1,4 @@
-"""`fabpass bench`: the benchmarks and their figures (the contract's "Benchmarks")."""
+"""`fabpass bench`: the benchmarks and their figures (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def bench(quick: bool, as_json: bool) -> None:
 
     Takes minutes, most of them ramping the fleet up to 640 agents, which loads
     every core (--quick: about a minute). Storage goes to a RAM filesystem
-    where the contract says so and to a real disk for outbox_commit; a Mosquitto
+    where a figure says so and to a real disk for outbox_commit; a Mosquitto
     on a free loopback port is started and stopped. See docs/performance.md.
     """
     from agent.devtools.bench import run

@@ -87,7 +87,7 @@ def badge_from_bytes(uid: bytes) -> str:
 
 
 class Reason(str, Enum):
-    """Why a tap was refused. Declared in the contract's order of precedence."""
+    """Why a tap was refused. Declared in their order of precedence (docs/reference/mqtt.md)."""
 
     UNKNOWN_BADGE = "unknown_badge"
     STALE_MEMBER_LIST = "stale_member_list"

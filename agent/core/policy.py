@@ -46,7 +46,7 @@ def _expired(until: dt.date | None, today: dt.date) -> bool:
 
 
 def decide(member: Member | None, rules: Rules, situation: Situation, now: dt.datetime) -> Decision:
-    """The first refusal in the contract's order, or a grant.
+    """The first refusal in the documented order, or a grant.
 
     `now` is the machine's local time: expiry dates and opening hours are read
     in it. Staff may use a locked machine, outside opening hours, and with a

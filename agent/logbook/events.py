@@ -19,7 +19,7 @@ _REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
 
 
 class MalformedEvent(ValueError):
-    """A payload that is not a contract-shaped event; it is logged and skipped."""
+    """A payload that is not an event of the documented shape (docs/reference/mqtt.md); it is logged and skipped."""
 
 
 def parse_event(payload: bytes, topic_machine: str) -> dict[str, Any]:

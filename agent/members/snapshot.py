@@ -175,7 +175,7 @@ def _json_inductions(pairs: tuple[tuple[str, Any], ...]) -> Mapping[str, dt.date
 
 
 def _member_json(member: Member) -> dict[str, Any]:
-    """The contract's JSON shape of a member (the inverse of _member)."""
+    """The documented JSON shape of a member (the inverse of _member)."""
     return {
         "id": member.id,
         "name": member.name,
@@ -553,7 +553,7 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
 
 
 def to_json(snapshot: Snapshot, sign_key: Ed25519PrivateKey | None = None) -> bytes:
-    """The contract's JSON form of `snapshot`, with `sig` when `sign_key` is given."""
+    """The documented JSON form (docs/reference/mqtt.md) of `snapshot`, with `sig` when `sign_key` is given."""
     obj: dict[str, Any] = {"v": FORMAT_VERSION, "version": snapshot.version,
                            "generated_at": snapshot.generated_at,
                            "members": [_member_json(m) for m in snapshot.members()]}

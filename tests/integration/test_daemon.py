@@ -299,3 +299,14 @@ def test_daemon_dead_man_pin_toggles_while_healthy_and_stops_with_the_reader(age
     assert len(beat.states) == frozen, "no heartbeat while the reader is dead"
     a.agent.reader._report_health(True)
     wait_for(lambda: len(beat.states) > frozen + 1, 10, "the heartbeat to resume")
+
+
+def test_daemon_every_status_key_is_in_the_mqtt_reference(tmp_path, agents):
+    from tests.support import ROOT
+
+    reference = (ROOT / "docs" / "reference" / "mqtt.md").read_text().split("## Status", 1)[1].split("\n## ", 1)[0]
+    a = agents(config_text(tmp_path))
+    a.apply(members_json())
+    status = a.agent.call(a.agent.status)
+    missing = [key for key in status if f"| `{key}` |" not in reference]
+    assert not missing, f"docs/reference/mqtt.md does not describe these status keys: {missing}"

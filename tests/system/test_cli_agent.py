@@ -115,8 +115,8 @@ def test_cli_real_serial_reader_on_mock_pins_drives_the_relay(tmp_path):
         device.write(b"\xffnoise" + frame * 5)  # a card held: many frames, one tap
         wait_for(lambda: agent.ask({"op": "status"})["relay"], 10, "the relay")
         status = agent.ask({"op": "status"})
-        assert status["member_id"] == "ada" and status["reader"] == {"type": "rdm6300", "healthy": True,
-                                                                      "detail": None}
+        assert status["member_id"] == "ada" and status["reader"] == {
+            "type": "rdm6300", "healthy": True, "detail": None, "counters": {"dropped": 0}}
         with pytest.raises(ControlError, match="real hardware"):
             agent.ask({"op": "tap", "badge": "0A1B2C3D4E"})
     finally:

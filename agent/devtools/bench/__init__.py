@@ -1,4 +1,4 @@
-"""fabpass's benchmarks: the figures of the contract's "Benchmarks" section.
+"""fabpass's benchmarks: the figures docs/performance.md lists.
 
 One module per family: `tap` (tap to relay, taps during a list apply),
 `apply` (a 100,000-member list into the cache, time and peak memory),
@@ -47,7 +47,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "idle_rss_mb": ("<", 40.0),
 }
 
-# The contract's keys, in the order they are printed.
+# The figures' keys, in the order they are printed.
 FIGURES = ("tap_to_relay_p50_ms", "tap_to_relay_p99_ms", "members_apply_100k_s", "members_apply_100k_peak_mb",
            "lookup_during_apply_p99_ms", "outbox_replay_events_per_s", "idle_cpu_percent", "idle_rss_mb",
            "outbox_commit_p99_ms", "fleet_agents_per_broker")

@@ -74,7 +74,7 @@ def population(rng: random.Random, count: int) -> list[Tapper]:
 
 
 def member_list(tappers: list[Tapper], version: int, today: dt.date, generated_at: str) -> dict[str, Any]:
-    """The contract's member snapshot for the listed tappers (strangers are left out)."""
+    """The member list (documented JSON) for the listed tappers (strangers are left out)."""
     future, past = (today + dt.timedelta(days=365)).isoformat(), (today - dt.timedelta(days=30)).isoformat()
     members = []
     for t in tappers:
