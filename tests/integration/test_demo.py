@@ -39,3 +39,20 @@ def test_demo_sample_member_list_is_the_demos() -> None:
     sample = load_csv((ROOT / "config" / "members.csv").read_text(), version=1)
     demo = load_json(json.dumps(MEMBERS))
     assert list(sample.members()) == list(demo.members())
+
+
+def test_demo_with_a_broker_does_not_throw_the_real_machine_off(tmp_path, mosquitto, caplog) -> None:
+    """The demo's machine is laser-1 too: its client id must not be the real agent's."""
+    import logging
+
+    from tests.support.agents import RunningAgent, config_text
+
+    caplog.set_level(logging.WARNING, logger="fabpass.mqtt")
+    real = RunningAgent(config_text(tmp_path, extra=f'[mqtt]\nurl = "{mosquitto.url}"\n'), connect=True)
+    try:
+        wait_for(lambda: real.agent.link.connected, 10, "the real agent's connection")
+        assert run_demo(lambda line: None, mosquitto.url) == 0
+        assert real.agent.link.connected
+        assert not [r for r in caplog.records if "disconnected" in r.getMessage()]
+    finally:
+        real.stop()
