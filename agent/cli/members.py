@@ -162,7 +162,7 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
         storage = _storage(config, create=False)
         try:
             clock = SimulatedClock() if config.simulate else SystemClock()
-            result = storage.check(storage.badge_key(badge), State(), now(), clock.synchronised())
+            result = storage.check(badge, State(), now(), clock.synchronised())
         finally:
             storage.close()
     if as_json:

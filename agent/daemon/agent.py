@@ -249,8 +249,7 @@ class Agent:
     # -- the machine ------------------------------------------------------------
 
     def tap(self, uid: str) -> dict[str, Any]:
-        badge = self.storage.badge_key(uid)
-        member = self.cache.lookup(badge)
+        badge, member = self.storage.lookup(uid)
         outcome = self.handle(Tap(badge, member, self.storage.list_stale(self.clock().wall),
                                   self.clock_status.synchronised()))
         assert outcome is not None
@@ -424,7 +423,6 @@ class Agent:
             except BadBadge as err:
                 raise ControlError(str(err), usage=True) from None
             if op == "check":
-                badge = self.storage.badge_key(badge)
                 return self.call(lambda: self.storage.check(badge, self.state, self.clock(),
                                                             self.clock_status.synchronised()))
             if not self.simulated:

@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.core import session
-from agent.core.model import Instant
+from agent.core.model import Instant, Member, badge_keys
 from agent.core.policy import Rules
 from agent.daemon.listsync import ListOutcome, ListSync, is_stale
 from agent.daemon.outbox import Outbox
@@ -57,9 +57,14 @@ class Storage:
         self.hasher = BadgeHasher.from_file(key_file) if key_file else None
         self.machine = machine_of(config)
 
-    def badge_key(self, uid: str) -> str:
-        """How this machine stores and reports a badge: the UID, or its keyed hash."""
-        return self.hasher(uid) if self.hasher else uid
+    def lookup(self, uid: str) -> tuple[str, Member | None]:
+        """The badge as this machine stores and reports it (the UID, or its keyed hash), and
+        the member the list gives it: under the read itself or, for an EM4100 read, under
+        the numbers printed on the card."""
+        keys = badge_keys(uid)
+        if self.hasher:
+            keys = tuple(map(self.hasher, keys))
+        return keys[0], self.cache.lookup(*keys)
 
     def list_age(self, now: dt.datetime) -> float | None:
         return None if self.lists is None else self.lists.age(now)
@@ -67,10 +72,10 @@ class Storage:
     def list_stale(self, now: dt.datetime) -> bool:
         return is_stale(self.config.members.max_list_age, self.list_age(now))
 
-    def check(self, badge: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
-        """Would a tap of `badge` (as stored) be granted in `state` now? The session
-        machine's answer, with no effect."""
-        member = self.cache.lookup(badge)
+    def check(self, uid: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
+        """Would a tap of `uid` be granted in `state` now? The session machine's answer,
+        with no effect."""
+        badge, member = self.lookup(uid)
         tap = session.Tap(badge, member, self.list_stale(now.wall), clock_trusted)
         outcome = session.handle(state, tap, now, self.machine).outcome
         assert outcome is not None

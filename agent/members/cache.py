@@ -46,6 +46,9 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INDEX = "CREATE UNIQUE INDEX badges_badge ON badges (badge)"
 LOOKUP = ("SELECT m.id, m.name, m.status, m.expires, m.roles, m.inductions FROM badges b "
           "JOIN members m ON m.rowid = b.member WHERE b.badge = ?")
+# A 5-byte EM4100 read is looked up under its printed numbers too, in one query: the list
+# refuses one tag under two members, so at most one member matches.
+LOOKUP_ANY = LOOKUP.replace("b.badge = ?", "b.badge IN ({}) LIMIT 1")
 MEMBER_COLUMNS = ("rowid", "id", "name", "status", "expires", "roles", "inductions")
 BADGE_COLUMNS = ("badge", "member")
 # Rows per INSERT statement: one statement of many rows instead of one per row
@@ -168,11 +171,13 @@ class MemberCache:
         self._local.conn = (key, conn)
         return conn
 
-    def lookup(self, badge: str) -> Member | None:
+    def lookup(self, *keys: str) -> Member | None:
+        """The member with a badge listed as one of `keys` (agent.core.model.badge_keys)."""
         conn = self._conn()
         if conn is None:
             return None
-        row = conn.execute(LOOKUP, (badge,)).fetchone()
+        sql = LOOKUP if len(keys) == 1 else _lookup_any(len(keys))
+        row = conn.execute(sql, keys).fetchone()
         if row is None:
             return None
         member_id, name, status, expires, roles, inductions = row
@@ -256,6 +261,11 @@ class MemberCache:
         if cached is not None:
             cached[1].close()
             self._local.conn = None
+
+
+@functools.lru_cache(maxsize=4)
+def _lookup_any(count: int) -> str:
+    return LOOKUP_ANY.format(", ".join("?" * count))
 
 
 def _flush(conn: sqlite3.Connection, members: list, badges: list) -> None:

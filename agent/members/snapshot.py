@@ -26,8 +26,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from agent.core.model import (
+    EM_PREFIX,
+    EM_READ_LENGTH,
     BadBadge,
     Member,
+    em_bits,
     is_normal_list_badge,
     normalise_list_badge,
 )
@@ -188,11 +191,13 @@ def _member_json(member: Member) -> dict[str, Any]:
 
 
 class _Unique:
-    """Ids and badges seen so far: an id appears once, a badge belongs to one member."""
+    """Ids and badges seen so far: an id appears once, a badge belongs to one member, and so
+    does a tag, whether it is written as its UID or as its printed number."""
 
     def __init__(self) -> None:
         self.ids: set[str] = set()
         self.badges: dict[str, str] = {}
+        self._tags: _SameTag | None = None  # made at the first em: badge; lists without one pay nothing
 
     def add(self, member: Member) -> None:
         if member.id in self.ids:
@@ -202,6 +207,62 @@ class _Unique:
             owner = self.badges.setdefault(badge, member.id)
             if owner != member.id:
                 raise ValueError(f"badges: {badge} already belongs to member {owner!r}")
+            if self._tags is None and badge.startswith(EM_PREFIX):
+                self._tags = _SameTag()
+                for seen, owner in self.badges.items():
+                    if seen != badge:
+                        self._tags.add(seen, owner)
+            if self._tags is not None:
+                self._tags.add(badge, member.id)
+
+
+_LOW32, _LOW24 = 0xFFFFFFFF, 0xFFFFFF
+
+
+class _SameTag:
+    """Badges that can name one EM4100 tag: a 5-byte UID, the printed number of its low 32
+    bits, and the facility code and card number of its low 24 bits. Two of them under two
+    members would make a tap's member depend on how the list was written."""
+
+    def __init__(self) -> None:
+        # low bits -> up to two (owner, badge) of distinct owners, for the badges an em: badge
+        # would match (two UIDs that differ in their first byte may have two owners)
+        self._covered32: dict[int, list[tuple[str, str]]] = {}
+        self._covered24: dict[int, list[tuple[str, str]]] = {}
+        # the em: badges by their value: (owner, badge)
+        self._em32: dict[int, tuple[str, str]] = {}
+        self._em24: dict[int, tuple[str, str]] = {}
+
+    def add(self, badge: str, owner: str) -> None:
+        """Index `badge` of `owner`; ValueError when another member has a badge of the same tag."""
+        bits = em_bits(badge)
+        if bits is None:
+            if len(badge) != EM_READ_LENGTH:
+                return
+            value = int(badge, 16)
+            self._check(badge, owner, self._em32.get(value & _LOW32), self._em24.get(value & _LOW24))
+            self._cover(self._covered32, value & _LOW32, owner, badge)
+            self._cover(self._covered24, value & _LOW24, owner, badge)
+        elif bits[1] == 32:
+            value = bits[0]
+            self._check(badge, owner, *self._covered32.get(value, ()), self._em24.get(value & _LOW24))
+            self._em32[value] = (owner, badge)
+            self._cover(self._covered24, value & _LOW24, owner, badge)
+        else:
+            self._check(badge, owner, *self._covered24.get(bits[0], ()))
+            self._em24[bits[0]] = (owner, badge)
+
+    @staticmethod
+    def _check(badge: str, owner: str, *others: tuple[str, str] | None) -> None:
+        for other in others:
+            if other is not None and other[0] != owner:
+                raise ValueError(f"badges: {badge} is the same tag as {other[1]} of member {other[0]!r}")
+
+    @staticmethod
+    def _cover(index: dict[int, list[tuple[str, str]]], bits: int, owner: str, badge: str) -> None:
+        holders = index.setdefault(bits, [])
+        if len(holders) < 2 and all(o != owner for o, _ in holders):
+            holders.append((owner, badge))
 
 
 # --- JSON -----------------------------------------------------------------------------------
@@ -578,11 +639,33 @@ def _csv_inductions(text: str) -> dict[str, str | None]:
     return inductions
 
 
+_TEN_DIGITS = re.compile(r"[0-9]{10}")
+
+
+def _unprefixed_em(badge: str) -> str | None:
+    """Why a CSV badge of exactly 10 decimal digits cannot be taken as it is: a spreadsheet
+    often holds the number printed on an EM4100 card, and the same digits read as hex are
+    another tag. None for any other badge."""
+    if not _TEN_DIGITS.fullmatch(badge):
+        return None
+    value = int(badge)
+    if value > 0xFFFFFFFF:
+        return (f"badges: {badge} looks like the number printed on an EM4100 card, but that is at most "
+                f"4294967295; if it is the 5-byte UID in hex, write hex:{badge}")
+    return (f"badges: {badge} can be read two ways: as hex, the 5-byte UID {badge} (write hex:{badge}), "
+            f"or as the number printed on an EM4100 card, the tag's low 32 bits 0x{value:08X} (write em:{badge})")
+
+
 def _csv_member(row: dict[str, str]) -> Member:
     cells = {k: v.strip() for k, v in row.items()}
+    badges = cells["badges"].split()
+    for badge in badges:
+        ambiguous = _unprefixed_em(badge)
+        if ambiguous:
+            raise ValueError(ambiguous)
     return _member({
         "id": cells["id"], "name": cells["name"], "status": cells["status"],
-        "badges": cells["badges"].split(), "roles": cells["roles"].split(),
+        "badges": badges, "roles": cells["roles"].split(),
         "expires": cells["expires"] or None, "inductions": _csv_inductions(cells["inductions"]),
     })
 

@@ -82,12 +82,16 @@ class FakeClock:
 class RunningAgent:
     """An Agent on mock pins, its loop in a thread; `stop()` is idempotent."""
 
-    def __init__(self, text: str, clock: Any = None, simulate: bool = True, connect: bool = False) -> None:
+    def __init__(self, text: str, clock: Any = None, simulate: bool = True, connect: bool = False,
+                 reader: Any = None) -> None:
+        """`reader`: a real backend (on a pseudo-terminal, say) instead of the simulated one."""
         config = parse(text, "test.toml")
         config = dataclasses.replace(config, hardware=HardwareConfig(simulate=simulate))
         self.pins = MockFactory(pin_class=MockPWMPin)
         kwargs = {"clock": clock} if clock else {}
-        if not simulate:
+        if reader is not None:
+            kwargs["reader"] = reader
+        elif not simulate:
             from agent.hardware.simulated import SimulatedReader
 
             kwargs["reader"] = SimulatedReader()
