@@ -193,6 +193,13 @@ class EventType(StrEnum):
     MEMBERS_REJECTED = "members_rejected"
     AGENT_STARTED = "agent_started"
     AGENT_STOPPED = "agent_stopped"
+    # at the machine
+    BADGE_ENROLLED = "badge_enrolled"
+    ENROLMENT_REFUSED = "enrolment_refused"
+    INDUCTION_GRANTED = "induction_granted"
+    OUT_OF_ORDER_REPORTED = "out_of_order_reported"
+    BYPASS_ON = "bypass_on"
+    BYPASS_OFF = "bypass_off"
 
 
 class Signal(str, Enum):
@@ -204,6 +211,10 @@ class Signal(str, Enum):
     WARNING = "warning"
     IDLE = "idle"
     OFFLINE = "offline"
+    # at the machine
+    ENROLLED = "enrolled"
+    INDUCTED = "inducted"
+    OUT_OF_ORDER = "out_of_order"
 
 
 class EndReason(str, Enum):
@@ -214,6 +225,21 @@ class EndReason(str, Enum):
     STAFF = "staff"
     SHUTDOWN = "shutdown"
     AGENT_RESTART = "agent_restart"
+    # at the machine
+    OUT_OF_ORDER = "out_of_order"
+
+
+# -- at the machine ------------------------------------------------------------------------------
+
+class EnrolRefusal(str, Enum):
+    """Why an enrolment bound no badge (`enrolment_refused`)."""
+
+    UNKNOWN_MEMBER = "unknown_member"  # the list has no such member
+    BADGE_KNOWN = "badge_known"  # the badge tapped already belongs to a member
+    WINDOW_CLOSED = "window_closed"  # no unknown badge was tapped in time
+
+
+TRAINER_ROLE = "trainer:"  # trainer:laser gives the laser induction to others, at the machine
 
 
 _NO_INDUCTIONS: Mapping[str, dt.date | None] = MappingProxyType({})
@@ -238,3 +264,7 @@ class Member(NamedTuple):
     @property
     def is_staff(self) -> bool:
         return "staff" in self.roles
+
+    def trains(self, induction: str) -> bool:
+        """Whether this member may give `induction` to others (role trainer:INDUCTION)."""
+        return TRAINER_ROLE + induction in self.roles
