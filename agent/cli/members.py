@@ -145,7 +145,6 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     machine is taken as idle and unlocked.
     """
     from agent.core.model import BadBadge, normalise_badge
-    from agent.core.session import State
     from agent.daemon.clock import SimulatedClock, SystemClock, now
     from agent.daemon.control import ControlError, NotRunning, request
 
@@ -162,7 +161,8 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
         storage = _storage(config, create=False)
         try:
             clock = SimulatedClock() if config.simulate else SystemClock()
-            result = storage.check(badge, State(), now(), clock.synchronised())
+            moment = now()
+            result = storage.check(badge, storage.idle_state(moment), moment, clock.synchronised())
         finally:
             storage.close()
     if as_json:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from gpiozero import DigitalInputDevice, Factory
+from gpiozero import Factory
 
 from agent import __version__
 from agent.config import Config
@@ -39,9 +39,11 @@ from agent.daemon.clock import now as system_now
 from agent.daemon.control import ControlError, ControlServer
 from agent.daemon.listsync import ListOutcome
 from agent.daemon.outbox import StorageError
-from agent.daemon.storage import Storage
+from agent.daemon.storage import GRANTS_KEY, Storage
 from agent.daemon.systemd import Notifier
 from agent.hardware.factory import make_reader, pin_factory
+from agent.hardware.inputs import NAMES as INPUT_NAMES
+from agent.hardware.inputs import MachineInputs
 from agent.hardware.outputs import Indicators, MachineRelay
 from agent.hardware.reader import Reader
 from agent.members.update import Updated, update_cache_in_child
@@ -82,7 +84,8 @@ class _FromLink:
         self.agent.receive_list(payload)
 
     def command_arrived(self, command: Command) -> None:
-        self.agent.submit(self.agent.command, command.kind, command.by, command.reason, command.now)
+        self.agent.submit(self.agent.command, command.kind, command.by, command.reason, command.now,
+                          command.member_id)
 
     def command_refused(self, error: str) -> None:
         self.agent.submit(self.agent.reject_command, error)
@@ -110,7 +113,7 @@ class Agent:
         self.outbox, self.cache = self.storage.outbox, self.storage.cache
         self.reader = reader or make_reader(config.reader, self.simulated, self.pins)
         self.clock_status = clock_status or (SimulatedClock() if self.simulated else SystemClock())
-        self.sensor: DigitalInputDevice | None = None
+        self.inputs: MachineInputs | None = None
         self.state = session.State()
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -160,14 +163,15 @@ class Agent:
         now = self.clock()
         self._recover(now)
         self._commit([(EventType.AGENT_STARTED, {"agent_version": __version__})], now)
-        running = False
-        if self.config.sensor.pin is not None:
-            self.sensor = DigitalInputDevice(self.config.sensor.pin, pull_up=None,
-                                             active_state=self.config.sensor.active_high, pin_factory=self.pins)
-            self.sensor.when_activated = lambda: self.submit(self.handle, session.Running(True))
-            self.sensor.when_deactivated = lambda: self.submit(self.handle, session.Running(False))
-            running = bool(self.sensor.value)
-        self.state = session.State(locked=bool(self.outbox.get("locked", False)), running=running, since=now.wall)
+        self.inputs = MachineInputs(self.config, self.pins, lambda name, active: self.submit(self._sensed, name, active))
+        pressed, bypass = self.inputs.active("report"), bool(self.outbox.get("bypass", False))
+        self.state = session.State(
+            locked=bool(self.outbox.get("locked", False)), running=self.inputs.active("sensor"), since=now.wall,
+            grants=self.storage.grants(),
+            report=session.Debounced(pressed, pressed),  # a press held across a start is not a new report
+            bypass=session.Debounced(bypass, bypass))  # as last reported; a change while stopped settles below
+        self._sensed("bypass", self.inputs.active("bypass"))
+        self._hold_grants()
         self.reader.start(lambda badge: self.submit(self.tap, badge), self._reader_health)
         self.control = ControlServer(self.config.storage.dir, self._control)
         self.control.start()
@@ -237,7 +241,7 @@ class Agent:
             log.exception("error while recording the shutdown")
         finally:
             self.relay.close()
-            for part in (self.reader, self.control, self.link, self.sensor, self.indicators):
+            for part in (self.reader, self.control, self.link, self.inputs, self.indicators):
                 if part is not None:
                     try:
                         part.close()
@@ -249,7 +253,7 @@ class Agent:
     # -- the machine ------------------------------------------------------------
 
     def tap(self, uid: str) -> dict[str, Any]:
-        badge, member = self.storage.lookup(uid)
+        badge, member = self.storage.lookup(uid, self.state.grants)
         outcome = self.handle(Tap(badge, member, self.storage.list_stale(self.clock().wall),
                                   self.clock_status.synchronised()))
         assert outcome is not None
@@ -286,7 +290,7 @@ class Agent:
                 return Outcome("refused", Reason.STORAGE_ERROR.value, self.relay.on, member_id)
             self._unwritten.extend(records)
             log.error("events kept in memory until the disk accepts them again: %s", err)
-        relabel = step.state.label != self.state.label or step.state.locked != self.state.locked
+        relabel = _shown(step.state) != _shown(self.state)
         self.state = step.state
         for action in step.actions:
             if isinstance(action, Relay) and action.on:
@@ -302,10 +306,14 @@ class Agent:
         self.reader.indicate(sig)
 
     def _persisted(self, state: session.State) -> dict[str, Any]:
-        """What must survive a crash: the lock, and the open session so a restart can close it."""
+        """What must survive a crash: the lock, the open session so a restart can close it,
+        what the machine granted by itself, and the bypass key as last reported."""
         s = state.session
         return {"locked": state.locked,
-                "session": {"member_id": s.member_id, "badge": s.badge, "started": rfc3339(s.started)} if s else None}
+                "session": {"member_id": s.member_id, "badge": s.badge, "started": rfc3339(s.started)} if s else None,
+                # at the machine
+                GRANTS_KEY: state.grants.to_json() if state.grants else None,
+                "bypass": state.bypass.on}
 
     def _retry_unwritten(self) -> None:
         """Events kept in memory by a full or failing disk go to disk as soon as it takes them."""
@@ -358,20 +366,36 @@ class Agent:
         if self.link is not None:
             self.link.wake()
         if outcome.applied:
+            self.submit(self._hold_grants)
             self.submit(self.status_changed)
         return outcome.as_dict()
 
+    def _hold_grants(self) -> None:
+        """Hold what the machine granted against the list now in force: a list generated
+        after a grant decides in its place."""
+        in_force = self.storage.list_in_force(self.clock().wall)
+        if in_force is not None:
+            self.handle(in_force)
+
     # -- remote commands -----------------------------------------------------------
 
-    def command(self, kind: str, by: str, reason: str, now_flag: bool = False) -> None:
-        """A validated technician's command (lock, unlock, end_session), on the loop."""
+    def command(self, kind: str, by: str, reason: str, now_flag: bool = False, member_id: str | None = None) -> None:
+        """A validated technician's command (lock, unlock, end_session, enrol), on the loop."""
         event = {
             "lock": lambda: session.Lock(by, reason, now_flag),
             "unlock": lambda: session.Unlock(by, reason),
             "end_session": lambda: session.EndSession(by, reason),
+            "enrol": lambda: session.Enrol(member_id, by, self.storage.member(member_id) is not None),
         }[kind]()
-        log.info("command %s by %s: %s", kind, by, reason or "-")
+        log.info("command %s by %s: %s", kind, by, member_id if kind == "enrol" else reason or "-")
         self.handle(event)
+
+    # -- inputs at the machine -----------------------------------------------------------
+
+    def _sensed(self, name: str, active: bool) -> None:
+        """An input changed level (gpiozero's thread submits it to the loop)."""
+        event = {"sensor": session.Running, "report": session.ReportButton, "bypass": session.BypassKey}[name]
+        self.handle(event(active))
 
     def reject_command(self, error: str) -> None:
         log.warning("command rejected: %s", error)
@@ -399,6 +423,11 @@ class Agent:
                        "healthy": self.reader.healthy, "detail": self.reader.detail,
                        "counters": self.reader.counters},
             "simulated": self.simulated,
+            # at the machine
+            "member_name": state.session.name if state.session else None,
+            "induction": self.config.machine.induction,
+            "bypass": state.bypass.on,
+            "enrolling": state.enrolment.member_id if state.enrolment else None,
         }
 
     def status_changed(self) -> None:
@@ -429,6 +458,8 @@ class Agent:
                 raise ControlError("this agent runs real hardware: taps come from its reader "
                                    "(start it with --simulate to tap from the command line)", usage=True)
             return self.call(self.tap, badge)
+        if op == "input":
+            return self._simulate_input(request.get("name"), request.get("on"))
         if op == "import":
             from agent.members.snapshot import load_file
 
@@ -436,3 +467,21 @@ class Agent:
             return self.import_members(lambda: load_file(path, version=version,
                                                         public_key=self.config.members.public_key))
         raise ControlError(f"unknown request {op!r}", usage=True)
+
+    def _simulate_input(self, name: Any, on: Any) -> dict[str, Any]:
+        """`fabpass input NAME on|off`: drive a simulated input's pin as its part would."""
+        if name not in INPUT_NAMES or not isinstance(on, bool):
+            raise ControlError(f"an input is one of {', '.join(INPUT_NAMES)}, set on or off", usage=True)
+        if not self.simulated:
+            raise ControlError("this agent runs real hardware: its inputs are wired "
+                               "(start it with --simulate to set them from the command line)", usage=True)
+        if name not in self.inputs.devices:
+            raise ControlError(f"no {name} input: {self.config.path or 'the config'} has no [{name}] pin", usage=True)
+        self.inputs.simulate(name, on)
+        self.call(lambda: None)  # the loop has taken the change
+        return {"input": name, "on": on}
+
+
+def _shown(state: session.State) -> tuple:
+    """What of the state the status shows, so that a change of it is published."""
+    return state.label, state.locked, state.bypass.on, state.enrolment

@@ -10,8 +10,10 @@ from typing import Any
 
 from agent.config import Config
 from agent.core import session
+from agent.core.grants import Grants
 from agent.core.model import Instant, Member, badge_keys
 from agent.core.policy import Rules
+from agent.core.timespec import parse_rfc3339
 from agent.daemon.listsync import ListOutcome, ListSync, is_stale
 from agent.daemon.outbox import Outbox
 from agent.members.badgehash import BadgeHasher
@@ -19,6 +21,7 @@ from agent.members.cache import MemberCache
 from agent.members.update import update_cache
 
 OUTBOX_FILE = "agent.db"
+GRANTS_KEY = "grants"  # the outbox meta key of what the machine granted by itself (agent.core.grants)
 
 
 def machine_of(config: Config) -> session.Machine:
@@ -32,6 +35,8 @@ def machine_of(config: Config) -> session.Machine:
         ),
         tz=config.tz,
         has_sensor=config.sensor.pin is not None,
+        induction_valid=m.induction_valid,
+        report_hold=config.report.hold,
     )
 
 
@@ -56,15 +61,52 @@ class Storage:
         key_file = config.members.badge_hash_key_file
         self.hasher = BadgeHasher.from_file(key_file) if key_file else None
         self.machine = machine_of(config)
+        self._members: dict[str, Member | None] = {}  # by id, for the badges enrolled here
+        self._members_version: int | None = None
 
-    def lookup(self, uid: str) -> tuple[str, Member | None]:
+    def lookup(self, uid: str, grants: Grants) -> tuple[str, Member | None]:
         """The badge as this machine stores and reports it (the UID, or its keyed hash), and
-        the member the list gives it: under the read itself or, for an EM4100 read, under
-        the numbers printed on the card."""
+        its member: the one the list gives it, under the read itself or, for an EM4100 read,
+        under the numbers printed on the card; else the one it was enrolled for here."""
         keys = badge_keys(uid)
         if self.hasher:
             keys = tuple(map(self.hasher, keys))
-        return keys[0], self.cache.lookup(*keys)
+        member = self.cache.lookup(*keys)
+        if member is None and grants.badges:
+            enrolled = grants.member_id(keys[0])
+            member = self.member(enrolled) if enrolled is not None else None
+        return keys[0], member
+
+    def member(self, member_id: str) -> Member | None:
+        """The list's member with this id, remembered until the list changes (a scan of the cache)."""
+        version = self.cache.version
+        if version != self._members_version:
+            self._members, self._members_version = {}, version
+        if member_id not in self._members:
+            self._members[member_id] = self.cache.member(member_id)
+        return self._members[member_id]
+
+    def grants(self) -> Grants:
+        """What this machine granted by itself, as its agent last stored it."""
+        return Grants.from_json(self.outbox.get(GRANTS_KEY)) if self.outbox is not None else Grants()
+
+    def list_in_force(self, now: dt.datetime) -> session.NewList | None:
+        """The cached list as the session machine takes it, or None before any list. A list
+        without a readable generated_at counts as generated when it is taken."""
+        info = self.cache.info()
+        if info.version is None:
+            return None
+        try:
+            generated = parse_rfc3339(info.generated_at) if info.generated_at else now
+        except ValueError:
+            generated = now
+        return session.NewList(info.version, generated)
+
+    def idle_state(self, now: Instant) -> session.State:
+        """The machine taken as idle and unlocked (no agent runs), with what it granted."""
+        state = session.State(grants=self.grants())
+        in_force = self.list_in_force(now.wall)
+        return state if in_force is None else session.handle(state, in_force, now, self.machine).state
 
     def list_age(self, now: dt.datetime) -> float | None:
         return None if self.lists is None else self.lists.age(now)
@@ -75,7 +117,7 @@ class Storage:
     def check(self, uid: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
         """Would a tap of `uid` be granted in `state` now? The session machine's answer,
         with no effect."""
-        badge, member = self.lookup(uid)
+        badge, member = self.lookup(uid, state.grants)
         tap = session.Tap(badge, member, self.list_stale(now.wall), clock_trusted)
         outcome = session.handle(state, tap, now, self.machine).outcome
         assert outcome is not None

@@ -10,8 +10,10 @@ from typing import Any
 MAX_BYTES = 4096
 MAX_REASON = 200
 MAX_BY = 100
-KINDS = ("lock", "unlock", "end_session")
-KEYS = {"v", "command", "reason", "by", "now", "machine", "ts", "nonce", "sig"}
+MAX_MEMBER_ID = 200
+KINDS = ("lock", "unlock", "end_session", "enrol")
+KEYS = {"v", "command", "reason", "by", "now", "machine", "ts", "nonce", "sig",
+        "member_id"}  # at the machine: enrol
 
 
 class CommandError(ValueError):
@@ -25,6 +27,7 @@ class Command:
     reason: str
     now: bool = False
     machine: str | None = None  # the machine it is meant for; required when signed
+    member_id: str | None = None  # enrol: the member the next unknown badge is bound to
 
     def as_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"v": 1, "command": self.kind, "reason": self.reason, "by": self.by}
@@ -32,6 +35,8 @@ class Command:
             payload["now"] = True
         if self.machine is not None:
             payload["machine"] = self.machine
+        if self.member_id is not None:
+            payload["member_id"] = self.member_id
         return payload
 
 
@@ -70,6 +75,12 @@ def parse(payload: bytes, machine: str, public_key: Any = None, guard: Any = Non
         raise CommandError(f"by must be a non-empty string of at most {MAX_BY} characters")
     if not isinstance(immediate, bool):
         raise CommandError("now must be true or false")
+    member_id = obj.get("member_id")
+    if kind == "enrol":
+        if not isinstance(member_id, str) or not member_id.strip() or len(member_id) > MAX_MEMBER_ID:
+            raise CommandError(f"enrol needs member_id, a member id of at most {MAX_MEMBER_ID} characters")
+    elif member_id is not None:
+        raise CommandError(f"member_id is for enrol, not {kind}")
     target = obj.get("machine")
     if target is not None and target != machine:
         raise CommandError(f"command is for machine {target!r}, not {machine!r}")
@@ -85,4 +96,4 @@ def parse(payload: bytes, machine: str, public_key: Any = None, guard: Any = Non
             raise CommandError(f"command refused: {err}") from None
         if target is None:
             raise CommandError("command refused: a signed command must name its machine")
-    return Command(kind, by, reason, immediate, target)
+    return Command(kind, by, reason, immediate, target, member_id)

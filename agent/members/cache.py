@@ -49,6 +49,7 @@ LOOKUP = ("SELECT m.id, m.name, m.status, m.expires, m.roles, m.inductions FROM 
 # A 5-byte EM4100 read is looked up under its printed numbers too, in one query: the list
 # refuses one tag under two members, so at most one member matches.
 LOOKUP_ANY = LOOKUP.replace("b.badge = ?", "b.badge IN ({}) LIMIT 1")
+BY_ID = "SELECT id, name, status, expires, roles, inductions FROM members WHERE id = ? LIMIT 1"
 MEMBER_COLUMNS = ("rowid", "id", "name", "status", "expires", "roles", "inductions")
 BADGE_COLUMNS = ("badge", "member")
 # Rows per INSERT statement: one statement of many rows instead of one per row
@@ -178,13 +179,16 @@ class MemberCache:
             return None
         sql = LOOKUP if len(keys) == 1 else _lookup_any(len(keys))
         row = conn.execute(sql, keys).fetchone()
-        if row is None:
+        return None if row is None else _member(row)
+
+    def member(self, member_id: str) -> Member | None:
+        """The member with this id. A scan of the members (ids have no index: only
+        enrolments ask, and an index would cost every list's apply time)."""
+        conn = self._conn()
+        if conn is None:
             return None
-        member_id, name, status, expires, roles, inductions = row
-        return Member(
-            id=member_id, name=name, status=status, expires=_date(expires),
-            roles=_roles(roles), inductions=_inductions(inductions),
-        )
+        row = conn.execute(BY_ID, (member_id,)).fetchone()
+        return None if row is None else _member(row)
 
     def info(self) -> CacheInfo:
         conn = self._conn()
@@ -261,6 +265,12 @@ class MemberCache:
         if cached is not None:
             cached[1].close()
             self._local.conn = None
+
+
+def _member(row: tuple) -> Member:
+    member_id, name, status, expires, roles, inductions = row
+    return Member(id=member_id, name=name, status=status, expires=_date(expires),
+                  roles=_roles(roles), inductions=_inductions(inductions))
 
 
 @functools.lru_cache(maxsize=4)

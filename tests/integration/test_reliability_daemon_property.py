@@ -244,7 +244,7 @@ def check_event_log(events: list[dict[str, Any]]) -> tuple[dict | None, dict | N
 
 def _vanish(agent: Any) -> None:
     """Release what a killed process's kernel would release; record nothing, switch nothing."""
-    for part in (agent.reader, agent.control, agent.link, agent.sensor, agent.indicators):
+    for part in (agent.reader, agent.control, agent.link, agent.inputs, agent.indicators):
         if part is not None:
             part.close()
     agent.relay.device.close()
