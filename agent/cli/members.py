@@ -1,4 +1,4 @@
-"""`fabpass members import|publish|check`: the lab admin's member list."""
+"""`fabpass members import|publish|check|enrol`: the lab admin's member list."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from agent.cli.options import (
 
 @click.group()
 def members() -> None:
-    """Load, publish and check the member list."""
+    """Load, publish and check the member list; enrol a badge at a machine."""
 
 
 def _storage(config, create: bool):
@@ -172,3 +172,28 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     else:
         who = f" ({result['member_id']})" if result["member_id"] else ""
         click.echo(f"refused{who}: {result['reason']}")
+
+
+@members.command()
+@click.argument("member_id")
+@click.option("--machine", required=True, help="The machine whose reader the badge will be tapped on.")
+@broker_option()
+@password_file_option
+@prefix_option
+@click.option("--by", help="Who is enrolling (default: your user name).")
+@click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Sign the command (machines with a public_key accept only signed ones).")
+def enrol(member_id: str, machine: str, **options) -> None:
+    """Bind the next unknown badge tapped on MACHINE within 60 s to MEMBER_ID.
+
+    The member must be in the list; a badge the list already knows is refused
+    (enrolment_refused). The badge is the member's on that machine at once, until
+    a member list generated after it arrives: add it to the lab's list.
+    """
+    from agent.cli.technician import _send
+    from agent.link.commands import MAX_MEMBER_ID
+
+    if not member_id.strip() or len(member_id) > MAX_MEMBER_ID:
+        raise InputError(f"MEMBER_ID: a member id of 1 to {MAX_MEMBER_ID} characters")
+    _send(machine, "enrol", "", options.pop("by"), False, member_id=member_id, **options)
+    click.echo(f"tap the badge on {machine} within 60 s")

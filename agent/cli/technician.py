@@ -78,10 +78,11 @@ def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: st
 
 
 def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broker_url: str,
-          password_file: str | None, topic_prefix: str, sign_key: Path | None) -> None:
+          password_file: str | None, topic_prefix: str, sign_key: Path | None, member_id: str | None = None) -> None:
     import datetime as dt
 
     from agent.core.model import MACHINE_ID_RULE, is_machine_id
+    from agent.core.timespec import rfc3339
     from agent.link.commands import MAX_REASON, Command
     from agent.link.publish import PublishError, publish_acknowledged
     from agent.link.topics import Topics
@@ -91,7 +92,8 @@ def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broke
     if len(reason) > MAX_REASON:
         raise InputError(f"--reason: at most {MAX_REASON} characters ({len(reason)} given)")
     broker = parse_broker(broker_url, password_file)
-    payload = Command(kind, by or getpass.getuser(), reason, now, machine).as_payload()
+    payload = Command(kind, by or getpass.getuser(), reason, now, machine, member_id).as_payload()
+    payload["ts"] = rfc3339(dt.datetime.now(dt.timezone.utc))
     if sign_key is not None:
         from agent.signing import SignatureError, load_private_key, sign_command
 
