@@ -31,30 +31,44 @@ from agent.cli.options import (
 @json_option
 def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: str,
          machine: str | None, as_json: bool) -> None:
-    """Follow usage events live (`logs tail`), one line each, until Ctrl-C."""
+    """Follow usage events live (`logs tail`), one line each, until Ctrl-C.
+
+    Lines name members as the retained member list does (with --json, events are
+    printed exactly as published).
+    """
     from agent.cli.text import event_line
     from agent.link.broker import disconnect, make_client
     from agent.link.topics import ANY, Topics
 
     broker = parse_broker(broker_url, password_file)
-    topic = Topics(topic_prefix).events(machine or ANY)
+    topics = Topics(topic_prefix)
+    topic = topics.events(machine or ANY)
     client = make_client(broker)
     failed: list[str] = []
     done = threading.Event()
+    names: dict[str, str] = {}
 
     def on_connect(client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             failed.append(f"broker {broker} refused the connection: {reason_code}")
             done.set()
         else:
-            client.subscribe(topic, qos=1)
+            client.subscribe([(topic, 1)] + ([] if as_json else [(topics.members, 1)]))
 
     def on_message(client, userdata, message) -> None:
+        if message.topic == topics.members:
+            from agent.members.snapshot import member_names
+
+            found = member_names(message.payload)
+            if found is not None:  # a list the agents would refuse leaves the last good one's names
+                names.clear()
+                names.update(found)
+            return
         if as_json:
             sys.stdout.write(message.payload.decode("utf-8", "replace") + "\n")
         else:
             try:
-                line = event_line(json.loads(message.payload))
+                line = event_line(json.loads(message.payload), names)
             except (ValueError, TypeError, AttributeError):
                 line = f"(unreadable event on {message.topic})"
             sys.stdout.write(line + "\n")

@@ -23,6 +23,7 @@ from agent.members.snapshot import (
     load_csv,
     load_file,
     load_json,
+    member_names,
     to_json,
 )
 from agent.signing import canonical_json, sign
@@ -666,3 +667,9 @@ def test_snapshot_tags_that_differ_only_in_their_first_byte_may_belong_to_two_me
     carol = {**ADA, "id": "m-0003", "badges": ["em:0004567890"]}
     with pytest.raises(SnapshotError, match="is the same tag as"):
         load_json(dumps(snapshot(ada, grace, carol)))
+
+
+def test_snapshot_member_names_for_people_to_read() -> None:
+    assert member_names(dumps(snapshot(ADA, {**GRACE, "name": ""}))) == {"m-0001": "Ada Lovelace"}
+    assert member_names(dumps(snapshot())) == {}
+    assert member_names(b"not a list") is None and member_names(dumps(snapshot({"id": 5}))) is None
