@@ -15,6 +15,9 @@ _REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     EventType.SESSION_STARTED: {"member_id": (str,), "badge": (str,)},
     EventType.SESSION_ENDED: {"member_id": (str,), "duration_s": (int, float), "reason": (str,)},
     EventType.ACCESS_DENIED: {"badge": (str,), "reason": (str,)},
+    # at the machine: what the lab's sync merges into the list (members sync --db)
+    EventType.BADGE_ENROLLED: {"member_id": (str,), "badge": (str,), "by": (str,)},
+    EventType.INDUCTION_GRANTED: {"member_id": (str,), "induction": (str,), "by": (str,)},
 }
 
 
