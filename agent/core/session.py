@@ -316,12 +316,28 @@ def _tap(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
     if member is not tap.member:
         tap = replace(tap, member=member)
     state = replace(state, last_tap=LastTap(member.id if member else None, now.mono))
-    session = state.session
+    enrolment = state.enrolment
+    if enrolment is not None and now.mono < enrolment.until:
+        holds = state.session is not None and tap.badge == state.session.badge  # taps off, whatever the list says
+        if member is None and not holds:
+            return _enrol(state, tap, now)
+        if member is None:
+            return _serve(state, tap, now, machine)
+        # Not a badge to enrol: served as any tap, and the enrolment stays open, saying why.
+        step = _serve(state, tap, now, machine)
+        refused = Record(EventType.ENROLMENT_REFUSED, {
+            "member_id": enrolment.member_id, "badge": tap.badge, "by": enrolment.by,
+            "reason": EnrolRefusal.BADGE_KNOWN.value, "owner": member.id})
+        return replace(step, actions=step.actions + (refused,))
+    return _serve(state, tap, now, machine)
+
+
+def _serve(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
+    """A tap as the rules answer it: start, end, extend, induct or refuse."""
+    session, member = state.session, tap.member
     local = now.local(machine.tz)
     holder = session is not None and (
         (member is not None and member.id == session.member_id) or tap.badge == session.badge)
-    if state.enrolment is not None and now.mono < state.enrolment.until and not holder:
-        return _enrol(state, tap, now)
     if session is None:
         decision = decide(member, machine.rules, Situation(state.locked, False, tap.list_stale, tap.clock_trusted), local)
         if not decision.granted:
@@ -464,15 +480,10 @@ def _open_enrolment(state: State, enrol: Enrol, now: Instant) -> Step:
 
 
 def _enrol(state: State, tap: Tap, now: Instant) -> Step:
-    """A tap while an enrolment is open: an unknown badge is bound; a known one is refused."""
+    """An unknown badge tapped while an enrolment is open: it is bound to the member."""
     enrolment = state.enrolment
-    assert enrolment is not None
+    assert enrolment is not None and tap.member is None
     fields: dict[str, Any] = {"member_id": enrolment.member_id, "badge": tap.badge, "by": enrolment.by}
-    if tap.member is not None:
-        refusal = EnrolRefusal.BADGE_KNOWN.value
-        return Step(state, (Record(EventType.ENROLMENT_REFUSED, {**fields, "reason": refusal, "owner": tap.member.id}),
-                            Indicate(Signal.REFUSED)),
-                    Outcome("refused", refusal, state.relay, tap.member.id))
     grant = BadgeGrant(tap.badge, enrolment.member_id, enrolment.by, now.wall)
     enrolled = replace(state, enrolment=None, grants=state.grants.with_badge(grant))
     return Step(enrolled, (Record(EventType.BADGE_ENROLLED, fields), Indicate(Signal.ENROLLED)),

@@ -102,14 +102,15 @@ def test_machine_enrolment_refusals(machine):
     a.apply(members())
     a.agent.call(a.agent.command, "enrol", "giulia", "", False, "nobody")
     a.agent.call(a.agent.command, "enrol", "giulia", "", False, "alan")
-    assert a.tap(ADA)["reason"] == "badge_known"  # Ada's badge is in the list: not Alan's to take
+    assert a.tap(ADA)["action"] == "started"  # Ada's badge is in the list: hers, not Alan's to take
+    assert a.tap(ADA)["action"] == "ended"
     a.clock.advance(61)
     a.tick()
     assert a.tap(NEW_BADGE)["reason"] == "unknown_badge"  # the window has closed
     refused = [fields(e, "member_id", "reason", "badge", "owner") for e in events(a, "enrolment_refused")]
     assert refused == [("nobody", "unknown_member", None, None), ("alan", "badge_known", ADA, "ada"),
-                       ("alan", "window_closed", None, None)]
-    assert not events(a, "badge_enrolled", "session_started") and not a.relay_is_on()
+                       ("alan", "badge_known", ADA, "ada"), ("alan", "window_closed", None, None)]
+    assert not events(a, "badge_enrolled") and not a.relay_is_on()
 
 
 # --- trainers' inductions ----------------------------------------------------------------------------

@@ -725,8 +725,7 @@ class _Grants:
 
 def _check_at_the_machine(before: State, event: object, step: Step, now: Instant, m: Machine, grants: _Grants) -> None:
     """Grants, enrolments, reports and the bypass key change the relay only as the rules say."""
-    idle_tap = isinstance(event, Tap) and before.session is None and event.member is not None and not (
-        before.enrolment is not None and now.mono < before.enrolment.until)
+    idle_tap = isinstance(event, Tap) and before.session is None and event.member is not None
     if idle_tap:  # on an idle machine a member starts a session exactly when entitled to
         entitled = grants.entitled(event.member, m, before, event, now.local(m.tz))
         assert (step.outcome.action == "started") == entitled, f"{event.member.id}: {step.outcome}"

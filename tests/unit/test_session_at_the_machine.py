@@ -182,15 +182,23 @@ def test_enrolment_of_a_member_the_list_does_not_know_is_refused():
     assert step.state.enrolment is None
 
 
-def test_enrolment_refuses_a_badge_already_in_the_list_and_stays_open():
+def test_enrolment_refuses_a_badge_already_in_the_list_which_is_served_as_usual():
     state = enrolling()
     step = handle(state, tap(BOB), at(10), PLAIN)
-    assert step.actions == (Record("enrolment_refused", {"member_id": "m-ada", "badge": BOB.badges[0], "by": "giulia",
-                                                         "reason": "badge_known", "owner": "m-bob"}),
-                            Indicate(Signal.REFUSED))
-    assert step.outcome == Outcome("refused", "badge_known", False, "m-bob")
-    assert step.state.enrolment == state.enrolment and step.state.session is None
+    assert step.actions[-1] == Record("enrolment_refused", {"member_id": "m-ada", "badge": BOB.badges[0],
+                                                            "by": "giulia", "reason": "badge_known", "owner": "m-bob"})
+    assert step.outcome == Outcome("started", None, True, "m-bob")  # Bob uses the machine, as any day
+    assert step.state.enrolment == state.enrolment  # still open
+    refused = handle(step.state, tap(SUSPENDED), at(11), PLAIN)
+    assert [kind for kind, _ in records(refused)] == ["access_denied", "enrolment_refused"]
     assert handle(step.state, tap(None), at(20), PLAIN).outcome.action == "enrolled"
+
+
+def test_enrolment_never_takes_the_badge_of_the_session_in_progress():
+    # Ada's badge left the list during her session: her tap still ends it, and is not enrolled
+    state = enrolling(run([(0, tap(ADA))])[0], seconds=1)
+    step = handle(state, tap(None, ADA.badges[0]), at(10), PLAIN)
+    assert step.outcome.action == "ended" and not step.state.grants
 
 
 def test_enrolment_window_closes_after_60_s():
@@ -209,6 +217,7 @@ def test_enrolment_leaves_the_session_holder_free_to_end_it():
     state = enrolling(run([(0, tap(ADA))])[0], seconds=1)
     step = handle(state, tap(ADA), at(10), PLAIN)
     assert step.outcome.action == "ended" and step.state.enrolment == state.enrolment
+    assert relays(step) == [False]
 
 
 def test_enrolment_a_newer_one_replaces_it():
