@@ -154,13 +154,13 @@ def normalise_em(text: str) -> str:
                    "on the card) or em:FFF,CCCCC (facility code, card number)")
 
 
-def badge_keys(badge: str) -> tuple[str, ...]:
-    """Every list badge that a read of `badge` (normalised) matches: itself, and for a 5-byte
-    EM4100 read its printed numbers too."""
+def printed_numbers(badge: str) -> tuple[str, ...]:
+    """The list badges that a read of `badge` (normalised) matches besides itself: for a
+    5-byte EM4100 read, the numbers printed on the card; none for any other read."""
     if len(badge) != EM_READ_LENGTH:
-        return (badge,)
+        return ()
     value = int(badge, 16)
-    return badge, em_dez10(value & 0xFFFFFFFF), em_pair(value & 0xFFFFFF)
+    return em_dez10(value & 0xFFFFFFFF), em_pair(value & 0xFFFFFF)
 
 
 class Reason(str, Enum):

@@ -11,7 +11,7 @@ from typing import Any
 from agent.config import Config
 from agent.core import session
 from agent.core.grants import Grants
-from agent.core.model import Instant, Member, badge_keys
+from agent.core.model import Instant, Member, printed_numbers
 from agent.core.policy import Rules
 from agent.core.timespec import parse_rfc3339
 from agent.daemon.listsync import ListOutcome, ListSync, is_stale
@@ -68,14 +68,16 @@ class Storage:
         """The badge as this machine stores and reports it (the UID, or its keyed hash), and
         its member: the one the list gives it, under the read itself or, for an EM4100 read,
         under the numbers printed on the card; else the one it was enrolled for here."""
-        keys = badge_keys(uid)
-        if self.hasher:
-            keys = tuple(map(self.hasher, keys))
-        member = self.cache.lookup(*keys)
+        badge = self.hasher(uid) if self.hasher else uid
+        member = self.cache.lookup(badge)
+        if member is None:  # only then the printed numbers: a read listed as itself costs nothing more
+            printed = printed_numbers(uid)
+            if printed:
+                member = self.cache.lookup(*(map(self.hasher, printed) if self.hasher else printed))
         if member is None and grants.badges:
-            enrolled = grants.member_id(keys[0])
+            enrolled = grants.member_id(badge)
             member = self.member(enrolled) if enrolled is not None else None
-        return keys[0], member
+        return badge, member
 
     def member(self, member_id: str) -> Member | None:
         """The list's member with this id, remembered until the list changes (a scan of the cache)."""

@@ -46,9 +46,10 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INDEX = "CREATE UNIQUE INDEX badges_badge ON badges (badge)"
 LOOKUP = ("SELECT m.id, m.name, m.status, m.expires, m.roles, m.inductions FROM badges b "
           "JOIN members m ON m.rowid = b.member WHERE b.badge = ?")
-# A 5-byte EM4100 read is looked up under its printed numbers too, in one query: the list
-# refuses one tag under two members, so at most one member matches.
-LOOKUP_ANY = LOOKUP.replace("b.badge = ?", "b.badge IN ({}) LIMIT 1")
+# A badge under any of several keys (an EM4100 read's printed numbers): one point query
+# each, in one statement that stops at the first found (an IN list would build a
+# temporary index first). The list refuses one tag under two members, so at most one matches.
+_LOOKUP_NTH = LOOKUP.replace("b.badge = ?", "b.badge = ?{}")
 BY_ID = "SELECT id, name, status, expires, roles, inductions FROM members WHERE id = ? LIMIT 1"
 MEMBER_COLUMNS = ("rowid", "id", "name", "status", "expires", "roles", "inductions")
 BADGE_COLUMNS = ("badge", "member")
@@ -173,7 +174,7 @@ class MemberCache:
         return conn
 
     def lookup(self, *keys: str) -> Member | None:
-        """The member with a badge listed as one of `keys` (agent.core.model.badge_keys)."""
+        """The member with a badge listed as one of `keys`."""
         conn = self._conn()
         if conn is None:
             return None
@@ -275,7 +276,7 @@ def _member(row: tuple) -> Member:
 
 @functools.lru_cache(maxsize=4)
 def _lookup_any(count: int) -> str:
-    return LOOKUP_ANY.format(", ".join("?" * count))
+    return " UNION ALL ".join(_LOOKUP_NTH.format(n) for n in range(1, count + 1)) + " LIMIT 1"
 
 
 def _flush(conn: sqlite3.Connection, members: list, badges: list) -> None:

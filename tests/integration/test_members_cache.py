@@ -391,18 +391,18 @@ def test_members_cache_of_another_schema_version_moved_aside_with_a_reason(tmp_p
 # --- EM4100 printed numbers -----------------------------------------------------------------------
 
 def test_cache_a_5_byte_read_finds_the_member_listed_by_the_number_printed_on_the_card(cache):
-    from agent.core.model import badge_keys
+    from agent.core.model import printed_numbers
 
     printed = Member(id="m-em", name="Printed", status="active", badges=("em:0004567890",))
     pair = Member(id="m-pair", name="Pair", status="active", badges=("em:001,00002",))
     cache.replace(Snap(1, [ADA, BOB, printed, pair]))
     for read in ("0A0045B352", "000045B352", "FF0045B352"):  # any version byte
-        assert cache.lookup(*badge_keys(read)).id == "m-em"
-    assert cache.lookup(*badge_keys("0A00010002")).id == "m-pair"
-    assert cache.lookup(*badge_keys("0AFF010002")).id == "m-pair"  # the pair fixes bits 0-23 only
-    assert cache.lookup(*badge_keys("0102030405")).id == "m-bob"  # listed in hex: found as before
-    assert cache.lookup(*badge_keys("0A0045B353")) is None
-    assert cache.lookup("0A0045B352") is None  # the read alone is not the printed number
+        assert cache.lookup(read) is None and cache.lookup(*printed_numbers(read)).id == "m-em"
+    assert cache.lookup(*printed_numbers("0A00010002")).id == "m-pair"
+    assert cache.lookup(*printed_numbers("0AFF010002")).id == "m-pair"  # the pair fixes bits 0-23 only
+    assert cache.lookup("0102030405").id == "m-bob"  # listed in hex
+    assert cache.lookup(*printed_numbers("0A0045B353")) is None
+    assert cache.lookup("04A1B2C3", "em:0004567890").id == "m-ada"  # the first key found
 
 
 def test_cache_lookup_in_an_empty_or_missing_cache_with_several_keys(cache):
