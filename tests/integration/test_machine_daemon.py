@@ -247,3 +247,25 @@ def test_machine_simulated_inputs_are_set_through_the_control_socket(machine):
         with pytest.raises(ControlError, match="an input is one of sensor, report, bypass") as caught:
             request(storage, {"op": "input", **bad})
         assert caught.value.usage
+
+
+def test_machine_members_check_without_the_agent_knows_what_it_granted(machine, tmp_path):
+    from click.testing import CliRunner
+
+    from agent.cli import main
+
+    a = machine()
+    a.apply(members())
+    a.agent.call(a.agent.command, "enrol", "giulia", "", False, "alan")
+    assert a.tap(NEW_BADGE)["action"] == "enrolled"
+    assert a.tap("04AAAA01")["action"] == "started" and a.tap(ALAN)["action"] == "inducted"
+    a.stop()
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text(tmp_path / "state", machine='induction_valid = "365d"',
+                                  extra=f"[report]\npin = {REPORT_PIN}\n[bypass]\npin = {BYPASS_PIN}\n"))
+    check = ["members", "check", NEW_BADGE, "--config", str(config), "--json"]
+    simulated = CliRunner().invoke(main, check, env={"FABPASS_SIMULATE": "1"})  # the host's clock trusted
+    assert json.loads(simulated.output) == {"granted": True, "reason": None, "member_id": "alan"}
+    # on a Pi whose clock is not synchronised the induction's expiry cannot be trusted: it is there
+    untrusted = CliRunner().invoke(main, check, env={"FABPASS_SIMULATE": "0"})
+    assert json.loads(untrusted.output)["reason"] in ("clock_unsynchronised", None)

@@ -230,3 +230,11 @@ def test_remote_enrol_carries_the_member_and_round_trips():
 def test_remote_enrol_without_a_member_or_a_member_elsewhere_is_refused(raw, error):
     with pytest.raises(CommandError, match=error):
         parse(raw)
+
+
+def test_remote_signed_enrol_covers_its_member(keys):
+    key, pub = keys
+    raw = signed(key, command="enrol", reason="", member_id="m-0042")
+    assert parse(json.dumps(raw).encode(), pub, ReplayGuard(), NOW).member_id == "m-0042"
+    with pytest.raises(CommandError, match="bad signature"):  # another member in a signed enrol
+        parse(json.dumps({**raw, "member_id": "m-0666"}).encode(), pub, ReplayGuard(), NOW)
