@@ -42,6 +42,7 @@ FRAME_BITS_PER_BYTE = 9  # 8 data bits and odd parity
 NTAG424_ATS = bytes.fromhex("067777710280")  # TL T0 TA TB TC T1: FSC 128, FWI 7 (38.7 ms), SFGI 1, CID
 SIZES = (16, 24, 32, 40, 48, 64, 96, 128, 256)
 NDEF_AID_SELECT = bytes.fromhex("00A4040C07D276000085010100")
+HALT = bytes((HLTA, 0))
 
 
 def air_seconds(octets: int) -> float:
@@ -176,7 +177,7 @@ class GarbageClone(Card):
 
     def receive(self, bits: list[int]) -> list[int] | None:
         frame = from_bits(bits)
-        if self.state in ("ACTIVE", "PROTOCOL") and len(bits) >= 16 and not len(bits) % 8 and frame[:2] != HLTA:
+        if self.state in ("ACTIVE", "PROTOCOL") and len(bits) >= 16 and not len(bits) % 8 and frame[:2] != HALT:
             self.state = "PROTOCOL"
             self._noise = zlib.crc32(self._noise).to_bytes(4, "big") + self._noise[:8]
             data = self._noise[:7]
@@ -397,7 +398,7 @@ class CardField:
     def __init__(self) -> None:
         self.now = 0.0
         self.cards: list[Card] = []
-        self.noise: deque[Noise] = deque()
+        self.noise: deque[Noise | None] = deque()  # one per exchange; None: a clean one
         self.frames: list[tuple[bytes, bytes | None, float]] = []  # (sent, answer without CRC_A, timeout)
         self.exchanges = 0
         self._pull_at: int | None = None
@@ -439,7 +440,8 @@ class CardField:
                 self.remove(card)
             self._pull_at = None
         self.exchanges += 1
-        noise = self.noise.popleft().kind if self.noise else None
+        trouble = self.noise.popleft() if self.noise else None
+        noise = trouble.kind if trouble is not None else None
         self.now += air_seconds(len(frame) + 2)
         answers = [] if noise == "lost_command" else self._air(to_bits(frame + crc_a(frame)))
         delay = max((getattr(card, "delay", 0.0) for card in self.cards), default=0.0)
@@ -483,4 +485,4 @@ class CardField:
 
     def halt(self) -> None:
         """HLTA, as a reader sends after each poll; a card in the protocol state ignores it."""
-        self._air(to_bits(HLTA + crc_a(HLTA)))
+        self._air(to_bits(HALT + crc_a(HALT)))
