@@ -89,6 +89,8 @@ def badge_from_bytes(uid: bytes) -> str:
 class Reason(str, Enum):
     """Why a tap was refused. Declared in their order of precedence (docs/reference/mqtt.md)."""
 
+    # secure cards: a card that did not prove itself is refused before anything the list says
+    CARD_NOT_AUTHENTIC = "card_not_authentic"
     UNKNOWN_BADGE = "unknown_badge"
     STALE_MEMBER_LIST = "stale_member_list"
     SUSPENDED = "suspended"
