@@ -59,6 +59,12 @@ class CardCheck:
     why: str = ""  # why not, for the log: never a key, never a UID
 
 
+def check_key_file(config: ReaderConfig) -> None:
+    """Read and check `[reader] card_key_file` (CardKeyError), as the agent does at start."""
+    assert config.card_key_file is not None, "the config requires card_key_file with secure"
+    load_master_key(config.card_key_file)
+
+
 class CardVerifier:
     """Checks cards against the lab's master key (`card_key_no` of each card holds
     its diversification). `clock`, `sleep` and `random` are seams for tests."""
@@ -68,12 +74,6 @@ class CardVerifier:
                  random: Callable[[int], bytes] = os.urandom) -> None:
         self._master, self.key_no, self.budget = master, key_no, budget
         self._clock, self._sleep, self._random = clock, sleep, random
-
-    @classmethod
-    def from_config(cls, config: ReaderConfig) -> CardVerifier:
-        """From `[reader] card_key_file` and `card_key_no`; CardKeyError for an unusable key file."""
-        assert config.card_key_file is not None, "the config requires card_key_file with secure"
-        return cls(load_master_key(config.card_key_file), config.card_key_no)
 
     def check(self, port: Transceiver, uid: bytes, sak: int) -> CardCheck:
         """Check the card just selected (UID and SAK from anticollision)."""

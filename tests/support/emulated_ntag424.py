@@ -20,12 +20,16 @@ and honours the timeout it is given; it also finds a card at layer 3
 from __future__ import annotations
 
 import os
+import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.hardware.isodep import BadFrame, NoAnswer
+from agent.hardware.reader import ThreadedReader
+from agent.hardware.securecard import CardVerifier, SecureTaps
 from tests.support.emulated_mfrc522 import (
     HLTA,
     SELECT,
@@ -393,9 +397,11 @@ class CardField:
     processing time, and a frame nobody answers takes the whole timeout.
     `pull_after(n)` takes the cards out of the field after n more exchanges.
     `on_exchange`, when set, runs before each exchange (a test may block there).
+    A reader's thread holds `lock` for a poll; a test's place and remove wait for it.
     """
 
     def __init__(self) -> None:
+        self.lock = threading.RLock()
         self.now = 0.0
         self.cards: list[Card] = []
         self.noise: deque[Noise | None] = deque()  # one per exchange; None: a clean one
@@ -411,13 +417,15 @@ class CardField:
         self.now += seconds
 
     def place(self, card: Card) -> Card:
-        self.cards.append(card)
-        card.power(True)
+        with self.lock:
+            self.cards.append(card)
+            card.power(True)
         return card
 
     def remove(self, card: Card) -> None:
-        self.cards.remove(card)
-        card.power(False)
+        with self.lock:
+            self.cards.remove(card)
+            card.power(False)
 
     def pull_after(self, exchanges: int) -> None:
         self._pull_at = self.exchanges + exchanges
@@ -486,3 +494,34 @@ class CardField:
     def halt(self) -> None:
         """HLTA, as a reader sends after each poll; a card in the protocol state ignores it."""
         self._air(to_bits(HALT + crc_a(HALT)))
+
+
+class FieldReader(ThreadedReader):
+    """A secure reader on a CardField, wired as the MFRC522 reader's tap path will be:
+    each poll selects a card (ISO 14443-3); a card that has just arrived is checked
+    on this thread (SecureTaps) and tapped with its CardCheck; then the card is
+    halted, or, after a failed check, the field is switched off and on (a card
+    left in the protocol answers no WUPA)."""
+
+    name = "card-field"
+    authenticates = True
+
+    def __init__(self, field: CardField, verifier: CardVerifier, rearm: float = 0.5, poll: float = 0.01,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.field, self.poll = field, poll
+        self.taps = SecureTaps(verifier, rearm, clock)
+
+    def _run(self) -> None:
+        self._answering()
+        while not self._stop.is_set():
+            with self.field.lock:
+                found = self.field.select_card()
+                check = self.taps.sighting(self.field, *found) if found is not None else None
+                if check is not None and not check.authentic:
+                    self.field.reset()
+                else:
+                    self.field.halt()
+            if check is not None:
+                self._tap(check.badge, check)
+            self._stop.wait(self.poll)
