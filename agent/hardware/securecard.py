@@ -49,6 +49,8 @@ class CardPort(Transceiver, Protocol):
     def select_card(self) -> tuple[bytes, int] | None:
         """The UID and SAK of the card now selected (ACTIVE), or None when there is none."""
 
+    def close(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class CardCheck:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory
@@ -19,30 +18,17 @@ from agent.daemon.agent import Agent
 from agent.hardware.cardkeys import CardKeyError, diversify
 from agent.hardware.securecard import SECURE_BUDGET, CardVerifier
 from agent.hardware.simulated import SimulatedReader
-from tests.support.agents import MEMBERS, RunningAgent, config_text, members_json
+from tests.support.agents import MEMBERS, RunningAgent, members_json
+from tests.support.cards import MASTER, key_file, secure_text
 from tests.support.emulated_mfrc522 import Card
 from tests.support.emulated_ntag424 import CardField, FieldReader, Ntag424, UidClone
 from tests.support.helpers import wait_for
 
-MASTER = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
 ADA = "04A1B2C3D4E5F6"  # a member's NTAG 424 DNA
 CLASSIC = "C1A2B3D4"  # a MIFARE Classic the list accepts by UID alone
 MEMBERS_UID = [*MEMBERS["members"],
                {"id": "linus", "name": "Linus", "badges": [f"uid:{CLASSIC}"], "status": "active",
                 "expires": None, "roles": [], "inductions": {"laser": None}}]
-
-
-def key_file(tmp_path: Path, mode: int = 0o600, text: str = MASTER.hex().upper()) -> Path:
-    path = tmp_path / "card.key"
-    path.write_text(text + "\n")
-    path.chmod(mode)
-    return path
-
-
-def secure_text(tmp_path: Path, key: Path | None = None) -> str:
-    key = key or key_file(tmp_path)
-    return config_text(tmp_path / "state", extra="").replace(
-        'type = "simulated"', f'type = "mfrc522"\nsecure = "ntag424"\ncard_key_file = "{key}"')
 
 
 def genuine(uid: str = ADA) -> Ntag424:

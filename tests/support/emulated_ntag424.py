@@ -402,6 +402,7 @@ class CardField:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.closed = False
         self.now = 0.0
         self.cards: list[Card] = []
         self.noise: deque[Noise | None] = deque()  # one per exchange; None: a clean one
@@ -490,6 +491,9 @@ class CardField:
                 return uid + part[:4], sak
             uid += part[1:4]
         return None
+
+    def close(self) -> None:
+        self.closed = True
 
     def halt(self) -> None:
         """HLTA, as a reader sends after each poll; a card in the protocol state ignores it."""
