@@ -196,3 +196,23 @@ def test_secure_cards_a_bad_key_file_stops_the_agent_at_start(tmp_path, mode, te
 def test_secure_cards_a_missing_key_file_stops_the_agent_at_start(tmp_path):
     with pytest.raises(CardKeyError, match="absent.key: cannot read: No such file"):
         Agent(parse(secure_text(tmp_path, tmp_path / "absent.key"), "agent.toml"), pins=MockFactory())
+
+
+def test_secure_cards_uid_badges_with_badge_hashing(tmp_path):
+    """With badge hashing, a uid: badge is stored hashed behind its prefix and still
+    accepted by its UID alone; the events show the hash, never the UID."""
+    from agent.members.badgehash import BadgeHasher
+
+    hash_key = tmp_path / "badge.key"
+    hash_key.write_bytes(b"k" * 32)
+    hash_key.chmod(0o600)
+    text = secure_text(tmp_path).replace("[storage]", f'[members]\nbadge_hash_key_file = "{hash_key}"\n[storage]')
+    a = RunningAgent(text, simulate=False, reader=SimulatedReader())
+    try:
+        a.apply(members_json(members=MEMBERS_UID))
+        assert a.tap(CLASSIC)["action"] == "started"
+        started = events_of(a, "session_started")[0]
+        assert started["badge"] == BadgeHasher(b"k" * 32)(CLASSIC) and started["secure"] is False
+        assert CLASSIC not in str(a.events())
+    finally:
+        a.stop()
