@@ -22,7 +22,6 @@ from collections.abc import Callable
 Exchange = Callable[[bytes], bytes]  # a command APDU -> the response APDU (data ‖ SW1 SW2)
 
 NDEF_APPLICATION = bytes.fromhex("00A4040C07D276000085010100")  # ISOSelectFile by DF name D2760000850101
-KEY_NUMBERS = range(5)  # the application keys 0-4
 OK, MORE = b"\x91\x00", b"\x91\xAF"
 ISO_OK = b"\x90\x00"
 AUTHENTICATE_FIRST, ADDITIONAL_FRAME, GET_CARD_UID, CHANGE_KEY = 0x71, 0xAF, 0x51, 0xC4

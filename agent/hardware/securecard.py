@@ -22,7 +22,7 @@ arrives, not at every poll.
 from __future__ import annotations
 
 import contextlib
-import logging
+import importlib
 import os
 import time
 from collections.abc import Callable
@@ -35,8 +35,6 @@ from agent.hardware.cardkeys import diversify, load_master_key
 from agent.hardware.isodep import IsoDep, IsoDepError, Transceiver
 from agent.hardware.ntag424 import CardError, NotGenuine, Ntag424
 from agent.hardware.reader import TapDebouncer
-
-log = logging.getLogger(__name__)
 
 SECURE_BUDGET = 0.5  # seconds a check may take: a genuine card needs 20 to 50 ms
 ISO14443_4 = 0x20  # SAK bit 6: the card speaks ISO 14443-4
@@ -76,6 +74,9 @@ class CardVerifier:
                  random: Callable[[int], bytes] = os.urandom) -> None:
         self._master, self.key_no, self.budget = master, key_no, budget
         self._clock, self._sleep, self._random = clock, sleep, random
+        # The AES and CMAC (the `cryptography` package, about 8 MB of RSS) are loaded now:
+        # their import must not be taken from the first tap's time budget.
+        importlib.import_module("cryptography.hazmat.primitives.cmac")
 
     def check(self, port: Transceiver, uid: bytes, sak: int) -> CardCheck:
         """Check the card just selected (UID and SAK from anticollision)."""
