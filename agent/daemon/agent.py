@@ -44,10 +44,10 @@ from agent.daemon.systemd import Notifier
 from agent.hardware.factory import make_reader, pin_factory
 from agent.hardware.outputs import Indicators, MachineRelay
 from agent.hardware.reader import Reader
-from agent.hardware.securecard import CardCheck, check_key_file
 from agent.members.update import Updated, update_cache_in_child
 
 if TYPE_CHECKING:
+    from agent.hardware.securecard import CardCheck
     from agent.link.agentlink import AgentLink
     from agent.link.commands import Command
 
@@ -112,6 +112,8 @@ class Agent:
         # secure cards: a bad key file stops the agent at start (CardKeyError), not at the first tap
         secure = config.reader.secure is not None and not self.simulated
         if secure:
+            from agent.hardware.securecard import check_key_file
+
             check_key_file(config.reader)
         self.reader = reader or make_reader(config.reader, self.simulated, self.pins)
         if secure and not self.reader.authenticates:

@@ -7,13 +7,16 @@ imports on a laptop or in CI without any Pi library.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from gpiozero import Factory
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from agent.config import ReaderConfig
 from agent.hardware.reader import Reader
-from agent.hardware.securecard import CardPort
+
+if TYPE_CHECKING:
+    from agent.hardware.securecard import CardPort
 
 BACKENDS = {
     "mfrc522": "agent.hardware.mfrc522:MFRC522Reader",
