@@ -42,7 +42,7 @@ def _opt(doc: str, default: Any = REQUIRED, kind: str | None = None) -> Any:
 class MachineConfig:
     """The machine this agent guards."""
 
-    id: str = _opt("unique in the lab, [a-z0-9][a-z0-9-]*; names the machine's MQTT topics", kind="machine_id")
+    id: str = _opt(f"unique in the lab, {MACHINE_ID_RULE}; names the machine's MQTT topics", kind="machine_id")
     induction: str = _opt("the induction a member must hold to use the machine")
     name: str = _opt("a name for people, e.g. 'Laser cutter (Trotec Speedy 400)'", "")
     max_session: float | None = _opt("a session ends (timeout) after this long; a tap in the warning "

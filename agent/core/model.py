@@ -62,7 +62,7 @@ def normalise_badge(text: str) -> str:
     return badge
 
 
-HASHED_BADGE_LENGTH = 64  # HMAC-SHA256 in hex: see agent.badgehash
+HASHED_BADGE_LENGTH = 64  # HMAC-SHA256 in hex: see agent.members.badgehash
 _LIST_BADGE_LENGTHS = BADGE_HEX_LENGTHS | {HASHED_BADGE_LENGTH}
 
 
@@ -121,7 +121,7 @@ class Reason(str, Enum):
 
 
 class EventType(StrEnum):
-    """Every event an agent records (docs/reference/events.md gives their fields)."""
+    """Every event an agent records (docs/reference/mqtt.md gives their fields)."""
 
     SESSION_STARTED = "session_started"
     SESSION_ENDED = "session_ended"

@@ -81,8 +81,7 @@ class Storage:
         return None if self.lists is None else self.lists.age(now)
 
     def list_stale(self, now: dt.datetime) -> bool:
-        max_age = self.config.members.max_list_age
-        return max_age is not None and is_stale(max_age, self.list_age(now))
+        return is_stale(self.config.members.max_list_age, self.list_age(now))
 
     def check(self, badge: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
         """Would a tap of `badge` (as stored) be granted in `state` now? The session

@@ -5,7 +5,7 @@ A 100,000-member list is about 21 MB of JSON and the agent may run on a
 array is decoded one member at a time (json's `raw_decode` over the text),
 loading keeps only the ids and badges seen (to refuse duplicates), and
 `Snapshot.members()` decodes the text again, yielding one Member at a time.
-The agent's applier, which writes the members all-or-nothing, skips the
+The updater process, which writes the members all-or-nothing, skips the
 first walk where it can (`load_json(check_members=False)`).
 """
 

@@ -1,4 +1,4 @@
-"""agent.policy.decide: the refusal precedence of the contract, staff exemptions, expiry dates.
+"""agent.core.policy.decide: the refusal precedence, staff exemptions, expiry dates.
 
 A pure function, so every case is a row: who taps, what the machine is doing, when.
 """

@@ -1,4 +1,4 @@
-"""agent.session: the pure state machine, driven with explicit instants (no clock, no mocks).
+"""agent.core.session: the pure state machine, driven with explicit instants (no clock, no mocks).
 
 Tables for each rule, then a hypothesis property test over random input sequences.
 """

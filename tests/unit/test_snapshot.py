@@ -286,7 +286,7 @@ BAD_JSON = [
 @pytest.mark.parametrize("check_members", [True, False], ids=["checked", "unchecked"])
 @pytest.mark.parametrize("text, message", BAD_JSON, ids=[m for _, m in BAD_JSON])
 def test_snapshot_bad_json_refused_naming_the_place(text: str, message: str, check_members: bool) -> None:
-    """Unchecked (as the applier loads), the same error comes at the latest while the members are read."""
+    """Unchecked (as the updater loads), the same error comes at the latest while the members are read."""
     with pytest.raises(SnapshotError, match=message):
         list(load_json(text, check_members=check_members).members())
 
