@@ -165,7 +165,7 @@ class IsoDep:
     def _request(self, block: bytes, recovery: bytes) -> bytes:
         """Send `block`; the card's I-block or R(ACK) for it, after S(WTX) requests are
         granted and errors recovered (with `recovery`, then the block itself on rule 6)."""
-        frame, fwt, errors, why = block, self.ats.fwt, 0, ""
+        frame, fwt, errors = block, self.ats.fwt, 0
         while True:
             try:
                 reply = self._transceive(frame, fwt)
@@ -177,13 +177,14 @@ class IsoDep:
                 continue  # granted: the deadline bounds how often
             if _is_i_block(reply) or (_is_ack(reply) and reply[0] & 1 == self._block):
                 return reply
+            if _is_ack(reply):  # rule 6: an R(ACK) with the other number: the card never had our block
+                frame, why = block, "the card did not get the block"
+            else:
+                frame = recovery
+                why = f"invalid block {reply.hex().upper()}" if reply else why
             errors += 1
             if errors > RETRIES:
-                raise IsoDepError(f"no answer from the card after {RETRIES} retransmissions "
-                                  f"({why or 'invalid block ' + reply.hex().upper()})")
-            # Rule 6: an R(ACK) with the other number says the card never had our block.
-            frame = block if _is_ack(reply) else recovery
-            why = why if not reply else f"invalid block {reply.hex().upper()}"
+                raise IsoDepError(f"no answer from the card after {RETRIES} retransmissions ({why})")
 
     def deselect(self) -> None:
         """S(DESELECT): the card leaves the protocol and halts."""
