@@ -118,6 +118,10 @@ class SecureTaps:
         badge = badge_from_bytes(uid)
         if not self._debouncer.seen(badge, self._clock()):
             return None
-        check = self.verifier.check(port, uid, sak)
+        try:
+            check = self.verifier.check(port, uid, sak)
+        except Exception:  # the reader failed (SPI): not a sighting, so the card is checked again
+            self._debouncer = TapDebouncer(self._debouncer.rearm)
+            raise
         self._debouncer.seen(badge, self._clock())  # the check's own time is not time away
         return check

@@ -231,3 +231,23 @@ def test_securecard_a_slow_check_is_not_time_away() -> None:
     taps = SecureTaps(verifier(field), rearm=0.2, clock=field.clock)
     field.place(genuine(wtx=(10,) * 4, busy=0.1))
     assert [c.authentic for c in held(field, taps, 3.0)] == [True]
+
+
+def test_securecard_a_reader_fault_mid_check_is_not_a_sighting() -> None:
+    """The SPI fails during a check: the error reaches the reader's loop (its health),
+    and the card still on the reader is checked at the next poll, not lost until rearm."""
+    field = CardField()
+    taps = SecureTaps(verifier(field), rearm=0.5, clock=field.clock)
+    field.place(genuine())
+    real = field.transceive
+
+    def broken(frame: bytes, timeout: float) -> bytes:
+        raise OSError("SPI transfer failed")
+
+    field.transceive = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        taps.sighting(field, *field.select_card())
+    field.transceive = real  # type: ignore[method-assign]
+    field.reset()
+    check = taps.sighting(field, *field.select_card())
+    assert check is not None and check.authentic
