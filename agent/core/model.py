@@ -75,11 +75,27 @@ def is_normal_list_badge(text: object) -> bool:
     return text.startswith(EM_PREFIX) and _EM_NORMAL.fullmatch(text) is not None and _em_in_range(text)
 
 
+# secure cards: a list badge written `uid:HEX` is accepted by its UID alone, without the
+# card's authentication (a lab moving over to secure cards badge by badge).
+UID_PREFIX = "uid:"
+
+
+def badge_identity(badge: str) -> str:
+    """The card a list badge names, whether or not it is written `uid:`."""
+    return badge.removeprefix(UID_PREFIX)
+
+
 def normalise_list_badge(text: str) -> str:
     """A badge as a member list may carry it: a UID (`hex:` may say so), the keyed hash of
-    one, or an EM4100 card's printed number (`em:`)."""
+    one, or an EM4100 card's printed number (`em:`); any of them may be written `uid:`
+    (secure cards)."""
     if is_normal_list_badge(text):
         return text
+    if isinstance(text, str) and text[:len(UID_PREFIX)].lower() == UID_PREFIX:
+        badge = normalise_list_badge(text[len(UID_PREFIX):].strip())
+        if badge.startswith(UID_PREFIX):
+            raise BadBadge(f"{text!r} has two {UID_PREFIX} prefixes")
+        return UID_PREFIX + badge
     if isinstance(text, str):
         stripped = text.strip()
         prefix = stripped[:len(HEX_PREFIX)].lower()
@@ -166,6 +182,8 @@ def printed_numbers(badge: str) -> tuple[str, ...]:
 class Reason(str, Enum):
     """Why a tap was refused. Declared in their order of precedence (docs/reference/mqtt.md)."""
 
+    # secure cards: a card that did not prove itself is refused before anything the list says
+    CARD_NOT_AUTHENTIC = "card_not_authentic"
     UNKNOWN_BADGE = "unknown_badge"
     STALE_MEMBER_LIST = "stale_member_list"
     SUSPENDED = "suspended"

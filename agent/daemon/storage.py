@@ -11,7 +11,7 @@ from typing import Any
 from agent.config import Config
 from agent.core import session
 from agent.core.grants import Grants
-from agent.core.model import Instant, Member, printed_numbers
+from agent.core.model import UID_PREFIX, Instant, Member, printed_numbers
 from agent.core.policy import Rules
 from agent.core.timespec import parse_rfc3339
 from agent.daemon.listsync import ListOutcome, ListSync, is_stale
@@ -64,20 +64,9 @@ class Storage:
         self._members: dict[str, Member | None] = {}  # by id, for the badges enrolled here
         self._members_version: int | None = None
 
-    def lookup(self, uid: str, grants: Grants) -> tuple[str, Member | None]:
-        """The badge as this machine stores and reports it (the UID, or its keyed hash), and
-        its member: the one the list gives it, under the read itself or, for an EM4100 read,
-        under the numbers printed on the card; else the one it was enrolled for here."""
-        badge = self.hasher(uid) if self.hasher else uid
-        member = self.cache.lookup(badge)
-        if member is None:  # only then the printed numbers: a read listed as itself costs nothing more
-            printed = printed_numbers(uid)
-            if printed:
-                member = self.cache.lookup(*(map(self.hasher, printed) if self.hasher else printed))
-        if member is None and grants.badges:
-            enrolled = grants.member_id(badge)
-            member = self.member(enrolled) if enrolled is not None else None
-        return badge, member
+    def badge_key(self, uid: str) -> str:
+        """How this machine stores and reports a badge: the UID, or its keyed hash."""
+        return self.hasher(uid) if self.hasher else uid
 
     def member(self, member_id: str) -> Member | None:
         """The list's member with this id, remembered until the list changes (a scan of the cache)."""
@@ -110,6 +99,36 @@ class Storage:
         in_force = self.list_in_force(now.wall)
         return state if in_force is None else session.handle(state, in_force, now, self.machine).state
 
+    def find(self, uid: str, grants: Grants) -> tuple[Member | None, bool]:
+        """The member holding the badge read as `uid`, and whether the list writes it `uid:`
+        (secure cards). Looked up as itself, then `uid:`, then, for an EM4100 read, by the
+        numbers printed on the card, and at last as a badge enrolled here: a read listed
+        as itself costs one query, as it always did."""
+        badge = self.badge_key(uid)
+        member = self.cache.lookup(badge)
+        if member is not None:
+            return member, False
+        member = self.cache.lookup(UID_PREFIX + badge)
+        if member is not None:
+            return member, True
+        printed = printed_numbers(uid)
+        if printed:
+            member = self.cache.lookup(*map(self.badge_key, printed))
+        if member is None and grants.badges:
+            enrolled = grants.member_id(badge)
+            member = self.member(enrolled) if enrolled is not None else None
+        return member, False
+
+    def tap(self, uid: str, now: dt.datetime, clock_trusted: bool, grants: Grants,
+            authentic: bool = True) -> session.Tap:
+        """The session machine's input for a tap of `uid`, its badge as this machine stores
+        and reports it. A card that did not authenticate (secure cards) is accepted by its
+        UID alone when the list writes its badge `uid:`, and refused otherwise."""
+        member, listed_by_uid = self.find(uid, grants)
+        by_uid = listed_by_uid and not authentic
+        return session.Tap(self.badge_key(uid), member, self.list_stale(now), clock_trusted, authentic or by_uid,
+                           by_uid)
+
     def list_age(self, now: dt.datetime) -> float | None:
         return None if self.lists is None else self.lists.age(now)
 
@@ -119,12 +138,11 @@ class Storage:
     def check(self, uid: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
         """Would a tap of `uid` be granted in `state` now? The session machine's answer,
         with no effect."""
-        badge, member = self.lookup(uid, state.grants)
-        tap = session.Tap(badge, member, self.list_stale(now.wall), clock_trusted)
+        tap = self.tap(uid, now.wall, clock_trusted, state.grants)
         outcome = session.handle(state, tap, now, self.machine).outcome
         assert outcome is not None
         return {"granted": outcome.granted, "reason": outcome.reason,
-                "member_id": member.id if member else None}
+                "member_id": tap.member.id if tap.member else None}
 
     def import_list(self, load: Callable[[], Any], now: dt.datetime) -> ListOutcome:
         """Take a list parsed by `load` (a file being imported), in this process."""

@@ -30,6 +30,7 @@ from agent.core.model import (
     EM_READ_LENGTH,
     BadBadge,
     Member,
+    badge_identity,
     em_bits,
     is_normal_list_badge,
     normalise_list_badge,
@@ -141,8 +142,8 @@ def _member(raw: Any) -> Member:
             badge = normalise_list_badge(badge)
         except BadBadge as err:
             raise ValueError(f"badges: {err}") from None
-        if badge in badges:
-            raise ValueError(f"badges: {badge} is listed twice")
+        if badge_identity(badge) in map(badge_identity, badges):
+            raise ValueError(f"badges: {badge_identity(badge)} is listed twice")
         badges.append(badge)
     return Member(
         id=member_id,
@@ -204,16 +205,17 @@ class _Unique:
             raise ValueError("id: appears more than once in the list")
         self.ids.add(member.id)
         for badge in member.badges:
-            owner = self.badges.setdefault(badge, member.id)
+            card = badge_identity(badge)
+            owner = self.badges.setdefault(card, member.id)
             if owner != member.id:
-                raise ValueError(f"badges: {badge} already belongs to member {owner!r}")
-            if self._tags is None and badge.startswith(EM_PREFIX):
+                raise ValueError(f"badges: {card} already belongs to member {owner!r}")
+            if self._tags is None and card.startswith(EM_PREFIX):
                 self._tags = _SameTag()
-                for seen, owner in self.badges.items():
-                    if seen != badge:
-                        self._tags.add(seen, owner)
+                for seen, seen_owner in self.badges.items():
+                    if seen != card:
+                        self._tags.add(seen, seen_owner)
             if self._tags is not None:
-                self._tags.add(badge, member.id)
+                self._tags.add(card, member.id)
 
 
 _LOW32, _LOW24 = 0xFFFFFFFF, 0xFFFFFF

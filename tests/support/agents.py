@@ -84,17 +84,15 @@ class RunningAgent:
 
     def __init__(self, text: str, clock: Any = None, simulate: bool = True, connect: bool = False,
                  reader: Any = None) -> None:
-        """`reader`: a real backend (on a pseudo-terminal, say) instead of the simulated one."""
+        """With `simulate` false, `reader` is a real backend (on a pseudo-terminal, say)."""
         config = parse(text, "test.toml")
         config = dataclasses.replace(config, hardware=HardwareConfig(simulate=simulate))
         self.pins = MockFactory(pin_class=MockPWMPin)
         kwargs = {"clock": clock} if clock else {}
-        if reader is not None:
-            kwargs["reader"] = reader
-        elif not simulate:
+        if not simulate:
             from agent.hardware.simulated import SimulatedReader
 
-            kwargs["reader"] = SimulatedReader()
+            kwargs["reader"] = reader or SimulatedReader()
         self.agent = Agent(config, pins=self.pins, link=link_for(config) if connect else None, **kwargs)
         self.config = config
         self.relay_pin = self.pins.pin(config.relay.pin)

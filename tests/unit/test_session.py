@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from agent.core.hours import OpeningHours
 from agent.core.model import Instant, Member, Signal
-from agent.core.policy import Rules, Situation, decide
+from agent.core.policy import Rules, decide
 from agent.core.session import (
     BypassKey,
     EndSession,
@@ -633,9 +633,11 @@ TIMINGS = st.builds(
     report_hold=st.sampled_from([2.0, 5.0]),
 )
 TAPS = st.builds(
-    lambda who, alt, stale, trusted: Tap(ADA_PHONE if alt and who is ADA else (who.badges[0] if who else UNKNOWN),
-                                         who, stale, trusted),
+    lambda who, alt, stale, trusted, authentic: Tap(
+        ADA_PHONE if alt and who is ADA else (who.badges[0] if who else UNKNOWN), who, stale, trusted,
+        authentic=authentic),
     st.sampled_from(CAST), st.booleans(), st.sampled_from([False] * 7 + [True]), st.sampled_from([True] * 7 + [False]),
+    st.sampled_from([True] * 7 + [False]),  # secure cards: now and then a clone of the badge
 )
 OTHERS = {
     "tick": st.just(Tick()),
@@ -713,9 +715,8 @@ class _Grants:
     def entitled(self, member: Member, m: Machine, before: State, tap: Tap, local: dt.datetime) -> bool:
         if member.id in self.given:
             member = member._replace(inductions={**member.inductions, "laser": None})
-        situation = Situation(before.locked, False, tap.list_stale, tap.clock_trusted)
         # an induction given here may carry an expiry; none of them ends within a test's sequence
-        return decide(member, m.rules, situation, local).granted
+        return decide(member, m.rules, tap.situation(before.locked), local).granted
 
     def new_list(self, version: int, generated: dt.datetime) -> None:
         if version != self.version:
@@ -769,6 +770,9 @@ def _run_property(timing: dict, sequence: list) -> None:
             grants.new_list(event.version, event.generated)
         step = handle(state, event, at(clock), m)
         physical, open_session = _check_step(state, step, physical, open_session)
+        if isinstance(event, Tap) and not event.authentic:  # a card that did not authenticate changes nothing
+            assert step.outcome.reason == "card_not_authentic"
+            assert replace(step.state, last_tap=state.last_tap) == state
         _check_at_the_machine(state, event, step, at(clock), m, grants)
         state = step.state
         # a Tick before the next wakeup changes nothing
@@ -807,3 +811,51 @@ TRAINING_SEQUENCES = st.lists(st.tuples(st.sampled_from([0.0, 0.2, 0.5, 1.0, 2.0
 @given(TIMINGS, TRAINING_SEQUENCES)
 def test_session_property_invariants_at_the_machine(timing, sequence):
     _run_property(timing, sequence)
+
+
+# --- secure cards ------------------------------------------------------------------------------
+
+
+def forged(who: Member | None, badge: str | None = None) -> Tap:
+    """A tap of a card that did not authenticate (a UID clone of `who`'s badge)."""
+    return Tap(badge or (who.badges[0] if who else UNKNOWN), who, authentic=False)
+
+
+@pytest.mark.parametrize("state", [State(), started(), started(who=STAFF), State(locked=True)],
+                         ids=["idle", "in-use", "staff-session", "locked"])
+@pytest.mark.parametrize("who", [ADA, STAFF, BOB, None], ids=["holder", "staff", "other", "unknown"])
+def test_session_a_card_that_did_not_authenticate_changes_nothing(state, who):
+    """Not a start, not an end (a clone of the holder's badge does not switch their
+    machine off), not an extension: the refusal card_not_authentic, relay untouched."""
+    step = handle(state, forged(who), at(5), PLAIN)
+    assert step.state == replace(state, last_tap=LastTap(None, mono(5)))  # tapped by nobody known
+    fields = {"badge": forged(who).badge, "reason": "card_not_authentic"}
+    if who is not None:
+        fields["member_id"] = who.id
+    assert step.actions == (Record("access_denied", fields), Indicate(Signal.REFUSED))
+    assert step.outcome == Outcome("refused", "card_not_authentic", state.relay, who.id if who else None)
+
+
+def test_session_a_card_that_did_not_authenticate_does_not_extend():
+    m = machine(max_session=60.0, warn_before=10.0)
+    state, _ = run([(0, tap(ADA)), (55, Tick())], m)
+    assert state.session.warned
+    step = handle(state, forged(ADA), at(56), m)
+    assert step.outcome.reason == "card_not_authentic"
+    assert step.state == replace(state, last_tap=LastTap(None, mono(56)))
+
+
+def test_session_a_badge_accepted_by_uid_says_so_in_its_events():
+    """A `uid:` badge on a secure reader: accepted without authentication, and every
+    event of its taps carries "secure": false."""
+    by_uid = Tap(ADA.badges[0], ADA, by_uid=True)
+    step = handle(State(), by_uid, at(0), PLAIN)
+    assert records(step) == [("session_started", {"member_id": "m-ada", "badge": "04A1B2C3", "secure": False})]
+    m = machine(max_session=60.0, warn_before=10.0)
+    state, _ = run([(0, by_uid), (55, Tick())], m)
+    step = handle(state, by_uid, at(56), m)
+    assert records(step) == [("session_extended", {"member_id": "m-ada", "badge": "04A1B2C3", "secure": False})]
+    step = handle(State(locked=True), by_uid, at(0), PLAIN)
+    assert records(step) == [("access_denied", {"badge": "04A1B2C3", "reason": "machine_locked",
+                                                "member_id": "m-ada", "secure": False})]
+    assert "secure" not in records(handle(State(), tap(ADA), at(0), PLAIN))[0][1]

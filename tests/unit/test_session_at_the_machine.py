@@ -320,3 +320,18 @@ def test_session_start_records_the_members_name_for_the_status():
     state, _ = run([(0, tap(ADA))])
     assert state.session.name == ADA.name and not state.session.trainer
 
+
+
+# --- with secure cards ---------------------------------------------------------------------------
+
+def test_secure_a_card_that_did_not_authenticate_is_never_enrolled_inducted_or_named_in_a_report():
+    clone = Tap("04C10E00", None, authentic=False)
+    step = handle(enrolling(), clone, at(10), PLAIN)
+    assert step.outcome.reason == "card_not_authentic" and not step.state.grants
+    assert step.state.enrolment is not None  # still open for a genuine card
+    forged = Tap(UNINDUCTED.badges[0], UNINDUCTED, authentic=False)
+    step = handle(training(), forged, at(60), PLAIN)
+    assert step.outcome.reason == "card_not_authentic" and not step.state.grants
+    state, _ = run([(0, tap(BOB)), (10, Tap(BOB.badges[0], BOB, authentic=False))])
+    reported = handle(handle(state, ReportButton(True), at(20), PLAIN).state, Tick(), at(22), PLAIN)
+    assert ("out_of_order_reported", {"by": None}) in records(reported)  # a clone of Bob's badge is not Bob
