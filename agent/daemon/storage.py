@@ -101,20 +101,22 @@ class Storage:
 
     def find(self, uid: str, grants: Grants) -> tuple[Member | None, bool]:
         """The member holding the badge read as `uid`, and whether the list writes it `uid:`
-        (secure cards). Looked up as itself, then `uid:`, then, for an EM4100 read, by the
-        numbers printed on the card, and at last as a badge enrolled here: a read listed
-        as itself costs one query, as it always did."""
+        (secure cards). Looked up as itself, then, for an EM4100 read, by the numbers
+        printed on the card, then `uid:`, and at last as a badge enrolled here: a read
+        listed as itself costs one query, as it always did."""
         badge = self.badge_key(uid)
         member = self.cache.lookup(badge)
         if member is not None:
             return member, False
-        member = self.cache.lookup(UID_PREFIX + badge)
-        if member is not None:
-            return member, True
         printed = printed_numbers(uid)
         if printed:
             member = self.cache.lookup(*map(self.badge_key, printed))
-        if member is None and grants.badges:
+            if member is not None:
+                return member, False
+        member = self.cache.lookup(UID_PREFIX + badge)
+        if member is not None:
+            return member, True
+        if grants.badges:
             enrolled = grants.member_id(badge)
             member = self.member(enrolled) if enrolled is not None else None
         return member, False
