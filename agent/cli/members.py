@@ -146,7 +146,7 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     """
     from agent.core.model import BadBadge, normalise_badge
     from agent.core.session import State
-    from agent.daemon.clock import SimulatedClock, SystemClock, now
+    from agent.daemon.clock import SystemClock, now
     from agent.daemon.control import ControlError, NotRunning, request
 
     config = load_config(config_path)
@@ -161,8 +161,8 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     except NotRunning:
         storage = _storage(config, create=False)
         try:
-            clock = SimulatedClock() if config.simulate else SystemClock()
-            result = storage.check(storage.badge_key(badge), State(), now(), clock.synchronised())
+            trusted = not config.require_sync or SystemClock().synchronised()
+            result = storage.check(storage.badge_key(badge), State(), now(), trusted)
         finally:
             storage.close()
     if as_json:

@@ -27,8 +27,18 @@ def fleet_table(machines: list[dict[str, Any]]) -> str:
     for m in machines:
         online = m.get("state") != "offline"
         rows.append((m["machine"], m.get("state", "?"), m.get("member_id") or "-", m.get("since") or "-",
-                     str(m.get("members_version") or "-"), str(m.get("outbox", "-")), "yes" if online else "NO"))
-    return table(["MACHINE", "STATE", "MEMBER", "SINCE", "LIST", "OUTBOX", "ONLINE"], rows)
+                     str(m.get("members_version") or "-"), str(m.get("outbox", "-")), clock_word(m),
+                     "yes" if online else "NO"))
+    return table(["MACHINE", "STATE", "MEMBER", "SINCE", "LIST", "OUTBOX", "CLOCK", "ONLINE"], rows)
+
+
+def clock_word(status: dict[str, Any]) -> str:
+    """A status's clock in a word: `ok`, `trusted` (not synchronised, require_sync off),
+    `NOT SYNCED` (dated rules refuse), `-` (not reported: offline, or an older agent)."""
+    synchronised, trusted = status.get("clock_synchronised"), status.get("clock_trusted")
+    if synchronised is None:
+        return "-"
+    return "ok" if synchronised else "trusted" if trusted else "NOT SYNCED"
 
 
 def event_line(event: dict[str, Any]) -> str:

@@ -75,13 +75,17 @@ class Storage:
         writes its badge `uid:`, and refused otherwise."""
         member, listed_by_uid = self.find(badge)
         by_uid = listed_by_uid and not authentic
-        return session.Tap(badge, member, self.list_stale(now), clock_trusted, authentic or by_uid, by_uid)
+        return session.Tap(badge, member, self.list_stale(now, clock_trusted), clock_trusted, authentic or by_uid,
+                           by_uid)
 
     def list_age(self, now: dt.datetime) -> float | None:
         return None if self.lists is None else self.lists.age(now)
 
-    def list_stale(self, now: dt.datetime) -> bool:
-        return is_stale(self.config.members.max_list_age, self.list_age(now))
+    def list_stale(self, now: dt.datetime, clock_trusted: bool = True) -> bool:
+        """Whether max_list_age refuses non-staff: the list is too old, its age is
+        unknown, or the clock it would be judged by is not trusted."""
+        max_age = self.config.members.max_list_age
+        return max_age is not None and (not clock_trusted or is_stale(max_age, self.list_age(now)))
 
     def check(self, badge: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
         """Would a tap of `badge` (as stored) be granted in `state` now? The session

@@ -139,16 +139,19 @@ def read_events(storage: Path) -> list[dict[str, Any]]:
 class AgentProcess:
     """`fabpass run --config FILE --simulate` as a subprocess, like a Pi's service."""
 
-    def __init__(self, config_path: Path, storage: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, storage: Path, env: dict[str, str] | None = None,
+                 wrapper: list[str] | None = None) -> None:
+        """`wrapper`: a command the agent runs under (tests.support.noclock, say)."""
         self.config_path, self.storage = config_path, storage
         self.log = config_path.with_suffix(".log")
         self.env = {**os.environ, **(env or {})}
+        self.wrapper = wrapper or []
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> AgentProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config_path), "--simulate"],
+                [*self.wrapper, sys.executable, "-m", "agent", "run", "--config", str(self.config_path), "--simulate"],
                 stdout=log, stderr=log, env=self.env)
         wait_for(self.answers, 20, f"the agent to answer (log: {self.log})")
         return self

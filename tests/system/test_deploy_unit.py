@@ -162,3 +162,44 @@ def test_deploy_relay_off_reads_the_config_install_writes(tools: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert calls == ["pinctrl set 26 op dh"]
 
+
+
+# --- the unit must not blind the agent's clock check (issue 17, finding 1) -------------------------
+
+def allowed_syscalls(values: list[str]) -> set[str]:
+    """What SystemCallFilter= lines allow, with their @sets expanded by systemd-analyze."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: scripts/test installs Debian's systemd package"
+    allowed: set[str] = set()
+    for value in values:
+        deny = value.startswith("~")
+        for name in value.lstrip("~").split():
+            names = {name}
+            if name.startswith("@"):
+                listing = subprocess.run([analyze, "syscall-filter", name], capture_output=True, text=True,
+                                         timeout=60, check=True).stdout
+                names = {line.strip() for line in listing.splitlines()[1:]
+                         if line.strip() and not line.strip().startswith("#")}
+                names = set().union(*(allowed_syscalls([n]) if n.startswith("@") else {n} for n in names))
+            allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+def test_deploy_unit_lets_the_agent_read_whether_the_clock_is_synchronised() -> None:
+    """ProtectClock=yes, or a SystemCallFilter without clock_adjtime, makes the agent's
+    read-only adjtimex fail with EPERM (systemd#26413): the agent then refuses every
+    dated member for ever. glibc's adjtimex is the clock_adjtime syscall (clock_adjtime64
+    on 32-bit Raspberry Pi OS); without CAP_SYS_TIME it can only read."""
+    unit = settings(UNIT.read_text())
+    assert unit.get("ProtectClock", ["no"]) == ["no"]
+    allowed = allowed_syscalls(unit["SystemCallFilter"])
+    assert {"adjtimex", "clock_adjtime", "clock_adjtime64"} <= allowed
+    assert not {"settimeofday", "clock_settime", "clock_settime64"} & allowed, "reading, not setting"
+    assert unit["CapabilityBoundingSet"] == [""], "no CAP_SYS_TIME: the clock cannot be changed"
+
+
+def test_deploy_unit_syscall_check_sees_a_filter_that_hides_the_clock() -> None:
+    """The check above can fail: @system-service alone does not allow clock_adjtime."""
+    assert "clock_adjtime" not in allowed_syscalls(["@system-service"])
+    assert "clock_adjtime" in allowed_syscalls(["@system-service clock_adjtime"])
+    assert "clock_adjtime" not in allowed_syscalls(["@system-service @clock", "~@clock"])
