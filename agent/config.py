@@ -132,7 +132,9 @@ class MembersConfig:
 
     public_key: str | None = _opt("base64 Ed25519 key: only lists and commands signed by its private key "
                                   "are accepted", None)
-    max_list_age: float | None = _opt("refuse non-staff (stale_member_list) when the list is older", None,
+    max_list_age: float | None = _opt("refuse non-staff (stale_member_list) when the list was generated "
+                                      "longer ago (its generated_at), its age is unknown, or the clock is not "
+                                      "trusted; keep it fresh with a daily fabpass members refresh", None,
                                       "duration")
     badge_hash_key_file: str | None = _opt("a site key (mode 0600): badges are kept and reported as keyed "
                                            "hashes, never as UIDs", None)

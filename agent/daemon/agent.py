@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpiozero import DigitalInputDevice, Factory
@@ -494,9 +495,6 @@ class Agent:
                                    "(start it with --simulate to tap from the command line)", usage=True)
             return self.call(self.tap, badge)
         if op == "import":
-            from agent.members.snapshot import load_file
-
-            path, version = request.get("path"), request.get("version")
-            return self.import_members(lambda: load_file(path, version=version,
-                                                        public_key=self.config.members.public_key))
+            path, version = Path(str(request.get("path"))), request.get("version")
+            return self._take_list(lambda now: self.storage.import_file(path, version, now))
         raise ControlError(f"unknown request {op!r}", usage=True)

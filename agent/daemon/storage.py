@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent.config import Config
 from agent.core import session
 from agent.core.model import UID_PREFIX, Instant, Member
 from agent.core.policy import Rules
-from agent.daemon.listsync import ListOutcome, ListSync, is_stale
+from agent.daemon.listsync import ListOutcome, ListSync, is_stale, list_age
 from agent.daemon.outbox import Outbox
 from agent.members.badgehash import BadgeHasher
 from agent.members.cache import MemberCache
+from agent.members.snapshot import Snapshot, load_file
 from agent.members.update import update_cache
+from agent.members.version import next_version
 
 OUTBOX_FILE = "agent.db"
 
@@ -79,7 +82,8 @@ class Storage:
                            by_uid)
 
     def list_age(self, now: dt.datetime) -> float | None:
-        return None if self.lists is None else self.lists.age(now)
+        """Seconds since the cached list was made (its generated_at); None when unknown."""
+        return list_age(self.cache.info().generated_at, now)
 
     def list_stale(self, now: dt.datetime, clock_trusted: bool = True) -> bool:
         """Whether max_list_age refuses non-staff: the list is too old, its age is
@@ -100,6 +104,18 @@ class Storage:
         """Take a list parsed by `load` (a file being imported), in this process."""
         assert self.lists is not None, "open the storage with create=True to import"
         return self.lists.take(lambda: update_cache(self.cache, load, self.hasher), now)
+
+    def import_file(self, path: Path, version: int | None, now: dt.datetime) -> ListOutcome:
+        """Take a member list file (`fabpass members import`). A CSV list without
+        `version` gets the next after the cached one (agent.members.version)."""
+
+        def load() -> Snapshot:
+            given = version
+            if given is None and path.suffix.lower() == ".csv":
+                given = next_version(self.cache.version, now)
+            return load_file(path, version=given, public_key=self.config.members.public_key)
+
+        return self.import_list(load, now)
 
     def close(self) -> None:
         self.cache.close()

@@ -39,8 +39,10 @@ MEMBERS = {
 ADA, GRACE, ALAN, HEDY = "04A1B2C3D4E5F6", "DEADBEEF", "CAFEBABE", "0A0B0C0D"
 
 
-def members_json(version: int = 1, members: list | None = None) -> bytes:
-    return json.dumps({**MEMBERS, "version": version, "members": members or MEMBERS["members"]}).encode()
+def members_json(version: int = 1, members: list | None = None, generated_at: str | None = None) -> bytes:
+    """A member list (MEMBERS unless `members`), generated at `generated_at` (MEMBERS' own by default)."""
+    return json.dumps({**MEMBERS, "version": version, "members": members or MEMBERS["members"],
+                       "generated_at": generated_at or MEMBERS["generated_at"]}).encode()
 
 
 def config_text(storage: Path, machine_id: str = "laser-1", active_high: bool = False,

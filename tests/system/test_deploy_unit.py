@@ -12,6 +12,8 @@ import pytest
 from tests.support import ROOT
 
 UNIT = ROOT / "deploy" / "fabpass.service"
+REFRESH_SERVICE = ROOT / "deploy" / "fabpass-refresh.service"
+REFRESH_TIMER = ROOT / "deploy" / "fabpass-refresh.timer"
 RELAY_OFF = ROOT / "deploy" / "relay-off"
 INSTALLED_PROGRAMS = ("/opt/fabpass/bin/fabpass", "/opt/fabpass/libexec/relay-off")
 
@@ -26,25 +28,29 @@ def settings(text: str) -> dict[str, list[str]]:
     return found
 
 
-def verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """systemd-analyze verify on a copy of the unit whose programs exist.
+def verify(unit_text: str, tmp_path: Path, others: dict[str, str] | None = None,
+           name: str = "fabpass.service") -> subprocess.CompletedProcess:
+    """systemd-analyze verify on a copy of the unit whose programs exist, beside
+    copies of `others` (name -> text: the service a timer starts, say).
 
     verify fails on an ExecStart= that is not executable, and /opt/fabpass is
-    not installed on the machine running the tests: the copy points to stubs
+    not installed on the machine running the tests: the copies point to stubs
     in tmp_path instead. Everything else is verified as written.
     """
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.fail("systemd-analyze is missing: scripts/test installs Debian's systemd package")
+    units = {name: unit_text, **(others or {})}
     for program in INSTALLED_PROGRAMS:
         stub = tmp_path / program.lstrip("/")
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\n")
         stub.chmod(0o755)
-        unit_text = unit_text.replace(program, str(stub))
-    copy = tmp_path / "fabpass.service"
-    copy.write_text(unit_text)
-    return subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60)
+        units = {unit: text.replace(program, str(stub)) for unit, text in units.items()}
+    for unit, text in units.items():
+        (tmp_path / unit).write_text(text)
+    return subprocess.run([analyze, "verify", "--man=no", str(tmp_path / name)], capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_deploy_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -203,3 +209,31 @@ def test_deploy_unit_syscall_check_sees_a_filter_that_hides_the_clock() -> None:
     assert "clock_adjtime" not in allowed_syscalls(["@system-service"])
     assert "clock_adjtime" in allowed_syscalls(["@system-service clock_adjtime"])
     assert "clock_adjtime" not in allowed_syscalls(["@system-service @clock", "~@clock"])
+
+
+# --- the lab side's daily refresh (issue 17) ---------------------------------------------------------
+
+def test_deploy_refresh_timer_and_service_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    service = {"fabpass-refresh.service": REFRESH_SERVICE.read_text()}
+    done = verify(REFRESH_TIMER.read_text(), tmp_path, service, name="fabpass-refresh.timer")
+    assert (done.returncode, done.stderr) == (0, "")
+    done = verify(REFRESH_SERVICE.read_text(), tmp_path / "service", name="fabpass-refresh.service")
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_deploy_refresh_timer_verify_reports_a_broken_timer_and_its_service(tmp_path: Path) -> None:
+    """The check above can fail: verifying the timer reads the service beside it too."""
+    service = {"fabpass-refresh.service": REFRESH_SERVICE.read_text().replace("Type=oneshot", "Type=oneshott")}
+    done = verify(REFRESH_TIMER.read_text().replace("=daily", "=dayly"), tmp_path, service,
+                  name="fabpass-refresh.timer")
+    assert done.returncode != 0 and "dayly" in done.stderr and "oneshott" in done.stderr
+
+
+def test_deploy_refresh_runs_members_refresh_daily_with_its_secrets_as_credentials() -> None:
+    timer, service = settings(REFRESH_TIMER.read_text()), settings(REFRESH_SERVICE.read_text())
+    assert timer["OnCalendar"] == ["daily"] and timer["Persistent"] == ["true"]
+    assert service["Type"] == ["oneshot"] and service["DynamicUser"] == ["yes"]
+    command = service["ExecStart"][0].split()
+    assert command[:3] == ["/opt/fabpass/bin/fabpass", "members", "refresh"]
+    assert "--password-file" in command and "--sign-key" in command, "no secret on the command line"
+    assert sorted(c.split(":")[0] for c in service["LoadCredential"]) == ["mqtt-password", "signing.key"]
