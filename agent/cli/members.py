@@ -1,4 +1,4 @@
-"""`fabpass members import|publish|check`: the lab admin's member list."""
+"""`fabpass members import|publish|refresh|check`: the lab admin's member list."""
 
 from __future__ import annotations
 

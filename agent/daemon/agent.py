@@ -39,6 +39,7 @@ from agent.daemon.clock import SystemClock
 from agent.daemon.clock import now as system_now
 from agent.daemon.control import ControlError, ControlServer
 from agent.daemon.listsync import ListOutcome
+from agent.daemon.nonces import Nonces
 from agent.daemon.outbox import StorageError
 from agent.daemon.storage import Storage
 from agent.daemon.systemd import Notifier
@@ -85,7 +86,7 @@ class _FromLink:
         self.agent.receive_list(payload)
 
     def command_arrived(self, command: Command) -> None:
-        self.agent.submit(self.agent.command, command.kind, command.by, command.reason, command.now)
+        self.agent.submit(self.agent.command, command)
 
     def command_refused(self, error: str) -> None:
         self.agent.submit(self.agent.reject_command, error)
@@ -111,6 +112,7 @@ class Agent:
         self.storage = Storage(config)
         self.machine = self.storage.machine
         self.outbox, self.cache = self.storage.outbox, self.storage.cache
+        self.nonces = Nonces(self.outbox)
         # secure cards: a bad key file stops the agent at start (CardKeyError), not at the first tap
         secure = config.reader.secure is not None and not self.simulated
         if secure:
@@ -392,14 +394,30 @@ class Agent:
 
     # -- remote commands -----------------------------------------------------------
 
-    def command(self, kind: str, by: str, reason: str, now_flag: bool = False) -> None:
-        """A validated technician's command (lock, unlock, end_session), on the loop."""
+    def command(self, command: Command) -> None:
+        """A technician's command (lock, unlock, end_session), parsed by the link, on the loop:
+        obeyed only if it is young enough, its nonce new (signed) and it names the session
+        in progress (end_session, lock now)."""
+        from agent.link.commands import CommandError, admit, aimed
+
+        now = self.clock()
+        try:
+            admit(command, now.wall, self.config.commands.max_age)
+            started = self.state.session.started if self.state.session else None
+            aimed(command, started)
+            if command.nonce is not None and command.ts is not None:
+                self.nonces.remember(command.nonce, command.ts + dt.timedelta(seconds=self.config.commands.max_age),
+                                     now.wall)
+        except CommandError as err:
+            self.reject_command(str(err))
+            return
+        by, reason = command.by, command.reason
         event = {
-            "lock": lambda: session.Lock(by, reason, now_flag),
+            "lock": lambda: session.Lock(by, reason, command.now),
             "unlock": lambda: session.Unlock(by, reason),
             "end_session": lambda: session.EndSession(by, reason),
-        }[kind]()
-        log.info("command %s by %s: %s", kind, by, reason or "-")
+        }[command.kind]()
+        log.info("command %s by %s: %s", command.kind, by, reason or "-")
         self.handle(event)
 
     def reject_command(self, error: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 import subprocess
@@ -196,11 +197,13 @@ def test_mqtt_commands_lock_unlock_end_session_and_reject_garbage(stack, tmp_pat
 
 
 def test_mqtt_a_command_sent_while_the_pi_is_off_arrives_when_it_returns(stack):
+    """Within [commands] max_age (60 s by default): a later one is refused (test_security_commands.py)."""
     agent = stack.agent()
     wait_for(lambda: agent.ask({"op": "status"})["broker"], 10, "the first connection")
     agent.kill(signal.SIGTERM)
+    sent = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
     publish(stack.broker.port, "fabpass/machines/laser-1/commands",
-            json.dumps({"v": 1, "command": "lock", "by": "tech", "reason": "while you were out"}))
+            json.dumps({"v": 1, "command": "lock", "by": "tech", "reason": "while you were out", "ts": sent}))
     agent.start()
     assert wait_for(lambda: agent.ask({"op": "status"})["locked"], 15, "the queued command")
 
@@ -283,7 +286,8 @@ def test_mqtt_an_error_in_a_callback_does_not_kill_the_link(tmp_path, mosquitto,
             return real(*args, **kwargs)
 
         mocker.patch("agent.link.commands.parse", side_effect=first_one_fails)
-        command = json.dumps({"v": 1, "command": "lock", "by": "tech", "reason": "x"})
+        sent = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        command = json.dumps({"v": 1, "command": "lock", "by": "tech", "reason": "x", "ts": sent})
         publish(mosquitto.port, "fabpass/machines/laser-1/commands", command)  # raises in the callback
         publish(mosquitto.port, "fabpass/machines/laser-1/commands", command)
         assert wait_for(lambda: agent.agent.state.locked, 10, "the second command")
