@@ -277,10 +277,12 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
             result = storage.check(storage.badge_key(badge), State(), now(), trusted)
         finally:
             storage.close()
+    from agent.cli.text import shown
+
     if as_json:
         print_json(result)
     elif result["granted"]:
-        click.echo(f"granted: {result['member_id']}")
+        click.echo(shown(f"granted: {result['member_id']}"))
     else:
         who = f" ({result['member_id']})" if result["member_id"] else ""
-        click.echo(f"refused{who}: {result['reason']}")
+        click.echo(shown(f"refused{who}: {result['reason']}"))

@@ -32,7 +32,7 @@ from agent.cli.options import (
 def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: str,
          machine: str | None, as_json: bool) -> None:
     """Follow usage events live (`logs tail`), one line each, until Ctrl-C."""
-    from agent.cli.text import event_line
+    from agent.cli.text import event_line, shown
     from agent.link.broker import disconnect, make_client
     from agent.link.topics import ANY, Topics
 
@@ -56,7 +56,7 @@ def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: st
             try:
                 line = event_line(json.loads(message.payload))
             except (ValueError, TypeError, AttributeError):
-                line = f"(unreadable event on {message.topic})"
+                line = shown(f"(unreadable event on {message.topic})")
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
 

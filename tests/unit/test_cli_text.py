@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.cli.text import clock_word, fleet_table, table
+from agent.cli.text import clock_word, event_line, fleet_table, shown, table
+from agent.logbook.queries import spreadsheet_cell
 
 
 def test_cli_text_table_is_plain_columns_two_spaces_apart() -> None:
@@ -40,3 +41,35 @@ def test_cli_text_fleet_table_shows_each_machines_clock():
     ]).splitlines()
     assert "CLOCK" in lines[0].split()
     assert " ok " in lines[1] and "NOT SYNCED" in lines[2]
+
+
+@pytest.mark.parametrize("data, text", [
+    ("ada", "ada"),
+    ("Zoë Ångström ✓", "Zoë Ångström ✓"),                  # printable Unicode stays as it is
+    ("\x1b[2J", "\\x1b[2J"),                               # clear the screen
+    ("\x1b]0;title\x07", "\\x1b]0;title\\x07"),            # retitle the window
+    ("a\nb\rc\td", "a\\x0ab\\x0dc\\x09d"),                  # a forged second line
+    ("\x9b31m", "\\x9b31m"),                               # C1 CSI
+    ("\x7f", "\\x7f"),
+    ("evil\u202egnp.exe", "evil\\u202egnp.exe"),           # right-to-left override
+    ("\u2066x\u2069", "\\u2066x\\u2069"),
+    (None, "None"),
+    (42, "42"),
+])
+def test_cli_text_shown_escapes_control_characters(data, text):
+    assert shown(data) == text
+
+
+def test_cli_text_table_and_event_line_escape_data():
+    assert "\x1b" not in table(["A"], [["\x1b[31mred"]]) and "\\x1b[31mred" in table(["A"], [["\x1b[31mred"]])
+    line = event_line({"type": "access_denied", "machine": "laser-1", "seq": 1, "ts": "2026-11-25T09:00:00Z",
+                       "badge": "0BADC0DE", "member_id": "\x1b[2J", "reason": "unknown_badge\nforged line"})
+    assert "\x1b" not in line and "\n" not in line and "\\x0aforged line" in line
+
+
+@pytest.mark.parametrize("value, cell", [
+    ("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@SUM(A1)", "'@SUM(A1)"), ("\t=1", "'\t=1"),
+    ("\r=1", "'\r=1"), ("m-1", "m-1"), ("", ""), (None, None), (-5.0, -5.0), (600.0, 600.0),
+])
+def test_cli_text_spreadsheet_cell_neutralises_formulas(value, cell):
+    assert spreadsheet_cell(value) == cell
