@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import datetime as dt
 import errno
+import functools
 import logging
 import os
 import time
@@ -47,15 +48,21 @@ class _Timex(ctypes.Structure):
                 ("reserved", ctypes.c_int * 11)]
 
 
+@functools.cache
+def _adjtimex() -> Callable[..., int]:
+    """libc's adjtimex, looked up once (find_library may run ldconfig)."""
+    adjtimex = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), "adjtimex", None)
+    if adjtimex is None:
+        raise OSError(errno.ENOSYS, "this system has no adjtimex")
+    return adjtimex
+
+
 def kernel_adjtimex() -> tuple[int, int]:
     """adjtimex(2) with modes = 0 (read only): (its return value, errno).
 
     glibc makes it the clock_adjtime syscall. Raises OSError where there is no
     such call (not Linux)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    adjtimex = getattr(libc, "adjtimex", None)
-    if adjtimex is None:
-        raise OSError(errno.ENOSYS, "this system has no adjtimex")
+    adjtimex = _adjtimex()
     ctypes.set_errno(0)
     return adjtimex(ctypes.byref(_Timex())), ctypes.get_errno()
 
@@ -82,11 +89,7 @@ def read_state(adjtimex: Callable[[], tuple[int, int]] = kernel_adjtimex, flag: 
         why = ""
     if answer >= 0 and answer != TIME_ERROR:
         return ClockState(True, "adjtimex", "synchronised (the kernel says NTP has set it)")
-    try:
-        flagged = flag.exists()
-    except OSError:
-        flagged = False
-    if flagged:
+    if os.path.exists(flag):  # False on any error
         return ClockState(True, "systemd-timesyncd", f"synchronised since boot ({flag} exists)")
     if answer == TIME_ERROR:
         return ClockState(False, "adjtimex", "not synchronised: no NTP server has set the clock since boot")
