@@ -124,6 +124,7 @@ class Agent:
             log.error("reader.secure: this %s reader does not authenticate cards: every card is refused "
                       "card_not_authentic except badges listed uid:", self.reader.name)
         self.clock_status = clock_status or SystemClock()
+        self.require_sync = config.require_sync  # read once: the environment may say "simulate"
         self._clock_seen: tuple[bool, bool] | None = None  # (synchronised, trusted) as last published
         self._clock_checked = float("-inf")
         self.sensor: DigitalInputDevice | None = None
@@ -428,11 +429,11 @@ class Agent:
 
     def clock_trusted(self) -> bool:
         """May date rules trust the wall clock: it is synchronised, or the config says to trust it."""
-        return not self.config.require_sync or self.clock_status.synchronised()
+        return not self.require_sync or self.clock_status.synchronised()
 
     def _clock_now(self) -> tuple[bool, bool]:
         synchronised = self.clock_status.synchronised()
-        return synchronised, synchronised or not self.config.require_sync
+        return synchronised, synchronised or not self.require_sync
 
     def _clock_words(self) -> str:
         """The clock's state and what it means for taps, for the journal."""

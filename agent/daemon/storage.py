@@ -17,7 +17,6 @@ from agent.daemon.listsync import ListOutcome, ListSync, is_stale, list_age
 from agent.daemon.outbox import Outbox
 from agent.members.badgehash import BadgeHasher
 from agent.members.cache import MemberCache
-from agent.members.snapshot import Snapshot, load_file
 from agent.members.update import update_cache
 from agent.members.version import next_version
 
@@ -109,7 +108,10 @@ class Storage:
         """Take a member list file (`fabpass members import`). A CSV list without
         `version` gets the next after the cached one (agent.members.version)."""
 
-        def load() -> Snapshot:
+        def load() -> Any:
+            # Imported when used: an agent that only takes lists from the broker never loads it.
+            from agent.members.snapshot import load_file
+
             given = version
             if given is None and path.suffix.lower() == ".csv":
                 given = next_version(self.cache.version, now)
