@@ -40,7 +40,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[
     tabulating.MIN_PADDING, tabulating.PRESERVE_WHITESPACE = 0, True
     cells = [["" if v is None else shown(v) for v in row] for row in rows]
     return tabulating.tabulate(cells, headers=list(header), tablefmt="plain", disable_numparse=True,
-                    colalign=align).rstrip()
+                               colalign=align).rstrip()
 
 
 def fleet_table(machines: list[dict[str, Any]]) -> str:
