@@ -347,9 +347,10 @@ def test_mqtt_an_outage_is_one_warning_in_the_journal_not_one_per_retry(tmp_path
 def test_mqtt_disconnect_survives_paho_thread_ending_inside_loop_stop(mosquitto, monkeypatch):
     """paho 2's network thread ends by itself after our DISCONNECT and then sets its
     `_thread` to None; if that lands between loop_stop()'s check and its join, paho
-    raises AttributeError. The race is made certain here: paho's module sees a
-    `threading` whose current_thread(), called from loop_stop(), first waits for
-    the network thread to end."""
+    raises AttributeError. The race is made certain here: the network thread may end
+    only once loop_stop() has checked `_thread` (a gate at the end of its loop), and
+    paho's module sees a `threading` whose current_thread(), called from loop_stop()
+    after that check, opens the gate and waits for the thread to end."""
     import threading
     import types
 
@@ -357,31 +358,41 @@ def test_mqtt_disconnect_survives_paho_thread_ending_inside_loop_stop(mosquitto,
 
     from agent.link.broker import disconnect, make_client
 
-    def racing(client):
+    def racing(client, gate: threading.Event):
         network, me = client._thread, threading.current_thread()
 
         def current_thread():
             if threading.current_thread() is me and network.is_alive():
+                gate.set()
                 network.join(10)  # the thread ends by itself and clears client._thread
             return threading.current_thread()
 
         return types.SimpleNamespace(**{**vars(threading), "current_thread": current_thread})
 
-    def connected_client():
+    def connected_client() -> tuple:
         client = make_client(mosquitto.broker, "race")
+        gate, forever = threading.Event(), client.loop_forever
+
+        def loop_forever(*args, **kwargs):
+            try:
+                return forever(*args, **kwargs)
+            finally:
+                gate.wait(10)  # however fast the DISCONNECT went, the thread lives until loop_stop looks
+
+        client.loop_forever = loop_forever
         client.connect(mosquitto.broker.host, mosquitto.broker.port)
         client.loop_start()
         wait_for(client.is_connected, what="the client to connect")
-        return client
+        return client, gate
 
-    plain = connected_client()
+    plain, gate = connected_client()
     plain.disconnect()
     with monkeypatch.context() as patch, pytest.raises(AttributeError):
-        patch.setattr(paho_client, "threading", racing(plain))
+        patch.setattr(paho_client, "threading", racing(plain, gate))
         plain.loop_stop()  # paho itself: the test reproduces the race
 
-    ours = connected_client()
+    ours, gate = connected_client()
     with monkeypatch.context() as patch:
-        patch.setattr(paho_client, "threading", racing(ours))
+        patch.setattr(paho_client, "threading", racing(ours, gate))
         disconnect(ours)
     assert ours._thread is None and not ours.is_connected()
