@@ -58,7 +58,7 @@ def test_cli_technician_a_machine_the_broker_does_not_know_exits_2(machine, mosq
 def test_cli_technician_every_command_carries_its_time(machine, mosquitto, sent):
     assert run("lock", "laser-1", "--reason", "tube", "--broker", mosquitto.url).exit_code == 0
     wait_for(lambda: machine.ask({"op": "status"})["locked"], 10, "the lock")
-    command = json.loads(sent.messages[0][1])
+    command = json.loads(wait_for(lambda: sent.messages, 10, "the command as a subscriber sees it")[0][1])
     assert command["ts"].endswith("Z") and command["machine"] == "laser-1" and "session" not in command
 
 
@@ -70,7 +70,7 @@ def test_cli_technician_session_commands_name_the_session_in_progress(machine, m
     done = run(*args, "--broker", mosquitto.url)
     assert done.exit_code == 0 and since in done.output, done.output
     wait_for(lambda: not machine.ask({"op": "status"})["relay"], 10, "the session's end")
-    assert json.loads(sent.messages[0][1])["session"] == since
+    assert json.loads(wait_for(lambda: sent.messages, 10, "the command")[0][1])["session"] == since
 
 
 @pytest.mark.parametrize("args", [["end-session", "laser-1"], ["lock", "laser-1", "--reason", "fire", "--now"]])
