@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.core.timespec import parse_rfc3339
+from agent.link.commands import Command
 from tests.support.agents import (
     ADA,
     ALAN,
@@ -170,7 +171,8 @@ class Harness:
             a.tick()
         elif kind == "command":
             command, now_flag = ("lock", True) if arg == "lock_now" else (arg, False)
-            a.agent.call(a.agent.command, command, "tech", "property test", now_flag)
+            sent = Command(command, "tech", "property test", now_flag, ts=self.clock.wall)  # ends any session
+            a.agent.call(a.agent.command, sent)
             if command == "lock":
                 model.locked = True
             elif command == "unlock":
