@@ -155,10 +155,36 @@ class MembersConfig:
 
     public_key: str | None = _opt("base64 Ed25519 key: only lists and commands signed by its private key "
                                   "are accepted", None)
-    max_list_age: float | None = _opt("refuse non-staff (stale_member_list) when the list is older", None,
+    max_list_age: float | None = _opt("refuse non-staff (stale_member_list) when the list was generated "
+                                      "longer ago (its generated_at), its age is unknown, or the clock is not "
+                                      "trusted; keep it fresh with a daily fabpass members refresh", None,
                                       "duration")
     badge_hash_key_file: str | None = _opt("a site key (mode 0600): badges are kept and reported as keyed "
                                            "hashes, never as UIDs", None)
+
+
+# -- trust (issue 17) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    """The system clock, which expiry dates, opening hours and max_list_age are judged by."""
+
+    require_sync: bool | None = _opt(
+        "true: rules that depend on the date refuse (clock_unsynchronised) until NTP has synchronised the "
+        "clock, and a list's age counts as stale; false: trust the clock as it is (a Pi with a battery-backed "
+        "RTC). Default true, false in simulation", None)
+
+
+@dataclass(frozen=True)
+class CommandsConfig:
+    """Technicians' remote commands (lock, unlock, end_session)."""
+
+    max_age: float = _opt("a command sent longer ago than this, or dated that far ahead, is refused "
+                          "(command_rejected)", 60.0, "duration")
+
+
+# -- end of trust -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -188,6 +214,8 @@ class Config:
     mqtt: MqttConfig | None = None
     members: MembersConfig = field(default_factory=MembersConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
     path: Path | None = None
 
     @property
@@ -197,6 +225,12 @@ class Config:
     @property
     def simulate(self) -> bool:
         return self.hardware.simulate or os.environ.get("FABPASS_SIMULATE", "") not in ("", "0")
+
+    @property
+    def require_sync(self) -> bool:
+        """Whether date rules wait for a synchronised clock: the config's word, else
+        yes on hardware and no in simulation (the host's clock is trusted)."""
+        return self.clock.require_sync if self.clock.require_sync is not None else not self.simulate
 
 
 SECTIONS: dict[str, type] = {
@@ -211,6 +245,8 @@ SECTIONS: dict[str, type] = {
     "mqtt": MqttConfig,
     "members": MembersConfig,
     "hardware": HardwareConfig,
+    "clock": ClockConfig,
+    "commands": CommandsConfig,
 }
 REQUIRED_SECTIONS = ("machine", "reader", "relay", "storage")
 
@@ -351,6 +387,8 @@ def _inconsistency(config: Config) -> str | None:
             return "mqtt.outbox_limit: must be at least 1"
         if not mqtt.topic_prefix or any(c in mqtt.topic_prefix for c in "+#\0") or mqtt.topic_prefix.startswith("/"):
             return f"mqtt.topic_prefix: {mqtt.topic_prefix!r} cannot be used in topics (no +, #, leading /)"
+    if config.commands.max_age <= 0:
+        return "commands.max_age: must be more than zero"
     if config.members.public_key is not None:
         from agent.signing import load_public_key
 

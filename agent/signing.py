@@ -2,8 +2,9 @@
 
 A signed object is the same JSON object with one more key, `sig`: the base64
 Ed25519 signature of the object without `sig`, serialised as canonical JSON.
-Signed commands also carry `ts` and `nonce`, checked by ReplayGuard so that a
-captured command cannot be played again later.
+Signed commands also carry `ts` and `nonce`, under the signature: the agent
+refuses an old command (agent.link.commands.admit) and a nonce it has seen
+(agent.daemon.nonces), so that a captured command cannot be played again.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import heapq
 import json
 import os
 import secrets
@@ -26,12 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from agent.core.timespec import MissingOffset, parse_rfc3339, rfc3339
+from agent.core.timespec import rfc3339
 
 KEY_FILE = "signing.key"
 PUB_FILE = "signing.pub"
-MAX_FUTURE_S = 60.0  # clock skew tolerated between the admin's computer and a machine
-MAX_NONCE_CHARS = 128
 
 
 class SignatureError(ValueError):
@@ -166,58 +164,5 @@ def verify(obj: dict, public_key: Ed25519PublicKey) -> None:
 
 
 def sign_command(obj: dict, key: Ed25519PrivateKey, now: dt.datetime) -> dict:
-    """`obj` with `ts` (now) and a fresh random `nonce`, signed."""
-    return sign({**obj, "ts": rfc3339(now), "nonce": secrets.token_urlsafe(16)}, key)
-
-
-def _parse_ts(ts: Any) -> dt.datetime:
-    if not isinstance(ts, str):
-        raise SignatureError("ts must be an RFC 3339 UTC time such as 2026-11-25T09:00:00Z")
-    try:
-        moment = parse_rfc3339(ts)
-    except MissingOffset:
-        raise SignatureError(f"ts {ts!r} must be in UTC (end it with Z)") from None
-    except ValueError:
-        raise SignatureError(f"ts {ts!r} is not an RFC 3339 time such as 2026-11-25T09:00:00Z") from None
-    if moment.utcoffset() != dt.timedelta(0):
-        raise SignatureError(f"ts {ts!r} must be in UTC (end it with Z)")
-    return moment
-
-
-class ReplayGuard:
-    """Refuses signed commands that are old, from the future, or seen before.
-
-    Check the signature first: only then may a nonce be remembered. A nonce is
-    remembered until its command would be refused as too old anyway, so memory
-    is bounded by the commands signed within one window.
-    """
-
-    def __init__(self, window_s: float = 300.0) -> None:
-        self.window = dt.timedelta(seconds=window_s)
-        self._seen: set[str] = set()
-        self._expiry: list[tuple[dt.datetime, str]] = []  # heap of (ts + window, nonce)
-
-    def check(self, ts: str, nonce: str, now: dt.datetime) -> None:
-        moment = _parse_ts(ts)
-        if not isinstance(nonce, str) or not nonce or len(nonce) > MAX_NONCE_CHARS:
-            raise SignatureError(f"nonce must be a non-empty string of at most {MAX_NONCE_CHARS} characters")
-        self._forget(now)
-        age = (now - moment).total_seconds()
-        if age > self.window.total_seconds():
-            raise SignatureError(f"too old: signed {age:.0f} s ago, the limit is "
-                                 f"{self.window.total_seconds():.0f} s (replayed, or a clock is wrong)")
-        if -age > MAX_FUTURE_S:
-            raise SignatureError(f"from the future: signed {-age:.0f} s ahead of this machine's clock "
-                                 f"(at most {MAX_FUTURE_S:.0f} s allowed; check the clocks)")
-        if nonce in self._seen:
-            raise SignatureError("replayed: this nonce was already used")
-        self._seen.add(nonce)
-        heapq.heappush(self._expiry, (moment + self.window, nonce))
-
-    def _forget(self, now: dt.datetime) -> None:
-        while self._expiry and self._expiry[0][0] < now:
-            self._seen.discard(heapq.heappop(self._expiry)[1])
-
-    def __len__(self) -> int:
-        """How many nonces are remembered."""
-        return len(self._seen)
+    """`obj` with `ts` (now, unless it has one) and a fresh random `nonce`, signed."""
+    return sign({"ts": rfc3339(now), **obj, "nonce": secrets.token_urlsafe(16)}, key)

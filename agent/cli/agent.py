@@ -66,12 +66,14 @@ def tap(badge: str, config_path: Path, as_json: bool) -> None:
     if as_json:
         print_json(result)
         return
+    from agent.cli.text import shown
+
     if result["granted"]:
         relay = "relay ON" if result["relay"] else "relay OFF"
-        click.echo(f"{result['action']}: {result['member_id']}, {relay}")
+        click.echo(shown(f"{result['action']}: {result['member_id']}, {relay}"))
     else:
         who = f" ({result['member_id']})" if result["member_id"] else ""
-        click.echo(f"refused{who}: {result['reason']}")
+        click.echo(shown(f"refused{who}: {result['reason']}"))
 
 
 @click.command("input")
@@ -118,6 +120,8 @@ def status(config_path: Path | None, broker_url: str | None, password_file: str 
     if as_json:
         print_json(result)
         return
+    from agent.cli.text import clock_word, shown
+
     who = f" by {result['member_name'] or result['member_id']} ({result['member_id']})" if result["member_id"] else ""
     lines = [
         f"{result['machine']}: {result['state']}{who} since {result['since']}",
@@ -129,8 +133,10 @@ def status(config_path: Path | None, broker_url: str | None, password_file: str 
         f"age {result['members_age_s']} s)",
         f"  outbox     {result['outbox']} waiting, last seq {result['last_seq']}",
         f"  broker     {'connected' if result['broker'] else 'not connected'}",
+        f"  clock      {clock_word(result)}"
+        + (" (dated rules refuse: clock_unsynchronised; see fabpass doctor)" if not result["clock_trusted"] else ""),
         f"  reader     {result['reader']['type']}, {'ok' if result['reader']['healthy'] else result['reader']['detail']}",
     ]
     if result["enrolling"]:
         lines.append(f"  enrolling  the next unknown badge becomes {result['enrolling']}'s")
-    click.echo("\n".join(lines))
+    click.echo("\n".join(shown(line) for line in lines))

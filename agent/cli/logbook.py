@@ -231,7 +231,10 @@ def export(db_path: Path, fmt: str, since: str | None, until: str | None) -> Non
     now = _now()
     rows = queries.sessions(_open(db_path), now, since=_when("--since", since, now),
                             until=_when("--until", until, now), by_start=True)
-    click.echo(queries.to_csv(rows) if fmt == "csv" else queries.to_json(rows), nl=False)
+    # Not click.echo: off a terminal it strips what looks like an ANSI sequence, and an
+    # export is data, to be written as it is (spreadsheet_cell makes the CSV safe).
+    sys.stdout.write(queries.to_csv(rows) if fmt == "csv" else queries.to_json(rows))
+    sys.stdout.flush()
 
 
 @logbook.command()
@@ -271,10 +274,12 @@ def service(machine: str, db_path: Path, note: str | None, at: str | None, every
     if as_json:
         print_json(counter)
         return
-    click.echo(f"{machine}: {counter['hours_since_service']:.2f} h of use since "
-               f"{_local(counter['last_service']) or 'the first session (no service recorded)'}"
-               + (f", service every {counter['every_hours']} h" if counter["every_hours"] else "")
-               + (" — SERVICE DUE" if counter["due"] else ""))
+    from agent.cli.text import shown
+
+    click.echo(shown(f"{machine}: {counter['hours_since_service']:.2f} h of use since "
+                     f"{_local(counter['last_service']) or 'the first session (no service recorded)'}"
+                     + (f", service every {counter['every_hours']} h" if counter["every_hours"] else "")
+                     + (" — SERVICE DUE" if counter["due"] else "")))
 
 
 @logbook.command()

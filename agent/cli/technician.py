@@ -36,7 +36,7 @@ def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: st
     Lines name members as the retained member list does (with --json, events are
     printed exactly as published).
     """
-    from agent.cli.text import event_line
+    from agent.cli.text import event_line, shown
     from agent.link.broker import disconnect, make_client
     from agent.link.topics import ANY, Topics
 
@@ -70,7 +70,7 @@ def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: st
             try:
                 line = event_line(json.loads(message.payload), names)
             except (ValueError, TypeError, AttributeError):
-                line = f"(unreadable event on {message.topic})"
+                line = shown(f"(unreadable event on {message.topic})")
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
@@ -91,14 +91,23 @@ def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: st
         raise RuntimeFailure(failed[0])
 
 
+STATUS_WAIT_S = 3.0  # how long the CLI waits for a machine's retained status
+
+
 def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broker_url: str,
-          password_file: str | None, topic_prefix: str, sign_key: Path | None, member_id: str | None = None) -> None:
+          password_file: str | None, topic_prefix: str, sign_key: Path | None, force: bool,
+          member_id: str | None = None) -> None:
+    """Send a command to `machine`, timed (ts) and, when it ends a session, aimed at the
+    session its retained status shows. A machine with no retained status, or no session
+    to end, is a mistake (exit 2) unless `force`."""
     import datetime as dt
 
     from agent.core.model import MACHINE_ID_RULE, is_machine_id
-    from agent.core.timespec import rfc3339
+    from agent.core.timespec import parse_rfc3339
+    from agent.link.broker import BrokerUnreachable
     from agent.link.commands import MAX_REASON, Command
     from agent.link.publish import PublishError, publish_acknowledged
+    from agent.link.retained import read_retained
     from agent.link.topics import Topics
 
     if not is_machine_id(machine):
@@ -106,21 +115,61 @@ def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broke
     if len(reason) > MAX_REASON:
         raise InputError(f"--reason: at most {MAX_REASON} characters ({len(reason)} given)")
     broker = parse_broker(broker_url, password_file)
-    payload = Command(kind, by or getpass.getuser(), reason, now, machine, member_id).as_payload()
-    payload["ts"] = rfc3339(dt.datetime.now(dt.timezone.utc))
+    key = None
     if sign_key is not None:
-        from agent.signing import SignatureError, load_private_key, sign_command
+        from agent.signing import SignatureError, load_private_key
 
         try:
-            payload = sign_command(payload, load_private_key(sign_key), dt.datetime.now(dt.timezone.utc))
+            key = load_private_key(sign_key)
         except (SignatureError, ValueError, OSError) as err:
             raise InputError(f"--sign-key: {err}") from None
+    topics = Topics(topic_prefix)
     try:
-        publish_acknowledged(broker, Topics(topic_prefix).commands(machine),
-                         json.dumps(payload).encode(), retain=False)
+        status = _status(read_retained(broker, topics.status(machine), STATUS_WAIT_S))
+    except BrokerUnreachable as err:
+        raise RuntimeFailure(str(err)) from None
+    if status is None and not force:
+        raise InputError(f"no machine {machine} on this broker (no retained status on {topics.status(machine)} "
+                         f"within {STATUS_WAIT_S:g} s): is the id right? --force sends it all the same")
+    state = (status or {}).get("state")
+    session = None
+    ends = kind == "end_session" or (kind == "lock" and now)
+    if ends and state == "in_use" and isinstance(status.get("since"), str):
+        try:
+            session = parse_rfc3339(status["since"])
+        except ValueError:
+            session = None
+    if ends and session is None and not force:
+        raise InputError(f"{machine} shows no session in progress (state {state or 'unknown'}): nothing to end"
+                         + (" (use lock without --now to lock it)" if kind == "lock" else "")
+                         + "; --force ends whatever session is in progress when it arrives")
+    if state == "offline":
+        click.echo(f"warning: {machine} is offline: it refuses the command unless it returns within its "
+                   "[commands] max_age (60 s by default)", err=True)
+    sent = dt.datetime.now(dt.timezone.utc)
+    payload = Command(kind, by or getpass.getuser(), reason, now, machine, sent, session,
+                      member_id=member_id).as_payload()
+    if key is not None:
+        from agent.signing import sign_command
+
+        payload = sign_command(payload, key, sent)
+    try:
+        publish_acknowledged(broker, topics.commands(machine), json.dumps(payload).encode(), retain=False)
     except PublishError as err:
         raise RuntimeFailure(str(err)) from None
-    click.echo(f"{kind} sent to {machine}")
+    aimed = f" (the session that began {status['since']})" if session is not None else ""
+    click.echo(f"{kind} sent to {machine}{aimed}")
+
+
+def _status(payload: bytes | None) -> dict | None:
+    """A retained status as a dict; None when there is none (or it is not a JSON object)."""
+    if payload is None:
+        return None
+    try:
+        status = json.loads(payload)
+    except ValueError:
+        return None
+    return status if isinstance(status, dict) else None
 
 
 def _command_options(f):
@@ -129,6 +178,9 @@ def _command_options(f):
         click.option("--by", help="Who is asking (default: your user name)."),
         click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Sign the command (machines with a public_key accept only signed ones)."),
+        click.option("--force", is_flag=True,
+                     help="Send it even when the broker holds no status for MACHINE, or (end-session, "
+                          "lock --now) shows no session: it then ends whatever session is in progress."),
     ]):
         f = option(f)
     return f

@@ -1,4 +1,11 @@
-"""How the command line shows things to a person: tables, one line per event."""
+"""How the command line shows things to a person: tables, one line per event.
+
+Member ids, names, badges, reasons and machine names come from member lists,
+machine accounts and the broker: data a stranger may have written. A terminal
+obeys the control characters in what it prints (an escape sequence can clear
+the screen, retitle the window, or hide a line), so every text path shows
+them escaped (`shown`); `--json` output is JSON, which escapes them itself.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +15,32 @@ from typing import Any
 from agent.core.model import EventType
 
 
+def _escape(code: int) -> str:
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+# C0 controls and DEL, C1 controls, the line and paragraph separators and the
+# bidirectional overrides and isolates (which reorder what follows them).
+_UNSAFE = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F),
+           *range(0x2066, 0x206A)]
+_ESCAPED = {code: _escape(code) for code in _UNSAFE}
+
+
+def shown(value: Any) -> str:
+    """`value` as text for a terminal: control characters from data escaped (`\\x1b`)."""
+    return str(value).translate(_ESCAPED)
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
-    """Plain columns two spaces apart, the header first; None shows as empty."""
+    """Plain columns two spaces apart, the header first; None shows as empty, data escaped (`shown`)."""
     import tabulate as tabulating
 
     # As the tables were before tabulate: no padding beyond the two spaces between
     # columns (the header would get two more), and cells shown as they are.
     tabulating.MIN_PADDING, tabulating.PRESERVE_WHITESPACE = 0, True
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [["" if v is None else shown(v) for v in row] for row in rows]
     return tabulating.tabulate(cells, headers=list(header), tablefmt="plain", disable_numparse=True,
-                    colalign=align).rstrip()
+                               colalign=align).rstrip()
 
 
 def fleet_table(machines: list[dict[str, Any]]) -> str:
@@ -27,12 +50,23 @@ def fleet_table(machines: list[dict[str, Any]]) -> str:
     for m in machines:
         online = m.get("state") != "offline"
         rows.append((m["machine"], m.get("state", "?"), m.get("member_id") or "-", m.get("since") or "-",
-                     str(m.get("members_version") or "-"), str(m.get("outbox", "-")), "yes" if online else "NO"))
-    return table(["MACHINE", "STATE", "MEMBER", "SINCE", "LIST", "OUTBOX", "ONLINE"], rows)
+                     str(m.get("members_version") or "-"), str(m.get("outbox", "-")), clock_word(m),
+                     "yes" if online else "NO"))
+    return table(["MACHINE", "STATE", "MEMBER", "SINCE", "LIST", "OUTBOX", "CLOCK", "ONLINE"], rows)
+
+
+def clock_word(status: dict[str, Any]) -> str:
+    """A status's clock in a word: `ok`, `trusted` (not synchronised, require_sync off),
+    `NOT SYNCED` (dated rules refuse), `-` (not reported: offline, or an older agent)."""
+    synchronised, trusted = status.get("clock_synchronised"), status.get("clock_trusted")
+    if synchronised is None:
+        return "-"
+    return "ok" if synchronised else "trusted" if trusted else "NOT SYNCED"
 
 
 def event_line(event: dict[str, Any], names: Mapping[str, str] | None = None) -> str:
-    """One readable line per usage event; members are named from `names` (id -> name) when known."""
+    """One readable line per usage event, its data escaped (`shown`); members are named
+    from `names` (id -> name) when known."""
     ts = str(event.get("ts", "?")).replace("T", " ").split(".")[0].rstrip("Z")
     kind = event.get("type", "?")
 
@@ -69,7 +103,7 @@ def event_line(event: dict[str, Any], names: Mapping[str, str] | None = None) ->
         EventType.BYPASS_ON: "BYPASS ON: the key switch powers the machine",
         EventType.BYPASS_OFF: "bypass off",
     }.get(kind, kind)
-    return f"{ts}  {event.get('machine', '?'):<12} #{event.get('seq', '?'):<6} {details}"
+    return shown(f"{ts}  {event.get('machine', '?'):<12} #{event.get('seq', '?'):<6} {details}")
 
 
 def _duration(seconds: Any) -> str:

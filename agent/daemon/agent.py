@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpiozero import Factory
@@ -34,10 +35,11 @@ from agent.core.model import (
 )
 from agent.core.session import Indicate, Outcome, Record, Relay, Step, Tap
 from agent.core.timespec import parse_rfc3339, rfc3339
-from agent.daemon.clock import SimulatedClock, SystemClock
+from agent.daemon.clock import SystemClock
 from agent.daemon.clock import now as system_now
 from agent.daemon.control import ControlError, ControlServer
 from agent.daemon.listsync import ListOutcome
+from agent.daemon.nonces import Nonces
 from agent.daemon.outbox import StorageError
 from agent.daemon.storage import GRANTS_KEY, Storage
 from agent.daemon.systemd import Notifier
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fabpass.agent")
 
 MAX_IDLE_WAIT = 1.0  # the loop wakes at least this often (heartbeat, watchdog)
+CLOCK_CHECK_S = 10.0  # how often the loop looks whether the clock's state changed
 
 
 def link_for(config: Config, drain_s: float = 5.0) -> AgentLink | None:
@@ -85,8 +88,7 @@ class _FromLink:
         self.agent.receive_list(payload)
 
     def command_arrived(self, command: Command) -> None:
-        self.agent.submit(self.agent.command, command.kind, command.by, command.reason, command.now,
-                          command.member_id)
+        self.agent.submit(self.agent.command, command)
 
     def command_refused(self, error: str) -> None:
         self.agent.submit(self.agent.reject_command, error)
@@ -100,7 +102,7 @@ class Agent:
 
     def __init__(self, config: Config, pins: Factory | None = None, reader: Reader | None = None,
                  clock: Callable[[], Instant] = system_now, link: AgentLink | None = None,
-                 clock_status: SystemClock | SimulatedClock | None = None) -> None:
+                 clock_status: SystemClock | None = None) -> None:
         self.config = config
         self.id = config.machine.id
         self.clock = clock
@@ -112,6 +114,7 @@ class Agent:
         self.storage = Storage(config)
         self.machine = self.storage.machine
         self.outbox, self.cache = self.storage.outbox, self.storage.cache
+        self.nonces = Nonces(self.outbox)
         # secure cards: a bad key file stops the agent at start (CardKeyError), not at the first tap
         secure = config.reader.secure is not None and not self.simulated
         if secure:
@@ -122,7 +125,10 @@ class Agent:
         if secure and not self.reader.authenticates:
             log.error("reader.secure: this %s reader does not authenticate cards: every card is refused "
                       "card_not_authentic except badges listed uid:", self.reader.name)
-        self.clock_status = clock_status or (SimulatedClock() if self.simulated else SystemClock())
+        self.clock_status = clock_status or SystemClock()
+        self.require_sync = config.require_sync  # read once: the environment may say "simulate"
+        self._clock_seen: tuple[bool, bool] | None = None  # (synchronised, trusted) as last published
+        self._clock_checked = float("-inf")
         self.inputs: MachineInputs | None = None
         self.state = session.State()
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = queue.SimpleQueue()
@@ -188,11 +194,13 @@ class Agent:
         if self.link is not None:
             self.link.start(self.outbox, _FromLink(self))
         info = self.cache.info()
-        log.info("started: %s (%s), reader %s, relay pin %d (%s), members version %s (%d), %s",
+        log.info("started: %s (%s), reader %s, relay pin %d (%s), members version %s (%d), %s, %s",
                  self.config.machine.name or self.id, "simulated" if self.simulated else "hardware",
                  self.config.reader.type, self.config.relay.pin,
                  "active-high" if self.config.relay.active_high else "active-low",
-                 info.version, info.count, f"broker {self.link.broker}" if self.link else "no broker")
+                 info.version, info.count, f"broker {self.link.broker}" if self.link else "no broker",
+                 self._clock_words())
+        self._clock_seen = self._clock_now()
         self.status_changed()
 
     def _recover(self, now: Instant) -> None:
@@ -227,6 +235,7 @@ class Agent:
                         future.set_exception(err)
             self.handle(session.Tick())
             self._retry_unwritten()
+            self._watch_clock()
             self._alive()
 
     def _alive(self) -> None:
@@ -264,7 +273,7 @@ class Agent:
 
     def tap(self, uid: str, check: CardCheck | None = None) -> dict[str, Any]:
         """A badge presented to the reader; `check`, from a reader that authenticates cards."""
-        tap = self.storage.tap(uid, self.clock().wall, self.clock_status.synchronised(), self.state.grants,
+        tap = self.storage.tap(uid, self.clock().wall, self.clock_trusted(), self.state.grants,
                                self._authentic(check))
         outcome = self.handle(tap)
         assert outcome is not None
@@ -401,15 +410,32 @@ class Agent:
 
     # -- remote commands -----------------------------------------------------------
 
-    def command(self, kind: str, by: str, reason: str, now_flag: bool = False, member_id: str | None = None) -> None:
-        """A validated technician's command (lock, unlock, end_session, enrol), on the loop."""
+    def command(self, command: Command) -> None:
+        """A technician's command (lock, unlock, end_session, enrol), parsed by the link, on the loop:
+        obeyed only if it is young enough, its nonce new (signed) and it names the session
+        in progress (end_session, lock now)."""
+        from agent.link.commands import CommandError, admit, aimed
+
+        now = self.clock()
+        try:
+            admit(command, now.wall, self.config.commands.max_age)
+            started = self.state.session.started if self.state.session else None
+            aimed(command, started)
+            if command.nonce is not None and command.ts is not None:
+                self.nonces.remember(command.nonce, command.ts + dt.timedelta(seconds=self.config.commands.max_age),
+                                     now.wall)
+        except CommandError as err:
+            self.reject_command(str(err))
+            return
+        by, reason = command.by, command.reason
         event = {
-            "lock": lambda: session.Lock(by, reason, now_flag),
+            "lock": lambda: session.Lock(by, reason, command.now),
             "unlock": lambda: session.Unlock(by, reason),
             "end_session": lambda: session.EndSession(by, reason),
-            "enrol": lambda: session.Enrol(member_id, by, self.storage.member(member_id) is not None),
-        }[kind]()
-        log.info("command %s by %s: %s", kind, by, member_id if kind == "enrol" else reason or "-")
+            "enrol": lambda: session.Enrol(command.member_id, by, self.storage.member(command.member_id) is not None),
+        }[command.kind]()
+        log.info("command %s by %s: %s", command.kind, by,
+                 command.member_id if command.kind == "enrol" else reason or "-")
         self.handle(event)
 
     # -- inputs at the machine -----------------------------------------------------------
@@ -422,6 +448,39 @@ class Agent:
     def reject_command(self, error: str) -> None:
         log.warning("command rejected: %s", error)
         self._commit([(EventType.COMMAND_REJECTED, {"error": error})], self.clock())
+
+    # -- the clock (issue 17) -------------------------------------------------------------
+
+    def clock_trusted(self) -> bool:
+        """May date rules trust the wall clock: it is synchronised, or the config says to trust it."""
+        return not self.require_sync or self.clock_status.synchronised()
+
+    def _clock_now(self) -> tuple[bool, bool]:
+        synchronised = self.clock_status.synchronised()
+        return synchronised, synchronised or not self.require_sync
+
+    def _clock_words(self) -> str:
+        """The clock's state and what it means for taps, for the journal."""
+        synchronised, trusted = self._clock_now()
+        if synchronised:
+            return "clock synchronised"
+        if trusted:
+            why = "simulation" if self.config.clock.require_sync is None else "[clock] require_sync = false"
+            return f"clock NOT synchronised but trusted ({why})"
+        return ("clock NOT synchronised: members with expiry dates, machines with opening hours and "
+                "max_list_age refuse (clock_unsynchronised, stale_member_list) until it is")
+
+    def _watch_clock(self) -> None:
+        """Publish the status when the clock's state changes (NTP reached at last, say)."""
+        mono = self.clock().mono
+        if mono - self._clock_checked < CLOCK_CHECK_S:
+            return
+        self._clock_checked = mono
+        seen = self._clock_now()
+        if seen != self._clock_seen:
+            self._clock_seen = seen
+            log.info("%s", self._clock_words())
+            self.status_changed()
 
     # -- status and control --------------------------------------------------------------
 
@@ -445,6 +504,9 @@ class Agent:
                        "healthy": self.reader.healthy, "detail": self.reader.detail,
                        "counters": self.reader.counters},
             "simulated": self.simulated,
+            # trust (issue 17)
+            "clock_synchronised": self.clock_status.synchronised(),
+            "clock_trusted": self.clock_trusted(),
             # at the machine
             "member_name": state.session.name if state.session else None,
             "induction": self.config.machine.induction,
@@ -474,8 +536,7 @@ class Agent:
             except BadBadge as err:
                 raise ControlError(str(err), usage=True) from None
             if op == "check":
-                return self.call(lambda: self.storage.check(badge, self.state, self.clock(),
-                                                            self.clock_status.synchronised()))
+                return self.call(lambda: self.storage.check(badge, self.state, self.clock(), self.clock_trusted()))
             if not self.simulated:
                 raise ControlError("this agent runs real hardware: taps come from its reader "
                                    "(start it with --simulate to tap from the command line)", usage=True)
@@ -483,11 +544,8 @@ class Agent:
         if op == "input":
             return self._simulate_input(request.get("name"), request.get("on"))
         if op == "import":
-            from agent.members.snapshot import load_file
-
-            path, version = request.get("path"), request.get("version")
-            return self.import_members(lambda: load_file(path, version=version,
-                                                        public_key=self.config.members.public_key))
+            path, version = Path(str(request.get("path"))), request.get("version")
+            return self._take_list(lambda now: self.storage.import_file(path, version, now))
         raise ControlError(f"unknown request {op!r}", usage=True)
 
     def _simulate_input(self, name: Any, on: Any) -> dict[str, Any]:

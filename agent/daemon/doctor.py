@@ -9,21 +9,17 @@ here switches the relay on: the relay probe claims the pin at its off level.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import glob
 import grp
 import os
 import pwd
-import shutil
-import subprocess
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from agent.config import Config
+from agent.daemon.clock import ClockState, read_state
 
 SERVICE_USER = "fabpass"
 SERIAL_READERS = ("rdm6300", "head")
@@ -141,14 +137,30 @@ def check_card_key(config: Config, error: str | None) -> Result:
     return Result(FAIL, "card key", error, fix)
 
 
-def check_clock(synchronised: bool | None, source: str) -> Result:
-    if synchronised:
-        return Result(OK, "clock", f"synchronised ({source})")
-    if synchronised is None:
-        return Result(WARN, "clock", "cannot tell whether the clock is synchronised",
-                      "a Pi has no real-time clock: make sure NTP runs (timedatectl set-ntp true)")
-    return Result(FAIL, "clock", f"not synchronised ({source}): session times and expiry dates would be wrong",
-                  "give the Pi network access to an NTP server (timedatectl set-ntp true; timedatectl timesync-status)")
+CLOCK_FIXES = (
+    "serve NTP from the broker host (chrony there with `allow` for the lab's network; on each Pi "
+    "NTP=broker.lab in /etc/systemd/timesyncd.conf, then timedatectl set-ntp true); or fit an RTC "
+    "(a Pi 5 with its battery keeps time across power cuts) and set [clock] require_sync = false")
+TRUST_RISK = ("[clock] require_sync = false trusts the clock as it is: without an RTC a Pi boots with the "
+              "time of its last shutdown, so after a power cut a membership or induction that has since "
+              "expired is granted and opening hours are judged by the wrong time, until NTP sets it")
+
+
+def check_clock(config: Config, state: ClockState) -> Result:
+    """The clock as the agent reads it (agent.daemon.clock), and what the config makes of it."""
+    if state.synchronised:
+        return Result(OK, "clock", f"{state.detail} ({state.source})")
+    if not config.require_sync:
+        if config.clock.require_sync is None:
+            return Result(OK, "clock", f"simulation trusts the host's clock ({state.detail})")
+        return Result(WARN, "clock", f"{state.detail}; trusted anyway ([clock] require_sync = false)",
+                      f"only with a battery-backed RTC: {TRUST_RISK}")
+    fix = CLOCK_FIXES
+    if "ProtectClock" in state.detail:
+        fix = ("let the agent read the clock: no ProtectClock=yes, and clock_adjtime in SystemCallFilter= "
+               "(as deploy/fabpass.service ships); then " + CLOCK_FIXES)
+    return Result(FAIL, "clock", f"{state.detail}: members with expiry dates and machines with opening hours "
+                  "are refused (clock_unsynchronised)", f"{fix}. {TRUST_RISK}")
 
 
 def check_broker(config: Config, error: str | None, where: str) -> Result:
@@ -254,30 +266,6 @@ def probe_user_groups() -> tuple[str, set[str], set[str]]:
     return entry.pw_name, groups, {g.gr_name for g in grp.getgrall()}
 
 
-TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
-
-
-def probe_clock() -> tuple[bool | None, str]:
-    if shutil.which("timedatectl"):
-        try:
-            done = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
-                                  capture_output=True, text=True, timeout=5)
-            if done.returncode == 0 and done.stdout.strip() in ("yes", "no"):
-                return done.stdout.strip() == "yes", "timedatectl"
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    if Path("/run/systemd/timesync/synchronized").exists():
-        return True, "systemd-timesyncd"
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        timex = ctypes.create_string_buffer(512)  # struct timex, zeroed: modes = 0 only reads
-        state = libc.adjtimex(timex)
-        if state >= 0:
-            return state != TIME_ERROR, "adjtimex"
-    return None, "no source"
-
-
 def probe_broker(config: Config, timeout: float = 3.0) -> tuple[str | None, str]:
     """Connect with the configured credentials; None when the broker accepts them."""
     from agent.link.broker import BadBrokerURL, Broker, make_client
@@ -320,7 +308,7 @@ class Probes:
     reader: Callable[[Config], int | str | None] = probe_reader
     relay: Callable[[Config], RelaySeen] = probe_relay
     user_groups: Callable[[], tuple[str, set[str], set[str]]] = probe_user_groups
-    clock: Callable[[], tuple[bool | None, str]] = probe_clock
+    clock: Callable[[], ClockState] = read_state
     broker: Callable[[Config], tuple[str | None, str]] = probe_broker
     card_key: Callable[[Config], str | None] = probe_card_key  # secure cards
 
@@ -334,7 +322,7 @@ def diagnose(config: Config, probes: Probes | None = None) -> list[Result]:
         check_reader(config, probes.reader(config)),
         check_relay(config, probes.relay(config)),
         check_groups(config, user, member_of, existing),
-        check_clock(*probes.clock()),
+        check_clock(config, probes.clock()),
         check_broker(config, broker_error, where),
     ]
     if config.reader.secure is not None:  # secure cards

@@ -1,7 +1,11 @@
 """Taking a member list into an agent, the same way whether it came from the
 broker or from `fabpass members import`: the version must grow, the same
-version again only confirms the list, a bad list changes nothing; each
-outcome is recorded in the outbox as an event."""
+version again changes nothing, a bad list changes nothing; each outcome is
+recorded in the outbox as an event.
+
+A list's age is counted from its own `generated_at` (list_age), never from
+when it arrived: a list delivered again, or replayed by whoever kept a copy,
+stays as old as it is, and delivering it again writes nothing."""
 
 from __future__ import annotations
 
@@ -15,13 +19,13 @@ from typing import Any
 
 from agent import __version__
 from agent.core.model import EventType
+from agent.core.timespec import parse_rfc3339
 from agent.daemon.outbox import Outbox
 from agent.members.cache import MemberCache, VersionNotNewer
 from agent.members.update import Updated
 
 log = logging.getLogger("fabpass.members")
 
-CONFIRMED_KEY = "members_confirmed_at"
 PAYLOAD_KEY = "members_payload"  # {"version", "sha256"} of the last list from the broker taken or confirmed
 # {"sha256", "cached", "version", "error"} of the last list from the broker refused for what it holds
 REFUSED_KEY = "members_refused"
@@ -50,16 +54,17 @@ class ListSync:
              remember_refusal: Callable[[int | None, str], dict[str, Any]] = lambda version, error: {},
              ) -> ListOutcome:
         """Write a list into the cache with `update` (agent.members.update) and record
-        the outcome: the version must grow, the same version again only confirms the
-        list, a bad list changes nothing. `remember(version)` gives meta keys to
-        write with a list taken or confirmed, `remember_refusal(version, error)` with
-        a list refused for what it holds (not for a full disk), in the same commit."""
-        confirmed = {CONFIRMED_KEY: now.timestamp()}
+        the outcome: the version must grow, the same version again changes nothing, a
+        bad list changes nothing. `remember(version)` gives meta keys to write with a
+        list taken or found current, `remember_refusal(version, error)` with a list
+        refused for what it holds (not for a full disk), in the same commit."""
         try:
             updated = update()
         except VersionNotNewer as err:
             if err.same:  # a retained list delivered again: it is still current
-                self.outbox.commit([], now, {**confirmed, **remember(err.version)})
+                remembered = remember(err.version)
+                if remembered:
+                    self.outbox.commit([], now, remembered)
                 return ListOutcome(False, err.version)
             return self._refused(err.version, str(err), now, remember_refusal(err.version, str(err)))
         except ValueError as err:  # the list: the same bytes would be refused again
@@ -69,7 +74,7 @@ class ListSync:
             return self._refused(None, str(err), now)
         log.info("member list version %d applied: %d members", updated.version, updated.count)
         self.outbox.commit([(EventType.MEMBERS_UPDATED, {"version": updated.version, "count": updated.count})],
-                           now, {**confirmed, **remember(updated.version)})
+                           now, remember(updated.version))
         return ListOutcome(True, updated.version, updated.count)
 
     def take_published(self, payload: bytes, update: Callable[[bytes], Updated], now: dt.datetime,
@@ -77,11 +82,11 @@ class ListSync:
         """A list from the broker, written with `update` (in a child process) and recorded as `take` does.
 
         The broker delivers its retained list again at every reconnect. When the
-        bytes are those last taken or confirmed here, under the same `settings`
-        (whatever else decides what the cache holds: the signing key, the badge
-        hash key) and fabpass version, and the cache still holds that version, the
-        list is only confirmed: no child process is started (on a Pi Zero that is
-        seconds of CPU and 20 MB at every reconnect). The bytes of a list last
+        bytes are those last taken here, under the same `settings` (whatever else
+        decides what the cache holds: the signing key, the badge hash key) and
+        fabpass version, and the cache still holds that version, nothing is done:
+        no child process (on a Pi Zero that is seconds of CPU and 20 MB at every
+        reconnect), and no write. The bytes of a list last
         refused for what it holds, against the same cached version, are refused
         again without a child process and without another members_rejected event.
         """
@@ -91,7 +96,6 @@ class ListSync:
         cached = self.cache.version
         last = self.outbox.get(PAYLOAD_KEY)
         if last is not None and last["sha256"] == digest and cached == last["version"]:
-            self.outbox.commit([], now, {CONFIRMED_KEY: now.timestamp()})
             return ListOutcome(False, last["version"])
         refused = self.outbox.get(REFUSED_KEY)
         if refused is not None and refused["sha256"] == digest and refused["cached"] == cached:
@@ -110,10 +114,17 @@ class ListSync:
         self.outbox.commit([(EventType.MEMBERS_REJECTED, fields)], now, meta)
         return ListOutcome(False, version, error=error)
 
-    def age(self, now: dt.datetime) -> float | None:
-        """Seconds since the list was last received, confirmed by the broker, or imported."""
-        confirmed = self.outbox.get(CONFIRMED_KEY)
-        return None if confirmed is None else max(0.0, now.timestamp() - confirmed)
+
+def list_age(generated_at: str | None, now: dt.datetime) -> float | None:
+    """Seconds since the list was made (its `generated_at`); None when that is unknown.
+    A list made in the future (a clock ahead on the admin's side) is of age 0."""
+    if generated_at is None:
+        return None
+    try:
+        made = parse_rfc3339(generated_at)
+    except ValueError:
+        return None
+    return max(0.0, (now - made).total_seconds())
 
 
 def is_stale(max_age: float | None, age: float | None) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent.config import Config
@@ -14,11 +15,12 @@ from agent.core.grants import Grants
 from agent.core.model import UID_PREFIX, Instant, Member, printed_numbers
 from agent.core.policy import Rules
 from agent.core.timespec import parse_rfc3339
-from agent.daemon.listsync import ListOutcome, ListSync, is_stale
+from agent.daemon.listsync import ListOutcome, ListSync, is_stale, list_age
 from agent.daemon.outbox import Outbox
 from agent.members.badgehash import BadgeHasher
 from agent.members.cache import MemberCache
 from agent.members.update import update_cache
+from agent.members.version import next_version
 
 OUTBOX_FILE = "agent.db"
 GRANTS_KEY = "grants"  # the outbox meta key of what the machine granted by itself (agent.core.grants)
@@ -128,14 +130,18 @@ class Storage:
         UID alone when the list writes its badge `uid:`, and refused otherwise."""
         member, listed_by_uid = self.find(uid, grants)
         by_uid = listed_by_uid and not authentic
-        return session.Tap(self.badge_key(uid), member, self.list_stale(now), clock_trusted, authentic or by_uid,
-                           by_uid)
+        return session.Tap(self.badge_key(uid), member, self.list_stale(now, clock_trusted), clock_trusted,
+                           authentic or by_uid, by_uid)
 
     def list_age(self, now: dt.datetime) -> float | None:
-        return None if self.lists is None else self.lists.age(now)
+        """Seconds since the cached list was made (its generated_at); None when unknown."""
+        return list_age(self.cache.info().generated_at, now)
 
-    def list_stale(self, now: dt.datetime) -> bool:
-        return is_stale(self.config.members.max_list_age, self.list_age(now))
+    def list_stale(self, now: dt.datetime, clock_trusted: bool = True) -> bool:
+        """Whether max_list_age refuses non-staff: the list is too old, its age is
+        unknown, or the clock it would be judged by is not trusted."""
+        max_age = self.config.members.max_list_age
+        return max_age is not None and (not clock_trusted or is_stale(max_age, self.list_age(now)))
 
     def check(self, uid: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
         """Would a tap of `uid` be granted in `state` now? The session machine's answer,
@@ -150,6 +156,21 @@ class Storage:
         """Take a list parsed by `load` (a file being imported), in this process."""
         assert self.lists is not None, "open the storage with create=True to import"
         return self.lists.take(lambda: update_cache(self.cache, load, self.hasher), now)
+
+    def import_file(self, path: Path, version: int | None, now: dt.datetime) -> ListOutcome:
+        """Take a member list file (`fabpass members import`). A CSV list without
+        `version` gets the next after the cached one (agent.members.version)."""
+
+        def load() -> Any:
+            # Imported when used: an agent that only takes lists from the broker never loads it.
+            from agent.members.snapshot import load_file
+
+            given = version
+            if given is None and path.suffix.lower() == ".csv":
+                given = next_version(self.cache.version, now)
+            return load_file(path, version=given, public_key=self.config.members.public_key)
+
+        return self.import_list(load, now)
 
     def close(self) -> None:
         self.cache.close()

@@ -21,6 +21,7 @@ from agent.core.model import Instant
 from agent.daemon.agent import Agent, link_for
 from agent.devtools.machines import machine_toml
 from agent.devtools.wait import wait_for
+from agent.link.commands import Command
 
 MACHINE = {"name": "Laser cutter (Trotec Speedy 400)", "max_session": "4h", "timezone": "Europe/Rome"}
 INDICATORS = {"green": 5, "red": 6, "amber": 13, "buzzer": 19}
@@ -148,11 +149,11 @@ def run_demo(echo: Callable[[str], None], broker_url: str | None = None, prefix:
             elif kind == "note":
                 echo(f"{stamp()}  ({arg})")
             elif kind == "enrol":
-                agent.call(agent.command, kind, "technician", "", False, arg)
+                agent.call(agent.command, Command(kind, "technician", "", ts=agent.clock().wall, member_id=arg))
                 echo(f"{stamp()}  technician: fabpass members enrol {arg} --machine {config.machine.id} "
                      f"({NAMES_BY_ID[arg]} has no badge yet)")
             else:
-                agent.call(agent.command, kind, "technician", arg)
+                agent.call(agent.command, Command(kind, "technician", arg, ts=agent.clock().wall))
                 echo(f"{stamp()}  technician {kind}s the machine{': ' + arg if arg else ''}")
         if broker_url:
             with contextlib.suppress(TimeoutError):

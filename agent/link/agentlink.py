@@ -117,13 +117,11 @@ class AgentLink:
                          threading.Thread(target=self._list_worker, name="members-sync", daemon=True)]
         self._outbox: EventSource | None = None
         self._handler: LinkHandler | None = None
-        self._guard = None
         self._public_key = None
         if settings.public_key:
-            from agent.signing import ReplayGuard, load_public_key
+            from agent.signing import load_public_key
 
             self._public_key = load_public_key(settings.public_key)
-            self._guard = ReplayGuard()
 
     def _new_client(self, protocol: int) -> mqtt.Client:
         machine = self.settings.machine
@@ -249,7 +247,7 @@ class AgentLink:
 
     def _command(self, payload: bytes) -> None:
         try:
-            command = commands.parse(payload, self.settings.machine, self._public_key, self._guard)
+            command = commands.parse(payload, self.settings.machine, self._public_key)
         except commands.CommandError as err:
             self._handler.command_refused(str(err))
             return

@@ -210,11 +210,23 @@ def weekly_hours(db: Database, now: dt.datetime, tz: dt.tzinfo, weeks: int) -> d
     return result
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """`value` made safe for a spreadsheet: a text that starts like a formula (= + - @,
+    a tab or a carriage return) gets a leading `'`, so that a member id or a reason
+    written by a stranger is shown, never run (CSV injection). Numbers stay numbers."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def to_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """The sessions as CSV for a spreadsheet (RFC 4180: CRLF between rows, so that a
+    cell holding a lone CR is quoted too), every cell through spreadsheet_cell."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=SESSION_KEYS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=SESSION_KEYS, lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: spreadsheet_cell(v) for k, v in row.items()} for row in rows)
     return out.getvalue()
 
 

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from agent.core.model import Member
+from agent.members.version import MAX_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +204,11 @@ class MemberCache:
         return self.info().version
 
     def check_version(self, version: int) -> None:
-        """Raise VersionNotNewer unless `version` is above the cached one."""
+        """Raise VersionNotNewer unless `version` is above the cached one. A cached
+        version above MAX_VERSION (taken before versions were bounded) blocks nothing:
+        otherwise no list could ever follow it."""
         cached = self.version
-        if cached is not None and version <= cached:
+        if cached is not None and cached <= MAX_VERSION and version <= cached:
             raise VersionNotNewer(version, cached)
 
     def replace(self, snapshot: SnapshotLike) -> int:

@@ -18,7 +18,6 @@ import functools
 import io
 import json
 import re
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,8 @@ from agent.core.model import (
     is_normal_list_badge,
     normalise_list_badge,
 )
+from agent.core.timespec import parse_rfc3339, rfc3339
+from agent.members.version import VersionError, check_version
 
 if TYPE_CHECKING:  # signing (and cryptography, 6 MB of RSS) is imported only where a key is used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -432,9 +433,11 @@ class _TopLevel:
 
 
 def _version(fields: dict[str, Any]) -> int | None:
-    version = fields.get("version")
-    ok = isinstance(version, int) and not isinstance(version, bool) and version > 0
-    return version if ok else None
+    """The version when it is a valid one, for the messages that name it."""
+    try:
+        return check_version(fields.get("version"))
+    except VersionError:
+        return None
 
 
 def _check_top(fields: dict[str, Any], members_at: int | None) -> None:
@@ -447,12 +450,25 @@ def _check_top(fields: dict[str, Any], members_at: int | None) -> None:
         raise SnapshotError(f"v: {fields.get('v')!r} is not a snapshot format this agent reads "
                             f"(expected {FORMAT_VERSION})", version)
     if version is None:
-        raise SnapshotError(f"version: {fields.get('version')!r} must be a positive integer")
-    if not isinstance(fields.get("generated_at"), (str, type(None))):
-        raise SnapshotError("generated_at: must be a string or null", version)
+        try:
+            check_version(fields.get("version"))
+        except VersionError as err:
+            raise SnapshotError(f"version: {str(err).removeprefix('version ')}") from None
+    generated_at = fields.get("generated_at")
+    if generated_at is not None and not _is_rfc3339(generated_at):
+        raise SnapshotError(f"generated_at: {generated_at!r} is not an RFC 3339 time with its offset "
+                            "(such as 2026-11-25T09:00:00Z) or null", version)
     if members_at is None:
         what = "missing" if "members" not in fields else "must be a list"
         raise SnapshotError(f"members: {what}", version)
+
+
+def _is_rfc3339(value: Any) -> bool:
+    try:
+        parse_rfc3339(value)
+    except ValueError:
+        return False
+    return True
 
 
 class _Signed:
@@ -703,10 +719,12 @@ def _csv_rows(text: str, source: str, version: int | None) -> Iterator[tuple[str
         raise SnapshotError(f"{source} row {number + 1}: not valid CSV: {err}", version) from None
 
 
-def load_csv(text: str, version: int, source: str = "<csv>") -> Snapshot:
+def load_csv(text: str, version: int, source: str = "<csv>", generated_at: str | None = None) -> Snapshot:
     """Parse and validate a CSV member list; errors name `source` and the row (the header is row 1)."""
-    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
-        raise SnapshotError(f"{source}: version {version!r} must be a positive integer")
+    try:
+        check_version(version)
+    except VersionError as err:
+        raise SnapshotError(f"{source}: {err}") from None
     _check_size(text)
     unique = _Unique()
     for place, row in _csv_rows(text, source, version):
@@ -722,7 +740,7 @@ def load_csv(text: str, version: int, source: str = "<csv>") -> Snapshot:
             except ValueError as err:  # validated when loaded, so only if the checks disagree
                 raise SnapshotError(f"{place}: {err}", version) from None
 
-    return Snapshot(version, None, len(unique.ids), members)
+    return Snapshot(version, generated_at, len(unique.ids), members)
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -735,7 +753,8 @@ def _check_size(data: bytes | bytearray | str) -> None:
 
 def load_file(path: Path, version: int | None = None,
               public_key: str | Ed25519PublicKey | None = None) -> Snapshot:
-    """A member list from a .json or .csv file (a CSV without `version`: the current Unix time)."""
+    """A member list from a .json or .csv file. A CSV list is made as it is read: its
+    `generated_at` is now, its version `version` or else the current Unix time."""
     path = Path(path)
     kind = path.suffix.lower()
     if kind not in (".json", ".csv"):
@@ -760,7 +779,8 @@ def load_file(path: Path, version: int | None = None,
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             raise SnapshotError(f"not UTF-8 (byte {err.start}); save the CSV as UTF-8") from None
-        return load_csv(text, version if version is not None else int(time.time()), str(path))
+        now = dt.datetime.now(dt.timezone.utc)
+        return load_csv(text, version if version is not None else int(now.timestamp()), str(path), rfc3339(now))
     except SnapshotError as err:
         message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
         raise SnapshotError(message, err.version) from None

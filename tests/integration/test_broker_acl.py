@@ -8,6 +8,7 @@ broker, which routes messages in the order it acknowledges them.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.core.timespec import rfc3339
 from agent.devtools.localbroker import LocalBroker as Mosquitto
 from agent.link.broker import Broker, make_client
 from tests.support import ROOT
@@ -374,7 +376,8 @@ def test_broker_acl_lets_the_real_agent_do_its_job(lab: Lab, admin: Session, tmp
     try:
         wait_for(lambda: "agent_started" in event_types(), 15, f"agent_started ({log.read_text()})")
         wait_for(lambda: admin.payloads("fabpass/machines/laser-1/status"), 5, "the agent's status")
-        command = json.dumps({"v": 1, "command": "lock", "reason": "maintenance", "by": "tech"})
+        sent = rfc3339(dt.datetime.now(dt.timezone.utc))
+        command = json.dumps({"v": 1, "command": "lock", "reason": "maintenance", "by": "tech", "ts": sent})
         assert admin.publish("fabpass/machines/laser-1/commands", command) == 0
         wait_for(lambda: "machine_locked" in event_types(), 10, "machine_locked")
     finally:

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
+from agent.link.commands import Command
 from tests.support.agents import (
     ADA,
     ALAN,
@@ -265,7 +266,7 @@ def test_daemon_sigkill_mid_session_is_closed_on_restart_with_the_relay_off(proc
 def test_daemon_lock_survives_a_restart(agents, tmp_path):
     a = agents(config_text(tmp_path))
     a.apply(members_json())
-    a.agent.call(a.agent.command, "lock", "tech", "tube change")
+    a.agent.call(a.agent.command, Command("lock", "tech", "tube change", ts=a.agent.clock().wall))
     a.stop()
     b = agents(config_text(tmp_path))
     assert b.tap(ADA)["reason"] == "machine_locked"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon.listsync import CONFIRMED_KEY, ListSync
+from agent.daemon.listsync import ListSync
 from agent.daemon.outbox import Outbox
 from agent.members.cache import FILENAME, MemberCache
 from agent.members.update import Updated, update_cache_in_child
@@ -50,14 +50,16 @@ def storage(tmp_path):
     s.close()
 
 
-def test_listsync_same_list_again_is_confirmed_without_an_updater(storage):
+def test_listsync_same_list_again_starts_no_updater_and_writes_nothing(storage):
     first = storage.deliver(members_json(version=5))
     assert first.applied and storage.runs == 1 and storage.cache.version == 5
+    files = sorted(storage.directory.glob("outbox.db*"))
+    before = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     again = storage.deliver(members_json(version=5), minutes=10)
     assert not again.applied and again.version == 5 and again.error is None
     assert storage.runs == 1, "the same bytes started no updater process"
-    assert storage.outbox.get(CONFIRMED_KEY) == (NOW + dt.timedelta(minutes=10)).timestamp()
-    assert storage.events() == ["members_updated"], "a confirmation is no event"
+    assert [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files] == before, "nor wrote a byte"
+    assert storage.events() == ["members_updated"], "a list delivered again is no event"
 
 
 def test_listsync_same_version_in_other_bytes_is_read_then_remembered(storage):

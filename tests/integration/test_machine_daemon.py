@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.daemon.control import ControlError, request
+from agent.link.commands import Command
 from tests.support.agents import (
     ADA,
     ALAN,
@@ -51,6 +52,11 @@ def machine(tmp_path: Path):
         agent.stop()
 
 
+def enrol(agent: RunningAgent, member_id: str) -> None:
+    """`fabpass members enrol MEMBER_ID` as it reaches the agent, by giulia, sent now."""
+    agent.agent.call(agent.agent.command, Command("enrol", "giulia", "", ts=agent.clock().wall, member_id=member_id))
+
+
 def events(agent: RunningAgent, *types: str) -> list[dict]:
     return [e for e in read_events(agent.config.storage.dir) if not types or e["type"] in types]
 
@@ -64,7 +70,7 @@ def fields(event: dict, *keys: str) -> tuple:
 def test_machine_enrolment_binds_an_unknown_badge_that_then_opens_sessions_across_restarts(machine):
     a = machine()
     assert a.apply(members())["applied"]
-    a.agent.call(a.agent.command, "enrol", "giulia", "", False, "alan")
+    enrol(a, "alan")
     assert a.agent.call(a.agent.status)["enrolling"] == "alan"
     answer = a.tap(NEW_BADGE)
     assert (answer["action"], answer["granted"], answer["member_id"], answer["relay"]) == ("enrolled", True, "alan", False)
@@ -82,7 +88,7 @@ def test_machine_enrolled_badge_holds_until_a_list_generated_after_it(machine):
     a = machine()
     a.apply(members(extra=[{"id": "eve", "name": "Eve", "badges": [], "status": "active", "expires": None,
                             "roles": [], "inductions": {"laser": None}}]))
-    a.agent.call(a.agent.command, "enrol", "giulia", "", False, "eve")
+    enrol(a, "eve")
     assert a.tap(NEW_BADGE)["action"] == "enrolled"
     assert a.tap(NEW_BADGE)["action"] == "started" and a.relay_is_on()
     assert a.tap(NEW_BADGE)["action"] == "ended"
@@ -100,8 +106,8 @@ def test_machine_enrolled_badge_holds_until_a_list_generated_after_it(machine):
 def test_machine_enrolment_refusals(machine):
     a = machine()
     a.apply(members())
-    a.agent.call(a.agent.command, "enrol", "giulia", "", False, "nobody")
-    a.agent.call(a.agent.command, "enrol", "giulia", "", False, "alan")
+    enrol(a, "nobody")
+    enrol(a, "alan")
     assert a.tap(ADA)["action"] == "started"  # Ada's badge is in the list: hers, not Alan's to take
     assert a.tap(ADA)["action"] == "ended"
     a.clock.advance(61)
@@ -175,7 +181,7 @@ def test_machine_report_button_held_ends_the_session_and_locks_naming_the_last_t
     assert a.tap(ADA)["reason"] == "machine_locked"
     assert a.tap("DEADBEEF")["action"] == "started"  # staff may still use it
     a.tap("DEADBEEF")
-    a.agent.call(a.agent.command, "unlock", "tech", "fixed")
+    a.agent.call(a.agent.command, Command("unlock", "tech", "fixed", ts=a.clock().wall))
     assert a.tap(ADA)["action"] == "started"
 
 
@@ -256,7 +262,7 @@ def test_machine_members_check_without_the_agent_knows_what_it_granted(machine, 
 
     a = machine()
     a.apply(members())
-    a.agent.call(a.agent.command, "enrol", "giulia", "", False, "alan")
+    enrol(a, "alan")
     assert a.tap(NEW_BADGE)["action"] == "enrolled"
     assert a.tap("04AAAA01")["action"] == "started" and a.tap(ALAN)["action"] == "inducted"
     a.stop()

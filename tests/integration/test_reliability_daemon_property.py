@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.core.timespec import parse_rfc3339, rfc3339
+from agent.link.commands import Command
 from tests.support.agents import (
     ADA,
     ALAN,
@@ -229,7 +230,8 @@ class Harness:
             a.tick()
         elif kind == "command":
             command, now_flag = ("lock", True) if arg == "lock_now" else (arg, False)
-            a.agent.call(a.agent.command, command, "tech", "property test", now_flag)
+            sent = Command(command, "tech", "property test", now_flag, ts=self.clock.wall)  # ends any session
+            a.agent.call(a.agent.command, sent)
             if command == "lock":
                 model.locked = True
             elif command == "unlock":
@@ -258,7 +260,7 @@ class Harness:
             for who in arg:
                 self.do("tap", who)
         elif kind == "enrol":
-            a.agent.call(a.agent.command, "enrol", "tech", "", False, arg)
+            a.agent.call(a.agent.command, Command("enrol", "tech", "", ts=self.clock.wall, member_id=arg))
             if arg in model.members:
                 model.enrolling = (arg, self.clock().mono + 60)
         elif kind == "button":

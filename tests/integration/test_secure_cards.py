@@ -18,6 +18,7 @@ from agent.daemon.agent import Agent
 from agent.hardware.cardkeys import CardKeyError, diversify
 from agent.hardware.securecard import SECURE_BUDGET, CardVerifier
 from agent.hardware.simulated import SimulatedReader
+from agent.link.commands import Command
 from tests.support.agents import MEMBERS, RunningAgent, members_json
 from tests.support.cards import MASTER, key_file, secure_text
 from tests.support.emulated_mfrc522 import Card
@@ -67,7 +68,7 @@ def test_secure_cards_a_genuine_card_starts_a_session_and_a_clone_of_it_is_refus
     assert a.relay_is_on()
     field.remove(card)
     removed = time.monotonic()
-    a.agent.call(a.agent.command, "end_session", "test", "")
+    a.agent.call(a.agent.command, Command("end_session", "test", "", ts=a.agent.clock().wall))
     assert not a.relay_is_on()
     history = relay_levels(a)
     wait_for(lambda: time.monotonic() - removed > 0.3, 5, "the card to be away longer than rearm")
@@ -129,7 +130,7 @@ def test_secure_cards_a_slow_card_never_stalls_the_agent(secure_agent):
     wait_for(entered.is_set, 10, "the reader to be inside the card's exchange")
     began = time.monotonic()
     assert a.agent.call(a.agent.status, timeout=2)["state"] == "idle"
-    a.agent.call(a.agent.command, "lock", "test", "slow card", timeout=2)
+    a.agent.call(a.agent.command, Command("lock", "test", "slow card", ts=a.agent.clock().wall), timeout=2)
     assert a.agent.call(a.agent.status, timeout=2)["locked"]
     waited = time.monotonic() - began
     wait_for(lambda: time.monotonic() - began > SECURE_BUDGET, 5, "the budget to pass")

@@ -27,17 +27,33 @@ def test_storage_check_on_a_machine_that_never_ran_creates_nothing(tmp_path) -> 
 
 
 def test_storage_a_list_without_an_age_is_stale_where_an_age_is_required(tmp_path) -> None:
+    """The age is the list's own (its generated_at, kept in the cache): one without it has
+    none, whoever opens the storage."""
     text = config_text(tmp_path / "state", extra='[members]\nmax_list_age = "1h"\n')
     writer = Storage(parse(text))
-    assert writer.import_list(lambda: load_json(members_json()), NOW.wall).applied
-    writer.outbox.close()
-    (tmp_path / "state" / "agent.db").unlink()  # the list is cached, its age is not known
-    for suffix in ("-wal", "-shm"):
-        (tmp_path / "state" / f"agent.db{suffix}").unlink(missing_ok=True)
-    writer.cache.close()
+    undated = members_json().replace(b'"2026-11-25T08:00:00Z"', b"null")
+    assert writer.import_list(lambda: load_json(undated), NOW.wall).applied
+    writer.close()
     reader = Storage(parse(text), create=False)
     try:
+        assert reader.list_age(NOW.wall) is None
         assert reader.check(ADA, State(), NOW, True)["reason"] == "stale_member_list"
         assert reader.check(GRACE, State(), NOW, True)["granted"], "staff may use a stale list"
+    finally:
+        reader.close()
+
+
+def test_storage_the_age_is_the_lists_own_even_without_the_outbox(tmp_path) -> None:
+    text = config_text(tmp_path / "state", extra='[members]\nmax_list_age = "1h"\n')
+    writer = Storage(parse(text))
+    assert writer.import_list(lambda: load_json(members_json()), NOW.wall).applied  # made at 08:00
+    writer.close()
+    for name in ("agent.db", "agent.db-wal", "agent.db-shm"):
+        (tmp_path / "state" / name).unlink(missing_ok=True)
+    reader = Storage(parse(text), create=False)
+    try:
+        assert reader.list_age(NOW.wall) == 3600
+        assert reader.check(ADA, State(), NOW, True)["granted"]
+        assert reader.check(ADA, State(), NOW, False)["reason"] == "stale_member_list", "judged by no clock"
     finally:
         reader.close()

@@ -39,8 +39,10 @@ MEMBERS = {
 ADA, GRACE, ALAN, HEDY = "04A1B2C3D4E5F6", "DEADBEEF", "CAFEBABE", "0A0B0C0D"
 
 
-def members_json(version: int = 1, members: list | None = None) -> bytes:
-    return json.dumps({**MEMBERS, "version": version, "members": members or MEMBERS["members"]}).encode()
+def members_json(version: int = 1, members: list | None = None, generated_at: str | None = None) -> bytes:
+    """A member list (MEMBERS unless `members`), generated at `generated_at` (MEMBERS' own by default)."""
+    return json.dumps({**MEMBERS, "version": version, "members": members or MEMBERS["members"],
+                       "generated_at": generated_at or MEMBERS["generated_at"]}).encode()
 
 
 def config_text(storage: Path, machine_id: str = "laser-1", active_high: bool = False,
@@ -140,16 +142,19 @@ def read_events(storage: Path) -> list[dict[str, Any]]:
 class AgentProcess:
     """`fabpass run --config FILE --simulate` as a subprocess, like a Pi's service."""
 
-    def __init__(self, config_path: Path, storage: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, storage: Path, env: dict[str, str] | None = None,
+                 wrapper: list[str] | None = None) -> None:
+        """`wrapper`: a command the agent runs under (tests.support.noclock, say)."""
         self.config_path, self.storage = config_path, storage
         self.log = config_path.with_suffix(".log")
         self.env = {**os.environ, **(env or {})}
+        self.wrapper = wrapper or []
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> AgentProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config_path), "--simulate"],
+                [*self.wrapper, sys.executable, "-m", "agent", "run", "--config", str(self.config_path), "--simulate"],
                 stdout=log, stderr=log, env=self.env)
         wait_for(self.answers, 20, f"the agent to answer (log: {self.log})")
         return self

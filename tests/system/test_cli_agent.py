@@ -72,6 +72,22 @@ def test_cli_members_publish_refuses_a_bad_list_and_publishes_nothing(tmp_path, 
         retained.close()
 
 
+def test_cli_members_import_of_a_csv_is_generated_now_and_follows_the_cached_version(tmp_path):
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text(tmp_path / "state", extra='[members]\nmax_list_age = "1h"\n'
+                                                            '[clock]\nrequire_sync = false\n'))
+    members = tmp_path / "members.csv"
+    members.write_text(CSV + f"m-1,Ada,{ADA},active,,,laser\n")
+    versions = []
+    for _ in range(2):  # twice within the same second: two versions all the same
+        result = run("members", "import", str(members), "--config", str(config))
+        assert result.exit_code == 0, result.output
+        versions.append(int(result.output.split("version ")[1].split(":")[0]))
+    assert versions[1] > versions[0] > 1_700_000_000_000, "Unix milliseconds, then the next"
+    check = run("members", "check", ADA, "--config", str(config), "--json")
+    assert json.loads(check.output)["granted"], "a CSV list is generated as it is imported: fresh"
+
+
 def test_cli_stale_list_refuses_members_but_not_staff(tmp_path):
     clock = FakeClock()
     agent = RunningAgent(config_text(tmp_path, extra='[members]\nmax_list_age = "1h"'), clock=clock)
@@ -82,7 +98,7 @@ def test_cli_stale_list_refuses_members_but_not_staff(tmp_path):
         clock.advance(2 * 3600)
         assert agent.tap(ADA)["reason"] == "stale_member_list"
         assert agent.tap(GRACE)["action"] == "started", "staff may use a machine with a stale list"
-        assert agent.agent.call(agent.agent.status)["members_age_s"] == 7200
+        assert agent.agent.call(agent.agent.status)["members_age_s"] == 3 * 3600  # made an hour before 09:00
     finally:
         agent.stop()
 

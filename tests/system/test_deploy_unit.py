@@ -12,6 +12,8 @@ import pytest
 from tests.support import ROOT
 
 UNIT = ROOT / "deploy" / "fabpass.service"
+REFRESH_SERVICE = ROOT / "deploy" / "fabpass-refresh.service"
+REFRESH_TIMER = ROOT / "deploy" / "fabpass-refresh.timer"
 RELAY_OFF = ROOT / "deploy" / "relay-off"
 INSTALLED_PROGRAMS = ("/opt/fabpass/bin/fabpass", "/opt/fabpass/libexec/relay-off")
 
@@ -26,25 +28,29 @@ def settings(text: str) -> dict[str, list[str]]:
     return found
 
 
-def verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """systemd-analyze verify on a copy of the unit whose programs exist.
+def verify(unit_text: str, tmp_path: Path, others: dict[str, str] | None = None,
+           name: str = "fabpass.service") -> subprocess.CompletedProcess:
+    """systemd-analyze verify on a copy of the unit whose programs exist, beside
+    copies of `others` (name -> text: the service a timer starts, say).
 
     verify fails on an ExecStart= that is not executable, and /opt/fabpass is
-    not installed on the machine running the tests: the copy points to stubs
+    not installed on the machine running the tests: the copies point to stubs
     in tmp_path instead. Everything else is verified as written.
     """
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.fail("systemd-analyze is missing: scripts/test installs Debian's systemd package")
+    units = {name: unit_text, **(others or {})}
     for program in INSTALLED_PROGRAMS:
         stub = tmp_path / program.lstrip("/")
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\n")
         stub.chmod(0o755)
-        unit_text = unit_text.replace(program, str(stub))
-    copy = tmp_path / "fabpass.service"
-    copy.write_text(unit_text)
-    return subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60)
+        units = {unit: text.replace(program, str(stub)) for unit, text in units.items()}
+    for unit, text in units.items():
+        (tmp_path / unit).write_text(text)
+    return subprocess.run([analyze, "verify", "--man=no", str(tmp_path / name)], capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_deploy_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -162,3 +168,72 @@ def test_deploy_relay_off_reads_the_config_install_writes(tools: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert calls == ["pinctrl set 26 op dh"]
 
+
+
+# --- the unit must not blind the agent's clock check (issue 17, finding 1) -------------------------
+
+def allowed_syscalls(values: list[str]) -> set[str]:
+    """What SystemCallFilter= lines allow, with their @sets expanded by systemd-analyze."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: scripts/test installs Debian's systemd package"
+    allowed: set[str] = set()
+    for value in values:
+        deny = value.startswith("~")
+        for name in value.lstrip("~").split():
+            names = {name}
+            if name.startswith("@"):
+                listing = subprocess.run([analyze, "syscall-filter", name], capture_output=True, text=True,
+                                         timeout=60, check=True).stdout
+                names = {line.strip() for line in listing.splitlines()[1:]
+                         if line.strip() and not line.strip().startswith("#")}
+                names = set().union(*(allowed_syscalls([n]) if n.startswith("@") else {n} for n in names))
+            allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+def test_deploy_unit_lets_the_agent_read_whether_the_clock_is_synchronised() -> None:
+    """ProtectClock=yes, or a SystemCallFilter without clock_adjtime, makes the agent's
+    read-only adjtimex fail with EPERM (systemd#26413): the agent then refuses every
+    dated member for ever. glibc's adjtimex is the clock_adjtime syscall (clock_adjtime64
+    on 32-bit Raspberry Pi OS); without CAP_SYS_TIME it can only read."""
+    unit = settings(UNIT.read_text())
+    assert unit.get("ProtectClock", ["no"]) == ["no"]
+    allowed = allowed_syscalls(unit["SystemCallFilter"])
+    assert {"adjtimex", "clock_adjtime", "clock_adjtime64"} <= allowed
+    assert not {"settimeofday", "clock_settime", "clock_settime64"} & allowed, "reading, not setting"
+    assert unit["CapabilityBoundingSet"] == [""], "no CAP_SYS_TIME: the clock cannot be changed"
+
+
+def test_deploy_unit_syscall_check_sees_a_filter_that_hides_the_clock() -> None:
+    """The check above can fail: @system-service alone does not allow clock_adjtime."""
+    assert "clock_adjtime" not in allowed_syscalls(["@system-service"])
+    assert "clock_adjtime" in allowed_syscalls(["@system-service clock_adjtime"])
+    assert "clock_adjtime" not in allowed_syscalls(["@system-service @clock", "~@clock"])
+
+
+# --- the lab side's daily refresh (issue 17) ---------------------------------------------------------
+
+def test_deploy_refresh_timer_and_service_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    service = {"fabpass-refresh.service": REFRESH_SERVICE.read_text()}
+    done = verify(REFRESH_TIMER.read_text(), tmp_path, service, name="fabpass-refresh.timer")
+    assert (done.returncode, done.stderr) == (0, "")
+    done = verify(REFRESH_SERVICE.read_text(), tmp_path / "service", name="fabpass-refresh.service")
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_deploy_refresh_timer_verify_reports_a_broken_timer_and_its_service(tmp_path: Path) -> None:
+    """The check above can fail: verifying the timer reads the service beside it too."""
+    service = {"fabpass-refresh.service": REFRESH_SERVICE.read_text().replace("Type=oneshot", "Type=oneshott")}
+    done = verify(REFRESH_TIMER.read_text().replace("=daily", "=dayly"), tmp_path, service,
+                  name="fabpass-refresh.timer")
+    assert done.returncode != 0 and "dayly" in done.stderr and "oneshott" in done.stderr
+
+
+def test_deploy_refresh_runs_members_refresh_daily_with_its_secrets_as_credentials() -> None:
+    timer, service = settings(REFRESH_TIMER.read_text()), settings(REFRESH_SERVICE.read_text())
+    assert timer["OnCalendar"] == ["daily"] and timer["Persistent"] == ["true"]
+    assert service["Type"] == ["oneshot"] and service["DynamicUser"] == ["yes"]
+    command = service["ExecStart"][0].split()
+    assert command[:3] == ["/opt/fabpass/bin/fabpass", "members", "refresh"]
+    assert "--password-file" in command and "--sign-key" in command, "no secret on the command line"
+    assert sorted(c.split(":")[0] for c in service["LoadCredential"]) == ["mqtt-password", "signing.key"]

@@ -18,6 +18,7 @@ from gpiozero.pins.mock import MockFactory
 from agent.cli import main
 from agent.config import parse
 from agent.daemon import doctor
+from agent.daemon.clock import ClockState, read_state
 from agent.daemon.doctor import FAIL, OK, WARN, Probes, RelaySeen, diagnose
 from tests.support.helpers import free_port
 
@@ -92,9 +93,30 @@ def test_doctor_groups(reader, member_of, existing, status, named) -> None:
     assert named in result.line()
 
 
-@pytest.mark.parametrize("synchronised,status", [(True, OK), (False, FAIL), (None, WARN)])
-def test_doctor_clock(synchronised, status) -> None:
-    assert doctor.check_clock(synchronised, "timedatectl").status == status
+SYNCED = ClockState(True, "adjtimex", "synchronised (the kernel says NTP has set it)")
+UNSYNCED = ClockState(False, "adjtimex", "not synchronised: no NTP server has set the clock since boot")
+HIDDEN = ClockState(False, "adjtimex", "cannot read the clock's state: adjtimex failed: Operation not "
+                    "permitted (a sandbox hides the clock, such as systemd's ProtectClock=yes …)")
+
+
+@pytest.mark.parametrize("state, clock, simulate, status, words", [
+    (SYNCED, "", False, OK, "synchronised"),
+    (UNSYNCED, "", False, FAIL, "NTP=broker.lab"),                    # the fixes: NTP from the broker host,
+    (UNSYNCED, "", False, FAIL, "Pi 5"),                              # an RTC,
+    (UNSYNCED, "", False, FAIL, "require_sync = false trusts"),       # and what trusting the clock risks
+    (HIDDEN, "", False, FAIL, "no ProtectClock=yes"),                 # the sandbox, named
+    (UNSYNCED, "require_sync = false", False, WARN, "power cut"),     # trusted: said, with its risk
+    (UNSYNCED, "", True, OK, "simulation trusts"),
+    (UNSYNCED, "require_sync = true", True, FAIL, "clock_unsynchronised"),
+])
+def test_doctor_clock(state, clock, simulate, status, words) -> None:
+    extra = f"[clock]\n{clock}\n" + ("[hardware]\nsimulate = true\n" if simulate else "")
+    result = doctor.check_clock(parse(config_text() + extra), state)
+    assert result.status == status and words in result.line(), result.line()
+
+
+def test_doctor_clock_probe_reads_what_the_agent_reads() -> None:
+    assert doctor.Probes().clock is read_state
 
 
 def test_doctor_broker_without_mqtt_is_a_warning() -> None:
@@ -194,7 +216,7 @@ def test_doctor_json_and_exit_status_follow_the_checks(tmp_path: Path) -> None:
 
     healthy = Probes(spidevs=lambda: ["/dev/spidev0.0"], reader=lambda c: 0x92,
                      relay=lambda c: RelaySeen(held_off=True), user_groups=lambda: ("fabpass", {"gpio", "spi"}, {"gpio", "spi"}),
-                     clock=lambda: (True, "timedatectl"), broker=lambda c: (None, "mqtt://127.0.0.1:1883"))
+                     clock=lambda: SYNCED, broker=lambda c: (None, "mqtt://127.0.0.1:1883"))
     assert all(r.status == OK for r in diagnose(make_config(mqtt_url="mqtt://127.0.0.1"), healthy))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import parse
+from agent.daemon.clock import ClockState
 from agent.daemon.doctor import (
     FAIL,
     OK,
@@ -59,7 +60,7 @@ def test_doctor_lists_the_card_key_only_with_secure_cards(tmp_path: Path) -> Non
     healthy = Probes(spidevs=lambda: ["/dev/spidev0.0"], reader=lambda c: 0x92,
                      relay=lambda c: RelaySeen(held_off=True),
                      user_groups=lambda: ("fabpass", {"gpio", "spi"}, {"gpio", "spi"}),
-                     clock=lambda: (True, "timedatectl"), broker=lambda c: (None, "mqtt://127.0.0.1:1883"),
+                     clock=lambda: ClockState(True, "adjtimex", "synchronised"), broker=lambda c: (None, "mqtt://127.0.0.1:1883"),
                      card_key=lambda c: "card.key: readable by others; chmod 600 card.key")
     checks = [r.check for r in diagnose(config_for(tmp_path, tmp_path / "card.key"), healthy)]
     assert checks == ["spi", "reader", "card key", "relay", "groups", "clock", "broker"]

@@ -23,7 +23,6 @@ from agent.config import SECTIONS, ConfigError, parse
 from agent.link import commands as remote
 from agent.members.snapshot import MAX_BYTES, Snapshot, SnapshotError, load_json
 from agent.signing import (
-    ReplayGuard,
     generate_keys,
     load_private_key,
     load_public_key,
@@ -164,7 +163,7 @@ command_like = st.fixed_dictionaries(
     {"v": st.one_of(st.just(1), json_values), "command": st.one_of(st.sampled_from(remote.KINDS), json_values)},
     optional={"by": st.one_of(st.just("tech"), json_values), "reason": json_values, "now": json_values,
               "machine": st.one_of(st.just("laser-1"), json_values), "ts": json_values, "nonce": json_values,
-              "sig": json_values, "extra": json_values})
+              "sig": json_values, "session": json_values, "extra": json_values})
 
 
 @FUZZ
@@ -181,10 +180,12 @@ def test_fuzz_signed_command_parser_raises_only_command_error(keys, obj, signed,
             return
     payload = json.dumps(obj).encode() + (raw_tail if age_s > 0 else b"")
     try:
-        command = remote.parse(payload, "laser-1", public, ReplayGuard(), now=now)
+        command = remote.parse(payload, "laser-1", public)
+        remote.admit(command, now, 60.0)
+        remote.aimed(command, now)
     except remote.CommandError:
         return
-    assert signed and command.kind in remote.KINDS
+    assert signed and command.kind in remote.KINDS and command.nonce
 
 
 # --- member lists -------------------------------------------------------------------------------

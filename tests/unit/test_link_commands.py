@@ -13,17 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.link import commands as remote
-from agent.link.commands import Command, CommandError
-from agent.signing import ReplayGuard, load_public_key, sign, sign_command
+from agent.link.commands import Command, CommandError, admit, aimed
+from agent.signing import load_public_key, sign, sign_command
 
 NOW = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.timezone.utc)
+TS = "2026-11-25T09:00:00Z"
 
 
 def payload(**obj) -> bytes:
-    return json.dumps(obj).encode()
+    return json.dumps({"ts": TS, **obj}).encode()
 
 
-BASE = {"v": 1, "command": "lock", "reason": "tube", "by": "tech"}
+BASE = {"v": 1, "command": "lock", "reason": "tube", "by": "tech", "ts": TS}
 DROP = object()  # with_(key=DROP) leaves the key out
 
 
@@ -33,20 +34,31 @@ def with_(**changes) -> bytes:
 
 
 
+def cmd(kind: str, by: str, reason: str, now: bool = False, **more) -> Command:
+    """A Command as parse gives it for a payload sent at TS."""
+    return Command(kind, by, reason, now, ts=NOW, **more)
+
+
+SINCE = dt.datetime(2026, 11, 25, 8, 30, 0, 123000, tzinfo=dt.timezone.utc)
+
+
 @pytest.mark.parametrize(
     "raw, command",
     [
-        (with_(), Command("lock", "tech", "tube")),
-        (payload(v=1, command="unlock", by="tech"), Command("unlock", "tech", "")),
-        (payload(v=1, command="end_session", by="tech", reason=None), Command("end_session", "tech", "")),
-        (with_(now=True), Command("lock", "tech", "tube", True)),
-        (with_(now=False), Command("lock", "tech", "tube", False)),
-        (with_(reason="r" * 200), Command("lock", "tech", "r" * 200)),
-        (with_(by="b" * 100), Command("lock", "b" * 100, "tube")),
-        (with_(reason="ünïcødé ✓"), Command("lock", "tech", "ünïcødé ✓")),
-        # ts and nonce are allowed (and ignored) without a public key
-        (with_(ts="2026-11-25T09:00:00Z", nonce="abc"), Command("lock", "tech", "tube")),
-        (b"  " + with_() + b"\n", Command("lock", "tech", "tube")),
+        (with_(), cmd("lock", "tech", "tube")),
+        (payload(v=1, command="unlock", by="tech"), cmd("unlock", "tech", "")),
+        (payload(v=1, command="end_session", by="tech", reason=None), cmd("end_session", "tech", "")),
+        (with_(now=True), cmd("lock", "tech", "tube", True)),
+        (with_(now=False), cmd("lock", "tech", "tube", False)),
+        (with_(reason="r" * 200), cmd("lock", "tech", "r" * 200)),
+        (with_(by="b" * 100), cmd("lock", "b" * 100, "tube")),
+        (with_(reason="ünïcødé ✓"), cmd("lock", "tech", "ünïcødé ✓")),
+        (with_(ts="2026-11-25T09:00:00.000+00:00"), cmd("lock", "tech", "tube")),
+        (with_(session="2026-11-25T08:30:00.123Z"), cmd("lock", "tech", "tube", session=SINCE)),
+        (with_(session=None), cmd("lock", "tech", "tube")),
+        # a nonce is allowed (and ignored: it proves nothing) without a public key
+        (with_(nonce="abc"), cmd("lock", "tech", "tube")),
+        (b"  " + with_() + b"\n", cmd("lock", "tech", "tube")),
     ],
 )
 def test_remote_parse_accepts(raw, command):
@@ -54,7 +66,8 @@ def test_remote_parse_accepts(raw, command):
 
 
 @pytest.mark.parametrize("command", [
-    Command("lock", "tech", "tube"), Command("unlock", "t", ""), Command("end_session", "t", "x", True),
+    cmd("lock", "tech", "tube"), cmd("unlock", "t", ""), cmd("end_session", "t", "x", True),
+    cmd("end_session", "t", "", session=SINCE), cmd("lock", "t", "x", True, session=SINCE, machine="laser-1"),
 ])
 def test_remote_as_payload_round_trips(command):
     assert parse(json.dumps(command.as_payload()).encode()) == command
@@ -80,6 +93,9 @@ def test_remote_size_limit_is_4_kib():
         with_(reason="r" * 201), with_(reason=5), with_(reason=["x"]), with_(reason={"a": 1}),
         with_(by=DROP), with_(by=""), with_(by=None), with_(by="b" * 101), with_(by=7), with_(by=["tech"]),
         with_(now="yes"), with_(now=1), with_(now=0), with_(now=None),
+        with_(ts=DROP), with_(ts=None), with_(ts=5), with_(ts="yesterday"), with_(ts="2026-11-25T09:00:00"),
+        with_(ts="2026-11-25T10:00:00+01:00"), with_(session=5), with_(session="then"),
+        with_(session="2026-11-25T08:30:00"), with_(machine="cnc-1"),
         with_(reason="x" * 5000),  # oversized
         b'{"v": 1, "command": "lock", "by": "tech", "reason": NaN}',
     ],
@@ -112,52 +128,92 @@ def signed(key, **changes) -> dict:
     return sign_command({**BASE, "machine": MACHINE, **changes}, key, NOW)
 
 
-def test_remote_signed_command_accepted_once(keys):
+def test_remote_signed_command_carries_its_nonce(keys):
     key, pub = keys
-    guard = ReplayGuard()
-    raw = json.dumps(signed(key)).encode()
-    assert parse(raw, pub, guard, NOW + dt.timedelta(seconds=5)) == Command("lock", "tech", "tube", machine=MACHINE)
-    with pytest.raises(CommandError, match="replayed"):
-        parse(raw, pub, guard, NOW + dt.timedelta(seconds=6))
+    obj = signed(key)
+    command = parse(json.dumps(obj).encode(), pub)
+    assert command == cmd("lock", "tech", "tube", machine=MACHINE, nonce=obj["nonce"])
+
+
+def test_remote_unsigned_nonce_is_dropped():
+    assert parse(with_(nonce="n")).nonce is None
 
 
 def _tamper(obj: dict) -> dict:
     return {**obj, "reason": "other"}
 
 
+UNSIGNED = {**BASE, "machine": MACHINE}
+
+
 @pytest.mark.parametrize(
-    "make, when, match",
+    "make, match",
     [
-        (lambda key: BASE, NOW, "unsigned"),
-        (lambda key: _tamper(signed(key)), NOW, "bad signature"),
-        (lambda key: signed(Ed25519PrivateKey.generate()), NOW, "bad signature"),
-        (lambda key: {**signed(key), "sig": 5}, NOW, "bad signature"),
-        (lambda key: {**signed(key), "sig": "not base64!"}, NOW, "bad signature"),
-        (lambda key: {**signed(key), "sig": ""}, NOW, "bad signature"),
-        (lambda key: sign(BASE, key), NOW, "ts and nonce"),
-        (lambda key: sign({**BASE, "ts": "2026-11-25T09:00:00Z"}, key), NOW, "ts and nonce"),
-        (lambda key: sign({**BASE, "ts": 5, "nonce": "n"}, key), NOW, "ts and nonce"),
-        (lambda key: sign({**BASE, "ts": "yesterday", "nonce": "n"}, key), NOW, "RFC 3339"),
-        (lambda key: sign({**BASE, "ts": "2026-11-25T10:00:00+01:00", "nonce": "n"}, key), NOW, "UTC"),
-        (lambda key: sign({**BASE, "ts": "2026-11-25T09:00:00Z", "nonce": ""}, key), NOW, "nonce"),
-        (lambda key: sign({**BASE, "ts": "2026-11-25T09:00:00Z", "nonce": "n" * 129}, key), NOW, "nonce"),
-        (lambda key: signed(key), NOW + dt.timedelta(minutes=5, seconds=1), "too old"),
-        (lambda key: signed(key), NOW - dt.timedelta(minutes=2), "future"),
-        (lambda key: signed(key, machine="cnc-1"), NOW, "not 'laser-1'"),
-        (lambda key: sign_command(BASE, key, NOW), NOW, "must name its machine"),
+        (lambda key: UNSIGNED, "unsigned"),
+        (lambda key: _tamper(signed(key)), "bad signature"),
+        (lambda key: signed(Ed25519PrivateKey.generate()), "bad signature"),
+        (lambda key: {**signed(key), "sig": 5}, "bad signature"),
+        (lambda key: {**signed(key), "sig": "not base64!"}, "bad signature"),
+        (lambda key: {**signed(key), "sig": ""}, "bad signature"),
+        (lambda key: sign(UNSIGNED, key), "needs a nonce"),
+        (lambda key: sign({**UNSIGNED, "nonce": 5}, key), "needs a nonce"),
+        (lambda key: sign({**UNSIGNED, "nonce": ""}, key), "needs a nonce"),
+        (lambda key: sign({**UNSIGNED, "nonce": "n" * 129}, key), "needs a nonce"),
+        (lambda key: sign({**UNSIGNED, "ts": "yesterday", "nonce": "n"}, key), "RFC 3339"),
+        (lambda key: sign({**UNSIGNED, "ts": "2026-11-25T10:00:00+01:00", "nonce": "n"}, key), "UTC"),
+        (lambda key: signed(key, machine="cnc-1"), "not 'laser-1'"),
+        (lambda key: sign_command(BASE, key, NOW), "must name its machine"),
     ],
 )
-def test_remote_signed_command_refused(keys, make, when, match):
+def test_remote_signed_command_refused(keys, make, match):
     key, pub = keys
     with pytest.raises(CommandError, match=match):
-        parse(json.dumps(make(key)).encode(), pub, ReplayGuard(), when)
+        parse(json.dumps(make(key)).encode(), pub)
 
 
 def test_remote_bad_command_with_valid_signature_still_refused(keys):
     key, pub = keys
     raw = json.dumps(signed(key, command="reboot")).encode()
     with pytest.raises(CommandError, match="unknown command"):
-        parse(raw, pub, ReplayGuard(), NOW)
+        parse(raw, pub)
+
+
+# --- its time and its aim: judged when it arrives --------------------------------------------
+
+
+@pytest.mark.parametrize("arrives_after, ok", [(0, True), (60, True), (61, False), (-60, True), (-61, False),
+                                               (7 * 86400, False)])
+def test_remote_admit_within_max_age_either_way(arrives_after, ok):
+    command = parse(with_())
+    when = NOW + dt.timedelta(seconds=arrives_after)
+    if ok:
+        admit(command, when, 60)
+    else:
+        with pytest.raises(CommandError, match="too old" if arrives_after > 0 else "future"):
+            admit(command, when, 60)
+
+
+OTHER = SINCE + dt.timedelta(minutes=20)
+
+
+@pytest.mark.parametrize("raw, in_progress, ok", [
+    (payload(v=1, command="end_session", by="t", session="2026-11-25T08:30:00.123Z"), SINCE, True),
+    (payload(v=1, command="end_session", by="t", session="2026-11-25T08:30:00.123Z"), OTHER, False),
+    (payload(v=1, command="end_session", by="t", session="2026-11-25T08:30:00.123Z"), None, False),
+    # the status shows `since` to the millisecond; the session began to the microsecond
+    (payload(v=1, command="end_session", by="t", session="2026-11-25T08:30:00.123Z"),
+     SINCE.replace(microsecond=123456), True),
+    (payload(v=1, command="lock", now=True, by="t", session="2026-11-25T08:30:00.123Z"), OTHER, False),
+    (payload(v=1, command="lock", by="t", session="2026-11-25T08:30:00.123Z"), OTHER, True),  # not now: ends nothing
+    (payload(v=1, command="end_session", by="t"), OTHER, True),  # --force: whatever is in progress
+])
+def test_remote_aimed_at_the_session_in_progress(raw, in_progress, ok):
+    command = parse(raw)
+    if ok:
+        aimed(command, in_progress)
+    else:
+        with pytest.raises(CommandError, match="not the one in progress"):
+            aimed(command, in_progress)
 
 
 # --- nothing but CommandError -------------------------------------------------------------------
@@ -214,7 +270,7 @@ def test_remote_version_true_is_not_version_1():
 
 def test_remote_enrol_carries_the_member_and_round_trips():
     command = parse(payload(v=1, command="enrol", by="giulia", member_id="m-0042"))
-    assert command == Command("enrol", "giulia", "", member_id="m-0042")
+    assert command == Command("enrol", "giulia", "", ts=NOW, member_id="m-0042")
     assert parse(json.dumps(command.as_payload()).encode()) == command
     assert command.as_payload()["member_id"] == "m-0042"
 
@@ -235,6 +291,6 @@ def test_remote_enrol_without_a_member_or_a_member_elsewhere_is_refused(raw, err
 def test_remote_signed_enrol_covers_its_member(keys):
     key, pub = keys
     raw = signed(key, command="enrol", reason="", member_id="m-0042")
-    assert parse(json.dumps(raw).encode(), pub, ReplayGuard(), NOW).member_id == "m-0042"
+    assert parse(json.dumps(raw).encode(), pub).member_id == "m-0042"
     with pytest.raises(CommandError, match="bad signature"):  # another member in a signed enrol
-        parse(json.dumps({**raw, "member_id": "m-0666"}).encode(), pub, ReplayGuard(), NOW)
+        parse(json.dumps({**raw, "member_id": "m-0666"}).encode(), pub)

@@ -43,15 +43,16 @@ def test_reference_every_command_key_is_described(key: str) -> None:
     assert f"| `{key}` |" in section
 
 
-def test_reference_every_test_the_guarantees_cite_exists() -> None:
-    text = (ROOT / "docs" / "guarantees.md").read_text()
+@pytest.mark.parametrize("doc", ["guarantees.md", "threat-model.md"])
+def test_reference_every_test_the_guarantees_and_the_threat_model_cite_exists(doc: str) -> None:
+    text = (ROOT / "docs" / doc).read_text()
     tests = {p.name: p.read_text() for p in (ROOT / "tests").rglob("test_*.py")}
     cited = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?`", text)
     assert cited
     for file, name in cited:
-        assert file in tests, f"docs/guarantees.md cites {file}, which does not exist"
+        assert file in tests, f"docs/{doc} cites {file}, which does not exist"
         if name:
-            assert f"def {name}(" in tests[file], f"docs/guarantees.md cites {file}::{name}, which does not exist"
+            assert f"def {name}(" in tests[file], f"docs/{doc} cites {file}::{name}, which does not exist"
 
 
 SHIPPED = ["README.md", "agent", "config", "deploy", "docs", "firmware", "scripts", "pyproject.toml"]
