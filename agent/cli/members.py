@@ -36,21 +36,36 @@ def _storage(config, create: bool):
         raise InputError(f"members.badge_hash_key_file: {err}") from None
 
 
-def _load(file: Path, version: int | None, public_key=None):
+def _load(file: Path, version: int | None, public_key=None, date_order: str | None = None):
     from agent.members.snapshot import SnapshotError, load_file
+    from agent.members.table import DateOrder
 
     try:
-        return load_file(file, version=version, public_key=public_key)
+        snapshot = load_file(file, version=version, public_key=public_key,
+                             date_order=DateOrder(date_order) if date_order else None)
     except SnapshotError as err:
         raise InputError(str(err)) from None
+    for warning in snapshot.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return snapshot
+
+
+def date_order_option(f):
+    return click.option("--date-order", type=click.Choice(["dmy", "mdy"]),
+                        help="How to read dates such as 01/02/2027 when no date in the file settles it "
+                             "(a first number over 12 is a day; 30.06.2027 is always day first).")(f)
+
+
+def _is_table(file: Path) -> bool:
+    return file.suffix.lower() in (".csv", ".xlsx")
 
 
 @members.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @config_option
-@click.option("--version", type=click.IntRange(min=1), help="The list's version (CSV only; default: now, in Unix time).")
+@click.option("--version", type=click.IntRange(min=1), help="The list's version (CSV or XLSX only; default: now, in Unix time).")
 def import_(file: Path, config_path: Path, version: int | None) -> None:
-    """Load a CSV or JSON member list into this agent's cache (a site without a broker).
+    """Load a CSV, XLSX or JSON member list into this agent's cache (a site without a broker).
 
     The version must grow, as for a published list; the agent records a
     members_updated (or members_rejected) event.
@@ -60,7 +75,7 @@ def import_(file: Path, config_path: Path, version: int | None) -> None:
     from agent.daemon.control import ControlError, NotRunning, request
 
     config = load_config(config_path)
-    if file.suffix.lower() == ".csv" and version is None:
+    if _is_table(file) and version is None:
         version = int(time.time())
     try:
         result = request(config.storage.dir, {"op": "import", "path": str(file.resolve()), "version": version})
@@ -86,24 +101,25 @@ def import_(file: Path, config_path: Path, version: int | None) -> None:
 @broker_option()
 @password_file_option
 @prefix_option
-@click.option("--version", type=click.IntRange(min=1), help="The list's version (CSV only; default: now, in Unix time).")
+@click.option("--version", type=click.IntRange(min=1), help="The list's version (CSV or XLSX only; default: now, in Unix time).")
 @click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Sign the list with this private key (fabpass keys generate).")
 @click.option("--hash-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Publish badges as keyed hashes made with this site key (the machines' "
                    "badge_hash_key_file), so that no UID crosses the broker.")
+@date_order_option
 def publish(file: Path, broker_url: str, password_file: str | None, topic_prefix: str,
-            version: int | None, sign_key: Path | None, hash_key: Path | None) -> None:
-    """Validate a CSV or JSON member list and publish it as the retained snapshot."""
+            version: int | None, sign_key: Path | None, hash_key: Path | None, date_order: str | None) -> None:
+    """Validate a CSV, XLSX or JSON member list and publish it as the retained snapshot."""
     from agent.cli.options import parse_broker
     from agent.link.publish import PublishError, publish_acknowledged
     from agent.link.topics import Topics
     from agent.members.snapshot import SnapshotError, to_json
 
     broker = parse_broker(broker_url, password_file)
-    if file.suffix.lower() == ".csv" and version is None:
+    if _is_table(file) and version is None:
         version = int(time.time())
-    snapshot = _load(file, version)
+    snapshot = _load(file, version, date_order=date_order)
     key = None
     if sign_key is not None:
         from agent.signing import SignatureError, load_private_key
