@@ -39,7 +39,7 @@ def pending(db: Database) -> list[dict[str, Any]]:
     """Grants not yet found in the lab's source, oldest first, with KEYS."""
     rows = db.query(
         "SELECT event_id, type, machine, ts, payload FROM events WHERE type IN (?, ?)"
-        " AND event_id NOT IN (SELECT event_id FROM settled_grants) ORDER BY ts, machine, seq",
+        " AND event_id NOT IN (SELECT event_id FROM settled_grants) ORDER BY ts, rowid",
         list(_KINDS))
     return [grant for row in rows if (grant := _grant(row)) is not None]
 
