@@ -27,6 +27,7 @@ from typing import Any
 from agent.core.model import EventType, Reason
 from agent.core.timespec import parse_rfc3339
 from agent.logbook.notify import Notifier
+from agent.logbook.retired import retired_machines
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,14 @@ class Alerts:
 
     def _run(self) -> None:
         if self.db_path is not None:
+            import sqlite3
+
             from agent.logbook.store import open_db
 
-            self._db = open_db(self.db_path)
+            try:
+                self._db = open_db(self.db_path, create=True)  # the collector may be creating it now
+            except sqlite3.Error:
+                log.exception("cannot read the logbook: no service or retirement checks for notifications")
         try:
             while True:
                 try:
@@ -170,6 +176,8 @@ class Alerts:
                                      f"its service interval is {counter['every_hours']} h.")
 
     def _status(self, machine: str, status: dict[str, Any]) -> None:
+        if self._db is not None and machine in retired_machines(self._db):
+            return  # taken out of service: its last will says offline for ever
         if status.get("state") == "offline":
             self._offline_since.setdefault(machine, (self._clock(), self._wall()))
             return

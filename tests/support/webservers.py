@@ -120,7 +120,7 @@ class FabmanHandler(_Quiet):
 @dataclass
 class Inbox:
     messages: list[dict[str, Any]] = field(default_factory=list)
-    hang: threading.Event | None = None  # while set, requests hang (a channel that never answers)
+    hang: threading.Event | None = None  # requests wait until it is set (a channel that hangs)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def titles(self) -> list[str]:
