@@ -302,8 +302,9 @@ def _notifier(urls: tuple[str, ...]):
               help="Where an http(s) source's last answer is kept for conditional requests "
                    "(default $STATE_DIRECTORY or ~/.local/state/fabpass).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A file holding an API key: Fabman's, or a bearer token for an http(s) source "
-                   "(default for Fabman: FABMAN_API_KEY).")
+              envvar="FABPASS_SYNC_TOKEN_FILE",
+              help="A file holding an API key: Fabman's, or a bearer token for an http(s) source; "
+                   "or FABPASS_SYNC_TOKEN_FILE (for Fabman also FABMAN_API_KEY, the key itself).")
 @date_order_option
 def sync(source_spec: str, broker_url: str, password_file: str | None, topic_prefix: str,
          sign_key: Path | None, db_path: Path | None, dry_run: bool, max_shrink: float, every: str | None,
