@@ -85,8 +85,9 @@ def _retired_machines(db: Database) -> None:
 
 @migrations(name="006_member_names")
 def _member_names(db: Database) -> None:
-    """Each member's name in the newest list seen on P/members."""
-    db["member_names"].create({"member_id": str, "name": str, "version": int}, pk="member_id")
+    """Each member's name in the newest list seen on P/members (member_list: its version)."""
+    db["member_names"].create({"member_id": str, "name": str}, pk="member_id")
+    db["member_list"].create({"id": int, "version": int}, pk="id", not_null={"version"})
 
 
 def open_db(path: str | Path, create: bool = False) -> Database:
