@@ -152,6 +152,8 @@ class HttpSource:
             raise SourceError(f"{self.name}: an HTML page, not a member list (a login or error page?)")
         kind = "xlsx" if content_type == XLSX_TYPE else _kind(self.name, body)
         listing = _listing(body, kind, self.name, self.date_order)
-        self._keep({"url": self.url, "etag": response.headers.get("ETag"),
-                    "last_modified": response.headers.get("Last-Modified"), "kind": kind}, body)
+        answer = {"url": self.url, "etag": response.headers.get("ETag"),
+                  "last_modified": response.headers.get("Last-Modified"), "kind": kind}
+        if (answer, body) != (meta, kept):  # a server without validators sends the same body each time
+            self._keep(answer, body)
         return listing

@@ -261,3 +261,17 @@ def test_labsync_publish_of_a_table_takes_a_version_above_the_retained_one(mosqu
     publish(mosquitto.port, "fabpass/members", json.dumps(ahead).encode(), retain=True)
     assert CliRunner().invoke(main, ["members", "publish", str(sheet_file), "--broker", mosquitto.url]).exit_code == 0
     assert retained(mosquitto.url)["version"] == ahead["version"] + 1
+
+
+def test_labsync_http_source_without_validators_rewrites_nothing_when_nothing_changed(mosquitto, tmp_path: Path) -> None:
+    """A server that sends no ETag or Last-Modified sends the whole body each time: the kept
+    copy is written only when it differs (the broker host's disk may be an SD card)."""
+    sheet = Sheet(body=(HEADER + "".join(ROWS)).encode(), etag="", last_modified="")
+    state = tmp_path / "state"
+    with serve(SheetHandler, sheet) as base:
+        args = ["--source", f"{base}/members.csv", "--broker", mosquitto.url, "--state-dir", str(state)]
+        assert sync(*args)[0] == 0
+        kept = {path.name: path.stat().st_ino for path in state.iterdir()}
+        assert sync(*args)[0] == 0
+        assert {path.name: path.stat().st_ino for path in state.iterdir()} == kept
+        assert "If-None-Match" not in sheet.requests[1]

@@ -63,12 +63,13 @@ class SheetHandler(_Quiet):
         sheet.requests.append(dict(self.headers))
         if sheet.status != 200:
             self.reply(sheet.status, b"<html><body>Internal error</body></html>", {"Content-Type": "text/html"})
-        elif self.headers.get("If-None-Match") == sheet.etag:
+        elif sheet.etag and self.headers.get("If-None-Match") == sheet.etag:
             sheet.not_modified += 1
             self.reply(304, headers={"ETag": sheet.etag})
         else:
-            self.reply(200, sheet.body, {"Content-Type": sheet.content_type, "ETag": sheet.etag,
-                                         "Last-Modified": sheet.last_modified})
+            validators = {"ETag": sheet.etag, "Last-Modified": sheet.last_modified}
+            self.reply(200, sheet.body, {"Content-Type": sheet.content_type,
+                                         **{k: v for k, v in validators.items() if v}})
 
 
 # --- Fabman's API, as documented: Link pagination, X-Total-Count, 429 ---------------------------
