@@ -275,3 +275,13 @@ def test_labsync_http_source_without_validators_rewrites_nothing_when_nothing_ch
         assert sync(*args)[0] == 0
         assert {path.name: path.stat().st_ino for path in state.iterdir()} == kept
         assert "If-None-Match" not in sheet.requests[1]
+
+
+def test_labsync_names_inductions_no_machine_asks_for(mosquitto, sheet_file) -> None:
+    for machine, induction in (("laser-1", "laser"), ("cnc-1", "cnc")):
+        publish(mosquitto.port, f"fabpass/machines/{machine}/status",
+                json.dumps({"v": 1, "machine": machine, "state": "idle", "induction": induction}), retain=True)
+    sheet_file.write_text(HEADER + "".join(ROWS) + "m-0099;New;CAFEBABE;active;;;lazer cnc;\n", encoding="utf-8")
+    code, out = sync("--source", str(sheet_file), "--broker", mosquitto.url, "--dry-run")
+    assert code == 0, out
+    assert "inductions no machine asks for: lazer" in out
