@@ -285,3 +285,16 @@ def test_labsync_names_inductions_no_machine_asks_for(mosquitto, sheet_file) -> 
     code, out = sync("--source", str(sheet_file), "--broker", mosquitto.url, "--dry-run")
     assert code == 0, out
     assert "inductions no machine asks for: lazer" in out
+
+
+def test_labsync_signed_sync_verifies_with_the_labs_public_key(mosquitto, sheet_file, tmp_path: Path) -> None:
+    from agent.members.snapshot import load_json
+
+    keys = tmp_path / "keys"
+    assert CliRunner().invoke(main, ["keys", "generate", str(keys)]).exit_code == 0
+    code, out = sync("--source", str(sheet_file), "--broker", mosquitto.url, "--sign-key", str(keys / "signing.key"))
+    assert code == 0 and "(signed)" in out, out
+    payload = read_retained(Broker.parse(mosquitto.url), "fabpass/members")
+    assert load_json(payload, (keys / "signing.pub").read_text().strip()).count == 20
+    code, out = sync("--source", str(sheet_file), "--broker", mosquitto.url, "--sign-key", str(keys / "signing.key"))
+    assert code == 0 and "nothing to publish" in out, out  # a signed retained list reads as any other
