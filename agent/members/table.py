@@ -155,7 +155,11 @@ def read_xlsx(data: bytes, source: str) -> Table:
     """The first sheet of an XLSX workbook as a member table."""
     import zipfile
 
-    from openpyxl import load_workbook
+    try:
+        from openpyxl import load_workbook
+    except ImportError:  # the lab extra is for the broker host; a Pi may not have it
+        raise TableError(f"{source}: reading XLSX needs openpyxl (pip install 'fabpass[lab]'); "
+                         "or save the sheet as CSV") from None
 
     try:
         book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)

@@ -165,3 +165,19 @@ def test_table_xlsx_rows_are_named_as_the_spreadsheet_numbers_them() -> None:
 def test_table_xlsx_that_is_not_one_is_refused(data: bytes, message: str) -> None:
     with pytest.raises(TableError, match=message):
         read_xlsx(data, "list.xlsx")
+
+
+def test_table_xlsx_without_openpyxl_is_a_clear_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab extra is for the broker host: an agent without it refuses a workbook by name."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openpyxl(name, *args, **kwargs):
+        if name.startswith("openpyxl"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openpyxl)
+    with pytest.raises(TableError, match=r"list.xlsx: reading XLSX needs openpyxl \(pip install 'fabpass\[lab\]'\)"):
+        read_xlsx(b"PK\x03\x04", "list.xlsx")
