@@ -8,6 +8,8 @@ import io
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.core.model import Member
 from agent.members.snapshot import SnapshotError, load_csv, load_file
@@ -181,3 +183,17 @@ def test_table_xlsx_without_openpyxl_is_a_clear_refusal(monkeypatch: pytest.Monk
     monkeypatch.setattr(builtins, "__import__", no_openpyxl)
     with pytest.raises(TableError, match=r"list.xlsx: reading XLSX needs openpyxl \(pip install 'fabpass\[lab\]'\)"):
         read_xlsx(b"PK\x03\x04", "list.xlsx")
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("id,;\t\"\n\r:/.-0123456789abcdefABCDEF \ufeff\x00é")), max_size=200))
+def test_table_any_text_is_a_list_or_a_snapshot_error(text: str) -> None:
+    try:
+        snapshot = load_csv("id,status,badges,expires,inductions\n" + text, version=1, source="list.csv")
+        list(snapshot.members())
+    except SnapshotError:
+        pass
+    try:
+        list(load_csv(text, version=1, source="list.csv").members())
+    except SnapshotError:
+        pass
