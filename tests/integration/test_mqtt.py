@@ -346,9 +346,10 @@ def test_mqtt_an_outage_is_one_warning_in_the_journal_not_one_per_retry(tmp_path
 def test_mqtt_disconnect_survives_paho_thread_ending_inside_loop_stop(mosquitto, monkeypatch):
     """paho 2's network thread ends by itself after our DISCONNECT and then sets its
     `_thread` to None; if that lands between loop_stop()'s check and its join, paho
-    raises AttributeError. The race is made certain here: paho's module sees a
-    `threading` whose current_thread(), called from loop_stop(), first waits for
-    the network thread to end."""
+    raises AttributeError. The race is made certain here: the network thread is held
+    in on_disconnect until loop_stop() has made its check (so it cannot end first),
+    and paho's module sees a `threading` whose current_thread(), called from
+    loop_stop(), then lets it go and waits for it to end."""
     import threading
     import types
 
@@ -356,11 +357,12 @@ def test_mqtt_disconnect_survives_paho_thread_ending_inside_loop_stop(mosquitto,
 
     from agent.link.broker import disconnect, make_client
 
-    def racing(client):
+    def racing(client, gate: threading.Event):
         network, me = client._thread, threading.current_thread()
 
         def current_thread():
             if threading.current_thread() is me and network.is_alive():
+                gate.set()
                 network.join(10)  # the thread ends by itself and clears client._thread
             return threading.current_thread()
 
@@ -368,19 +370,28 @@ def test_mqtt_disconnect_survives_paho_thread_ending_inside_loop_stop(mosquitto,
 
     def connected_client():
         client = make_client(mosquitto.broker, "race")
+        gate = threading.Event()
+        network = []
+
+        def hold(*args):  # holds the network thread (only it) until loop_stop() lets it go
+            if threading.current_thread() in network:
+                gate.wait(10)
+
+        client.on_disconnect = hold
         client.connect(mosquitto.broker.host, mosquitto.broker.port)
         client.loop_start()
+        network.append(client._thread)
         wait_for(client.is_connected, what="the client to connect")
-        return client
+        return client, gate
 
-    plain = connected_client()
+    plain, gate = connected_client()
     plain.disconnect()
     with monkeypatch.context() as patch, pytest.raises(AttributeError):
-        patch.setattr(paho_client, "threading", racing(plain))
+        patch.setattr(paho_client, "threading", racing(plain, gate))
         plain.loop_stop()  # paho itself: the test reproduces the race
 
-    ours = connected_client()
+    ours, gate = connected_client()
     with monkeypatch.context() as patch:
-        patch.setattr(paho_client, "threading", racing(ours))
+        patch.setattr(paho_client, "threading", racing(ours, gate))
         disconnect(ours)
     assert ours._thread is None and not ours.is_connected()
