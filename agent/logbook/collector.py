@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.link.broker import Broker, Outage, disconnect, make_client
-from agent.link.topics import Topics
+from agent.link.topics import DEFAULT_PREFIX, Topics
 from agent.logbook.events import MalformedEvent, parse_event, parse_status
 from agent.logbook.names import record_names
 from agent.logbook.store import Outcome, ingest, open_db, record_status
@@ -48,7 +48,7 @@ class Listener(Protocol):
 class Collector:
     """Subscribe, archive, acknowledge. `start()` returns at once; `stop()` is idempotent."""
 
-    def __init__(self, broker: Broker, db_path: str | Path, prefix: str = "fabpass",
+    def __init__(self, broker: Broker, db_path: str | Path, prefix: str = DEFAULT_PREFIX,
                  client_id: str = DEFAULT_CLIENT_ID,
                  session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
                  listeners: Sequence[Listener] = ()) -> None:
