@@ -23,7 +23,7 @@ _KINDS = {EventType.BADGE_ENROLLED: ("badge", "badge"), EventType.INDUCTION_GRAN
 
 
 def _grant(row: dict[str, Any]) -> dict[str, Any] | None:
-    """A pending entry from an archived event; None for one without the fields the contract gives it."""
+    """A pending entry from an archived event; None for one without the fields docs/reference/mqtt.md gives it."""
     event = json.loads(row["payload"])
     kind, field = _KINDS[row["type"]]
     value, member_id = event.get(field), event.get("member_id")
