@@ -112,10 +112,21 @@ def logbook() -> None:
               help="The MQTT client id; the broker keeps this id's session while the logbook is down.")
 @click.option("--session-expiry", default="14d", show_default=True, metavar="SPAN",
               help="How long the broker queues events for a stopped logbook.")
+@click.option("--notify", "notify_urls", multiple=True, metavar="URL",
+              help="Tell the technicians through this Apprise URL (slack://…, mailto://…, "
+                   "json://host:port/path; repeatable): locks, out-of-order reports, refused lists, "
+                   "storage errors, machines offline over 5 minutes, services due.")
+@click.option("--thresholds", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --notify: a TOML file of service intervals ([service_every] laser-1 = \"200h\").")
+@click.option("--homeassistant", "ha_prefix", is_flag=False, flag_value="homeassistant", default=None,
+              metavar="[PREFIX]", help="Publish Home Assistant MQTT discovery for every machine under "
+                                       "PREFIX (default homeassistant).")
 def run(broker_url: str, password_file: str | None, topic_prefix: str, db_path: Path,
-        client_id: str, session_expiry: str) -> None:
+        client_id: str, session_expiry: str, notify_urls: tuple[str, ...], thresholds: Path | None,
+        ha_prefix: str | None) -> None:
     """Collect every machine's events into the logbook until SIGTERM or SIGINT."""
     from agent.core.timespec import parse_duration
+    from agent.link.topics import Topics
     from agent.logbook.collector import Collector
 
     try:
@@ -123,6 +134,7 @@ def run(broker_url: str, password_file: str | None, topic_prefix: str, db_path: 
     except ValueError as err:
         raise InputError(f"--session-expiry: {err}") from None
     broker = parse_broker(broker_url, password_file)
+    limits = _thresholds(thresholds)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
@@ -132,12 +144,32 @@ def run(broker_url: str, password_file: str | None, topic_prefix: str, db_path: 
         collector = Collector(broker, db_path, topic_prefix, client_id, expiry)
     except sqlite3.Error as err:
         raise InputError(f"--db: {db_path}: {err}") from None
+    alerts = homeassistant = None
+    if notify_urls:
+        from agent.logbook.alerts import Alerts
+        from agent.logbook.notify import BadNotifyURL, Notifier, apprise_sender
+
+        try:
+            alerts = Alerts(Notifier(apprise_sender(notify_urls)), db_path, thresholds=limits)
+        except BadNotifyURL as err:
+            collector.stop()
+            raise InputError(f"--notify: {err}") from None
+        collector.listeners.append(alerts.start())
+    if ha_prefix:
+        from agent.logbook.homeassistant import HomeAssistant
+
+        homeassistant = HomeAssistant(db_path, Topics(topic_prefix), ha_prefix)
+        collector.listeners.append(homeassistant)
     collector.start()
     try:
         while not stop.wait(0.5) and not collector.failed.is_set():
             pass
     finally:
         collector.stop()
+        if alerts:
+            alerts.stop()
+        if homeassistant:
+            homeassistant.close()
     if collector.failed.is_set():
         raise RuntimeFailure("the logbook database failed; unacknowledged events stay queued at the broker")
 
@@ -340,3 +372,48 @@ def web(db_path: Path, host: str, port: int, password_file: Path | None) -> None
         raise InputError(f"--password-file: {password_file} is empty")
     _open(db_path).close()
     serve(db_path, host, port, password, _local_tz())
+
+
+@logbook.command()
+@click.argument("machine")
+@db_option
+@click.option("--undo", is_flag=True, help="Bring a retired machine back.")
+@click.option("--homeassistant", "ha_prefix", is_flag=False, flag_value="homeassistant", default=None,
+              metavar="[PREFIX]", help="Also remove (or, with --undo, leave to the collector) its Home "
+                                       "Assistant device under PREFIX (default homeassistant); needs --broker.")
+@broker_option(required=False)
+@password_file_option
+def retire(machine: str, db_path: Path, undo: bool, ha_prefix: str | None, broker_url: str | None,
+           password_file: str | None) -> None:
+    """Take a machine out of service: no longer announced, listed in the fleet or reported offline.
+
+    Its events stay in the archive. With --homeassistant and --broker, its
+    Home Assistant device is removed at once.
+    """
+    from agent.logbook.retired import known_machines, restore
+    from agent.logbook.retired import retire as retire_machine
+
+    if ha_prefix and not broker_url:
+        raise InputError("--homeassistant: give --broker too (the logbook's account clears the device)")
+    db = _open(db_path)
+    with db:
+        if machine not in known_machines(db):
+            raise InputError(f"{machine}: the logbook has never seen this machine")
+        if undo:
+            if not restore(db, machine):
+                raise InputError(f"{machine}: not retired")
+            click.echo(f"{machine} is back in service; a running collector announces it when it next reports")
+            return
+        retire_machine(db, machine, _now())
+    if ha_prefix:
+        from agent.link.publish import PublishError, publish_acknowledged
+        from agent.logbook.homeassistant import removal
+
+        broker = parse_broker(broker_url, password_file)
+        try:
+            for topic in removal(machine, ha_prefix):
+                publish_acknowledged(broker, topic, b"", retain=True)
+        except PublishError as err:
+            raise RuntimeFailure(f"{machine} is retired in the logbook, but its Home Assistant device "
+                                 f"was not removed: {err}") from None
+    click.echo(f"{machine} retired" + (f"; its Home Assistant device removed from {ha_prefix}/" if ha_prefix else ""))

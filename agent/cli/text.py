@@ -102,6 +102,8 @@ def event_line(event: dict[str, Any], names: Mapping[str, str] | None = None) ->
                                                                     else ""),
         EventType.BYPASS_ON: "BYPASS ON: the key switch powers the machine",
         EventType.BYPASS_OFF: "bypass off",
+        EventType.MACHINE_ID_CONFLICT: f"CONFLICT: another live agent uses this machine id "
+                                       f"(incarnation {event.get('other_incarnation')})",
     }.get(kind, kind)
     return shown(f"{ts}  {event.get('machine', '?'):<12} #{event.get('seq', '?'):<6} {details}")
 
@@ -111,3 +113,22 @@ def _duration(seconds: Any) -> str:
         return "?"
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(keys: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    """CSV with a header, for a spreadsheet: a cell that a spreadsheet would run as a
+    formula (it starts with = + - @, a tab or a carriage return) is prefixed with '."""
+    import csv
+    import io
+
+    def cell(value: Any) -> Any:
+        return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(keys), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)
+    return out.getvalue()

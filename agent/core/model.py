@@ -211,11 +211,13 @@ class EventType(StrEnum):
     MEMBERS_REJECTED = "members_rejected"
     AGENT_STARTED = "agent_started"
     AGENT_STOPPED = "agent_stopped"
-    # at the machine
+    # Round 2: what a machine grants by itself, its out-of-order button, a shared id.
     BADGE_ENROLLED = "badge_enrolled"
-    ENROLMENT_REFUSED = "enrolment_refused"
     INDUCTION_GRANTED = "induction_granted"
     OUT_OF_ORDER_REPORTED = "out_of_order_reported"
+    MACHINE_ID_CONFLICT = "machine_id_conflict"
+    # at the machine
+    ENROLMENT_REFUSED = "enrolment_refused"
     BYPASS_ON = "bypass_on"
     BYPASS_OFF = "bypass_off"
 

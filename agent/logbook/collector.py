@@ -7,6 +7,10 @@ Acknowledgements are manual: a message is acknowledged only after its
 transaction is committed. If the database fails, the collector stops
 acknowledging and reports failure; the broker redelivers what was not
 acknowledged when the (restarted) collector reconnects.
+
+Listeners (notifications, Home Assistant) are told of each newly archived
+event and each status once it is committed; they must return at once, and
+their failures are logged, never allowed to stop archiving.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -23,6 +29,7 @@ from paho.mqtt.properties import Properties
 from agent.link.broker import Broker, Outage, disconnect, make_client
 from agent.link.topics import DEFAULT_PREFIX, Topics
 from agent.logbook.events import MalformedEvent, parse_event, parse_status
+from agent.logbook.names import record_names
 from agent.logbook.store import Outcome, ingest, open_db, record_status
 
 log = logging.getLogger(__name__)
@@ -32,13 +39,21 @@ DEFAULT_SESSION_EXPIRY_S = 14 * 86400
 RECONNECT_MAX_S = 30
 
 
+class Listener(Protocol):
+    def archived(self, event: dict[str, Any]) -> None: ...
+    def status(self, machine: str, status: dict[str, Any]) -> None: ...
+    def connected(self, client: mqtt.Client) -> None: ...
+
+
 class Collector:
     """Subscribe, archive, acknowledge. `start()` returns at once; `stop()` is idempotent."""
 
     def __init__(self, broker: Broker, db_path: str | Path, prefix: str = DEFAULT_PREFIX,
                  client_id: str = DEFAULT_CLIENT_ID,
-                 session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S) -> None:
+                 session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
+                 listeners: Sequence[Listener] = ()) -> None:
         self.broker = broker
+        self.listeners = list(listeners)
         self.prefix = prefix
         self.topics = Topics(prefix)
         self.session_expiry_s = session_expiry_s
@@ -86,10 +101,11 @@ class Collector:
             log.error("broker %s refused the connection: %s", self.broker, reason_code)
             return
         self._outage.ended()
-        client.subscribe([(self.topics.events(), 1), (self.topics.status(), 1)])
+        client.subscribe([(self.topics.events(), 1), (self.topics.status(), 1), (self.topics.members, 1)])
         log.info("connected to %s (session %s)", self.broker,
                  "resumed" if flags.session_present else "new")
         self.connected.set()
+        self._tell("connected", client)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
@@ -100,15 +116,23 @@ class Collector:
         if self.failed.is_set():
             return  # unacknowledged: redelivered to the next collector
         machine, kind = self.topics.parse(message.topic) or ("", "")
+        told: tuple[str, Any] | None = None
         try:
             if kind == "events":
-                outcome = ingest(self.db, parse_event(message.payload, machine))
+                event = parse_event(message.payload, machine)
+                outcome = ingest(self.db, event)
                 self.counts[outcome] += 1
                 if outcome is Outcome.SEQ_CONFLICT:
                     log.error("%s: seq already archived with another event_id (agent reset?); "
                               "skipped: %r", message.topic, message.payload[:200])
+                elif outcome is Outcome.STORED:
+                    told = ("archived", event)
             elif kind == "status":
-                record_status(self.db, machine, parse_status(message.payload, machine))
+                status = parse_status(message.payload, machine)
+                record_status(self.db, machine, status)
+                told = ("status", machine, status)
+            elif message.topic == self.topics.members and message.payload:
+                record_names(self.db, message.payload)
         except MalformedEvent as err:
             self.counts["malformed"] += 1
             log.warning("%s: skipped a malformed message (%s): %r",
@@ -118,3 +142,12 @@ class Collector:
             self.failed.set()
             return
         client.ack(message.mid, message.qos)
+        if told:
+            self._tell(*told)
+
+    def _tell(self, what: str, *args: Any) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, what)(*args)
+            except Exception:
+                log.exception("a logbook listener (%s) failed; archiving goes on", type(listener).__name__)

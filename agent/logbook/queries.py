@@ -129,7 +129,7 @@ def report(db: Database, now: dt.datetime, tz: dt.tzinfo, *, since: dt.datetime 
                                 key=lambda b: (-b["hours"], b["hour"])),
         # at the machine
         "inductions": inductions_given(db, since=since, until=until),
-        "out_of_order": out_of_order_reports(db, since=since, until=until),
+        "out_of_order": out_of_order_per_machine(db, since=since, until=until),
         "bypass": bypass_time(db, now, since=since, until=until),
     }
 
@@ -158,9 +158,10 @@ def inductions_given(db: Database, *, since: dt.datetime | None = None,
     return list(rows)
 
 
-def out_of_order_reports(db: Database, *, since: dt.datetime | None = None,
-                         until: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """Out-of-order reports per machine in the period, with the last one's time, most first."""
+def out_of_order_per_machine(db: Database, *, since: dt.datetime | None = None,
+                             until: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Out-of-order reports per machine in the period, with the last one's time, most first
+    (out_of_order_reports lists the reports themselves)."""
     where, params = _period(since, until)
     rows = db.query(
         f"SELECT machine, count(*) AS count, max(ts) AS last FROM events WHERE type = :type{where}"
@@ -195,14 +196,16 @@ def bypass_time(db: Database, now: dt.datetime, *, since: dt.datetime | None = N
     return sorted(result, key=lambda r: (-r["hours"], r["machine"]))
 
 
-def weekly_hours(db: Database, now: dt.datetime, tz: dt.tzinfo, weeks: int) -> dict[str, dict[str, float]]:
-    """Hours per machine for each of the last `weeks` weeks (Monday first, in `tz`), by start."""
+def weekly_hours(db: Database, now: dt.datetime, tz: dt.tzinfo, weeks: int,
+                 machine: str | None = None) -> dict[str, dict[str, float]]:
+    """Hours per machine (or only `machine`) for each of the last `weeks` weeks (Monday first,
+    in `tz`), by start."""
     today = now.astimezone(tz).date()
     monday = today - dt.timedelta(days=today.weekday() + 7 * (weeks - 1))
     since = dt.datetime.combine(monday, dt.time(), tzinfo=tz)
     result: dict[str, dict[str, float]] = {
         (monday + dt.timedelta(weeks=i)).isoformat(): {} for i in range(weeks)}
-    for row in sessions(db, now, since=since, by_start=True):
+    for row in sessions(db, now, machine=machine, since=since, by_start=True):
         day = parse_rfc3339(row["start"]).astimezone(tz).date()
         week = (day - dt.timedelta(days=day.weekday())).isoformat()
         hours = result[week]
@@ -232,3 +235,36 @@ def to_csv(rows: Iterable[dict[str, Any]]) -> str:
 
 def to_json(rows: Iterable[dict[str, Any]]) -> str:
     return json.dumps(list(rows), ensure_ascii=False, indent=1) + "\n"
+
+
+LOCK_TYPES = (EventType.MACHINE_LOCKED, EventType.MACHINE_UNLOCKED)
+
+
+def lock_reasons(db: Database) -> dict[str, dict[str, Any]]:
+    """Per machine, its latest lock or unlock event (`type`, `reason`, `by`, `ts`)."""
+    rows = db.query(
+        "SELECT machine, type, ts, payload FROM events WHERE type IN (?, ?)"
+        " ORDER BY machine, ts, seq", list(LOCK_TYPES))
+    latest = {}
+    for row in rows:
+        event = json.loads(row["payload"])
+        latest[row["machine"]] = {"type": row["type"], "reason": event.get("reason"), "by": event.get("by"),
+                                  "ts": row["ts"]}
+    return latest
+
+
+def out_of_order_reports(db: Database, *, machine: str | None = None, since: dt.datetime | None = None,
+                         limit: int | None = None) -> list[dict[str, Any]]:
+    """out_of_order_reported events, newest first: machine, ts, by."""
+    where, params = ["type = :type"], {"type": EventType.OUT_OF_ORDER_REPORTED}
+    if machine:
+        where.append("machine = :machine")
+        params["machine"] = machine
+    if since:
+        where.append("ts >= :since")
+        params["since"] = rfc3339(since)
+    sql = f"SELECT machine, ts, payload FROM events WHERE {' AND '.join(where)} ORDER BY ts DESC, machine"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    return [{"machine": r["machine"], "ts": r["ts"], "by": json.loads(r["payload"]).get("by")}
+            for r in db.query(sql, params)]

@@ -70,6 +70,26 @@ def _maintenance(db: Database) -> None:
                                    not_null={"every_s"})
 
 
+@migrations(name="004_settled_grants")
+def _settled_grants(db: Database) -> None:
+    """Grants (badge_enrolled, induction_granted events) that `members sync --db` found in the
+    lab's source: they are no longer pending (agent.logbook.grants)."""
+    db["settled_grants"].create({"event_id": str, "settled_at": str}, pk="event_id", not_null={"settled_at"})
+
+
+@migrations(name="005_retired_machines")
+def _retired_machines(db: Database) -> None:
+    """Machines taken out of service (`fabpass logbook retire`): no longer announced or listed."""
+    db["retired"].create({"machine": str, "ts": str}, pk="machine", not_null={"ts"})
+
+
+@migrations(name="006_member_names")
+def _member_names(db: Database) -> None:
+    """Each member's name in the newest list seen on P/members (member_list: its version)."""
+    db["member_names"].create({"member_id": str, "name": str}, pk="member_id")
+    db["member_list"].create({"id": int, "version": int}, pk="id", not_null={"version"})
+
+
 def open_db(path: str | Path, create: bool = False) -> Database:
     """The logbook at `path`, migrated to the current schema; `create` makes a new file if needed."""
     path = Path(path)

@@ -1,4 +1,6 @@
-"""A read-only web page over the logbook: live fleet, latest sessions and refusals, hours per week.
+"""A read-only web page over the logbook: live fleet (with lock reasons), latest sessions and
+refusals with members' names, out-of-order reports, machine-made changes pending in the
+lab's list, and hours per week.
 
 The standard library's threading HTTP server and an inline SVG chart: nothing
 to install on the logbook host, and nothing that can write (each request reads
@@ -24,9 +26,12 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from agent.core.model import EventType
 from agent.core.timespec import parse_rfc3339, parse_time
-from agent.logbook import queries
+from agent.logbook import grants, queries
 from agent.logbook.chart import weekly_chart
+from agent.logbook.names import names as member_names
+from agent.logbook.retired import retired_machines
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +62,35 @@ def _table(table_id: str, header: list[str], rows: list[list[Any]], row_class: s
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _fleet(db: Database, tz: dt.tzinfo) -> str:
-    rows = [[s["machine"], s["state"], json.loads(s["payload"]).get("member_id"), _local(s["received_at"], tz)]
-            for s in db.query("SELECT * FROM status ORDER BY machine")]
-    return _table("fleet", ["Machine", "State", "Member", "Last heard"], rows, "machine")
+def _who(member_id: str | None, names: dict[str, str]) -> str | None:
+    """`Name (id)` when the member list names the member, else the id."""
+    return f"{names[member_id]} ({member_id})" if member_id in names else member_id
+
+
+def _fleet(db: Database, tz: dt.tzinfo, names: dict[str, str]) -> str:
+    locks = queries.lock_reasons(db)
+    retired = retired_machines(db)
+    rows = []
+    for s in db.query("SELECT * FROM status ORDER BY machine"):
+        if s["machine"] in retired:
+            continue
+        status = json.loads(s["payload"])
+        member_id = status.get("member_id")
+        member = (f"{status['member_name']} ({member_id})" if status.get("member_name") and member_id
+                  else _who(member_id, names))
+        lock = locks.get(s["machine"])
+        locked = status.get("locked") or s["state"] == "locked"
+        reason = (f"{lock['reason'] or 'no reason given'} (by {names.get(lock['by'], lock['by'])})"
+                  if locked and lock and lock["type"] == EventType.MACHINE_LOCKED else None)
+        rows.append([s["machine"], s["state"], member, reason, _local(s["received_at"], tz)])
+    return _table("fleet", ["Machine", "State", "Member", "Locked because", "Last heard"], rows, "machine")
+
+
+def _pending(db: Database, tz: dt.tzinfo, names: dict[str, str]) -> str:
+    rows = [[g["kind"], g["member_id"], names.get(g["member_id"]), g["value"], g["expires"],
+             names.get(g["by"], g["by"]), g["machine"], _local(g["ts"], tz)] for g in grants.pending(db)]
+    return _table("pending", ["Kind", "Member", "Name", "Value", "Expires", "By", "Machine", "When"],
+                  rows, "grant")
 
 
 def _form(db: Database, machine: str | None, member: str | None, reason: str | None, since: str) -> str:
@@ -84,22 +114,33 @@ def render_page(db: Database, params: dict[str, str], now: dt.datetime, tz: dt.t
         since = parse_time(since_text, now, tz) if since_text else None
     except ValueError as err:
         error = f"since: {err}"
+    names = member_names(db)
     found = queries.sessions(db, now, machine=machine, member=member, since=since)[::-1][:LATEST]
-    sessions = [[r["machine"], r["member_id"], r["badge"], _local(r["start"], tz),
+    sessions = [[r["machine"], r["member_id"], names.get(r["member_id"]), r["badge"], _local(r["start"], tz),
                  _local(r["end"], tz) or "(open)", f"{r['duration_s'] / 3600:.2f}", r["end_reason"]]
                 for r in found]
-    refused = [[r["machine"], _local(r["ts"], tz), r["member_id"], r["badge"], r["reason"]]
+    refused = [[r["machine"], _local(r["ts"], tz), r["member_id"], names.get(r["member_id"]), r["badge"], r["reason"]]
                for r in queries.refusals(db, machine=machine, member=member, reason=reason,
                                          since=since, limit=LATEST)]
+    reports = [[r["machine"], _local(r["ts"], tz), _who(r["by"], names)]
+               for r in queries.out_of_order_reports(db, machine=machine, since=since, limit=LATEST)]
     body = "".join([
-        "<h1>fabpass logbook</h1><h2>Fleet</h2>", _fleet(db, tz),
+        "<h1>fabpass logbook</h1><h2>Fleet</h2>", _fleet(db, tz, names),
         "<h2>Sessions and refusals</h2>", _form(db, machine, member, reason, since_text),
         f'<p class="error">{escape(error)}</p>' if error else "",
         "<h3>Latest sessions</h3>",
-        _table("sessions", ["Machine", "Member", "Badge", "Start", "End", "Hours", "Ended"], sessions, "session"),
+        _table("sessions", ["Machine", "Member", "Name", "Badge", "Start", "End", "Hours", "Ended"],
+               sessions, "session"),
         "<h3>Latest refusals</h3>",
-        _table("refusals", ["Machine", "When", "Member", "Badge", "Reason"], refused, "refusal"),
-        "<h2>Hours per machine per week</h2>", weekly_chart(queries.weekly_hours(db, now, tz, WEEKS)),
+        _table("refusals", ["Machine", "When", "Member", "Name", "Badge", "Reason"], refused, "refusal"),
+        "<h3>Out-of-order reports</h3>",
+        _table("out-of-order", ["Machine", "When", "Reported by"], reports, "report"),
+        "<h2>Machine-made changes the lab's list does not hold yet</h2>",
+        "<p>Badges enrolled and inductions given at the machines; <code>fabpass members sync --db</code> "
+        "merges them until the lab's own list has them (<code>fabpass members pending --csv</code>).</p>",
+        _pending(db, tz, names),
+        "<h2>Hours per machine per week</h2>",
+        weekly_chart(queries.weekly_hours(db, now, tz, WEEKS, machine=machine)),
     ])
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>fabpass logbook</title>'
             f'<meta http-equiv="refresh" content="60"><style>{STYLE}</style></head><body>{body}</body></html>')

@@ -12,13 +12,11 @@ first walk where it can (`load_json(check_members=False)`).
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 import functools
-import io
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +33,15 @@ from agent.core.model import (
     normalise_list_badge,
 )
 from agent.core.timespec import parse_rfc3339, rfc3339
+from agent.members.table import (
+    COLUMNS,
+    DateOrder,
+    Table,
+    TableError,
+    member_objects,
+    read_csv,
+    read_xlsx,
+)
 from agent.members.version import VersionError, check_version
 
 if TYPE_CHECKING:  # signing (and cryptography, 6 MB of RSS) is imported only where a key is used
@@ -46,8 +53,7 @@ if TYPE_CHECKING:  # signing (and cryptography, 6 MB of RSS) is imported only wh
 MAX_BYTES = 32 * 1024 * 1024
 FORMAT_VERSION = 1
 STATUSES = ("active", "suspended")
-CSV_COLUMNS = ("id", "name", "badges", "status", "expires", "roles", "inductions")
-MEMBER_KEYS = frozenset(CSV_COLUMNS)
+MEMBER_KEYS = frozenset(COLUMNS)
 TOP_KEYS = frozenset({"v", "version", "generated_at", "members", "sig"})
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _WS = re.compile(r"[ \t\n\r]*")
@@ -70,6 +76,7 @@ class Snapshot:
     generated_at: str | None
     count: int | None  # None when the list is read in one pass (see load_json)
     _members: Callable[[], Iterator[Member]] = field(repr=False, compare=False)
+    warnings: tuple[str, ...] = ()  # what a table had that is not a member field (ignored)
 
     def members(self) -> Iterator[Member]:
         return self._members()
@@ -126,7 +133,7 @@ def _member(raw: Any) -> Member:
         raise ValueError(f"must be an object, not {type(raw).__name__}")
     if not MEMBER_KEYS.issuperset(raw):
         unknown = raw.keys() - MEMBER_KEYS
-        raise ValueError(f"{min(unknown)}: unknown field (a member has {', '.join(CSV_COLUMNS)})")
+        raise ValueError(f"{min(unknown)}: unknown field (a member has {', '.join(COLUMNS)})")
     for key in ("id", "status"):
         if key not in raw:
             raise ValueError(f"{key}: missing (it is required)")
@@ -652,95 +659,51 @@ def to_json(snapshot: Snapshot, sign_key: Ed25519PrivateKey | None = None) -> by
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-# --- CSV ------------------------------------------------------------------------------------
+# --- tables (CSV, XLSX) -------------------------------------------------------------------
 
-def _csv_inductions(text: str) -> dict[str, str | None]:
-    inductions: dict[str, str | None] = {}
-    for item in text.split():
-        name, _, expiry = item.partition(":")
-        if not name:
-            raise ValueError(f"inductions: {item!r} has no name (write name or name:YYYY-MM-DD)")
-        if name in inductions:
-            raise ValueError(f"inductions: {name!r} is listed twice")
-        inductions[name] = expiry or None
-    return inductions
-
-
-_TEN_DIGITS = re.compile(r"[0-9]{10}")
-
-
-def _unprefixed_em(badge: str) -> str | None:
-    """Why a CSV badge of exactly 10 decimal digits cannot be taken as it is: a spreadsheet
-    often holds the number printed on an EM4100 card, and the same digits read as hex are
-    another tag. None for any other badge."""
-    if not _TEN_DIGITS.fullmatch(badge):
-        return None
-    value = int(badge)
-    if value > 0xFFFFFFFF:
-        return (f"badges: {badge} looks like the number printed on an EM4100 card, but that is at most "
-                f"4294967295; if it is the 5-byte UID in hex, write hex:{badge}")
-    return (f"badges: {badge} can be read two ways: as hex, the 5-byte UID {badge} (write hex:{badge}), "
-            f"or as the number printed on an EM4100 card, the tag's low 32 bits 0x{value:08X} (write em:{badge})")
-
-
-def _csv_member(row: dict[str, str]) -> Member:
-    cells = {k: v.strip() for k, v in row.items()}
-    badges = cells["badges"].split()
-    for badge in badges:
-        ambiguous = _unprefixed_em(badge)
-        if ambiguous:
-            raise ValueError(ambiguous)
-    return _member({
-        "id": cells["id"], "name": cells["name"], "status": cells["status"],
-        "badges": badges, "roles": cells["roles"].split(),
-        "expires": cells["expires"] or None, "inductions": _csv_inductions(cells["inductions"]),
-    })
-
-
-def _csv_rows(text: str, source: str, version: int | None) -> Iterator[tuple[str, dict[str, str]]]:
-    """(place, {column: cell}) for each non-blank data row; place is `SOURCE row N`."""
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
-    number = 0  # the last row read
+def from_objects(rows: Iterable[tuple[str, dict[str, Any]]], version: int, generated_at: str | None = None,
+                 warnings: Iterable[str] = ()) -> Snapshot:
+    """A snapshot of members given in their JSON shape, each with its place (`FILE row N`):
+    validated like a JSON list, the error naming the place."""
     try:
-        header = [cell.strip() for cell in next(reader, [])]
-        number = 1
-        if sorted(header) != sorted(CSV_COLUMNS):
-            raise SnapshotError(f"{source} row 1: the header must name the columns "
-                                f"{','.join(CSV_COLUMNS)} (any order, no others); found {','.join(header) or 'nothing'}",
-                                version)
-        for number, cells in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in cells):
-                continue
-            if len(cells) != len(header):
-                raise SnapshotError(f"{source} row {number}: {len(cells)} cells; the header has {len(header)}",
-                                    version)
-            yield f"{source} row {number}", dict(zip(header, cells))
-    except csv.Error as err:
-        raise SnapshotError(f"{source} row {number + 1}: not valid CSV: {err}", version) from None
+        check_version(version)
+    except VersionError as err:
+        raise SnapshotError(str(err)) from None
+    unique = _Unique()
+    members: list[Member] = []
+    for place, raw in rows:
+        try:
+            member = _member(raw)
+            unique.add(member)
+        except ValueError as err:
+            raise SnapshotError(f"{place} (id {str(raw.get('id', '')).strip()!r}): {err}", version) from None
+        members.append(member)
+    return Snapshot(version, generated_at, len(members), lambda: iter(members), tuple(warnings))
 
 
-def load_csv(text: str, version: int, source: str = "<csv>", generated_at: str | None = None) -> Snapshot:
+def load_table(table: Table, version: int, date_order: DateOrder | None = None,
+               generated_at: str | None = None) -> Snapshot:
+    """A snapshot of a CSV or XLSX member table (agent.members.table)."""
+    try:
+        rows = member_objects(table, date_order)
+    except TableError as err:
+        raise SnapshotError(str(err), version) from None
+    return from_objects(rows, version, generated_at, table.warnings)
+
+
+def load_csv(text: str, version: int, source: str = "<csv>", generated_at: str | None = None,
+             date_order: DateOrder | None = None) -> Snapshot:
     """Parse and validate a CSV member list; errors name `source` and the row (the header is row 1)."""
     try:
         check_version(version)
     except VersionError as err:
         raise SnapshotError(f"{source}: {err}") from None
     _check_size(text)
-    unique = _Unique()
-    for place, row in _csv_rows(text, source, version):
-        try:
-            unique.add(_csv_member(row))
-        except ValueError as err:
-            raise SnapshotError(f"{place} (id {row['id'].strip()!r}): {err}", version) from None
-
-    def members() -> Iterator[Member]:
-        for place, row in _csv_rows(text, source, version):
-            try:
-                yield _csv_member(row)
-            except ValueError as err:  # validated when loaded, so only if the checks disagree
-                raise SnapshotError(f"{place}: {err}", version) from None
-
-    return Snapshot(version, generated_at, len(unique.ids), members)
+    try:
+        table = read_csv(text, source)
+    except TableError as err:
+        raise SnapshotError(str(err), version) from None
+    return load_table(table, version, date_order, generated_at)
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -751,20 +714,24 @@ def _check_size(data: bytes | bytearray | str) -> None:
                             "refused unparsed")
 
 
+TABLES = (".csv", ".xlsx")
+
+
 def load_file(path: Path, version: int | None = None,
-              public_key: str | Ed25519PublicKey | None = None) -> Snapshot:
-    """A member list from a .json or .csv file. A CSV list is made as it is read: its
+              public_key: str | Ed25519PublicKey | None = None,
+              date_order: DateOrder | None = None) -> Snapshot:
+    """A member list from a .json, .csv or .xlsx file. A table is made as it is read: its
     `generated_at` is now, its version `version` or else the current Unix time."""
     path = Path(path)
     kind = path.suffix.lower()
-    if kind not in (".json", ".csv"):
+    if kind not in (".json", *TABLES):
         raise SnapshotError(f"{path}: unknown member list format {kind or '(no extension)'!r}; "
-                            "use a .json or .csv file")
+                            "use a .json, .csv or .xlsx file")
     if kind == ".json" and version is not None:
         raise SnapshotError(f"{path}: a JSON list carries its own version; a version is given only for CSV")
-    if kind == ".csv" and public_key is not None:
-        raise SnapshotError(f"{path}: unsigned (a public key is configured and a CSV list cannot be signed; "
-                            "publish it as signed JSON)")
+    if kind in TABLES and public_key is not None:
+        raise SnapshotError(f"{path}: unsigned (a public key is configured and a {kind[1:].upper()} list cannot "
+                            "be signed; publish it as signed JSON)")
     try:
         size = path.stat().st_size
         if size > MAX_BYTES:
@@ -772,16 +739,23 @@ def load_file(path: Path, version: int | None = None,
         data = path.read_bytes()
     except OSError as err:
         raise SnapshotError(f"{path}: cannot read: {err.strerror or err}") from None
-    try:
-        if kind == ".json":
-            return load_json(data, public_key)
+    if kind == ".json":
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise SnapshotError(f"not UTF-8 (byte {err.start}); save the CSV as UTF-8") from None
-        now = dt.datetime.now(dt.timezone.utc)
-        return load_csv(text, version if version is not None else int(now.timestamp()), str(path), rfc3339(now))
-    except SnapshotError as err:
-        message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
-        raise SnapshotError(message, err.version) from None
+            return load_json(data, public_key)
+        except SnapshotError as err:
+            message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+            raise SnapshotError(message, err.version) from None
+    now = dt.datetime.now(dt.timezone.utc)
+    return load_table_bytes(data, kind, str(path), version if version is not None else int(now.timestamp()),
+                            date_order, rfc3339(now))
 
+
+def load_table_bytes(data: bytes, kind: str, source: str, version: int,
+                     date_order: DateOrder | None = None, generated_at: str | None = None) -> Snapshot:
+    """A CSV (`kind` ".csv") or XLSX (".xlsx") member list from its bytes; errors name `source`."""
+    _check_size(data)
+    try:
+        table = read_xlsx(data, source) if kind == ".xlsx" else read_csv(data, source)
+    except TableError as err:
+        raise SnapshotError(str(err), version) from None
+    return load_table(table, version, date_order, generated_at)

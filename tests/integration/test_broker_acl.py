@@ -104,7 +104,7 @@ def _add_account(passwd_file: Path, username: str, password: str) -> None:
 def lab(mosquitto_factory, tmp_path: Path) -> Iterator[Lab]:
     """A mosquitto with the shipped ACL; machines laser-1 and cnc-1 made by add-machine."""
     passwd_file = tmp_path / "passwd"
-    passwords = {"fabpass-admin": "admin-secret", "fabpass-logbook": "logbook-secret"}
+    passwords = {"fabpass-admin": "admin-secret", "fabpass-logbook": "logbook-secret", "homeassistant": "ha-secret"}
     for user, password in passwords.items():
         _add_account(passwd_file, user, password)
     for machine in ("laser-1", "cnc-1"):
@@ -255,18 +255,59 @@ def test_broker_acl_logbook_cannot_publish(lab: Lab, admin: Session, topic: str)
     assert b"forged" not in admin.payloads(topic)
 
 
-def test_broker_acl_logbook_cannot_read_members_or_commands(lab: Lab, admin: Session) -> None:
+def test_broker_acl_logbook_reads_members_but_not_commands(lab: Lab, admin: Session) -> None:
+    """The logbook reads the member list for names (and its retained copy), never the commands."""
     logbook = lab.connect("fabpass-logbook")
-    logbook.subscribe("fabpass/members")
-    logbook.subscribe("fabpass/machines/laser-1/commands")
-    assert logbook.subscribe("fabpass/machines/+/events") == 1
     assert admin.publish("fabpass/members", "snapshot", retain=True) == 0
+    logbook.subscribe("fabpass/machines/laser-1/commands")
+    assert logbook.subscribe("fabpass/members") == 1
+    assert logbook.subscribe("fabpass/machines/+/events") == 1
+    logbook.wait_for_message("fabpass/members", "snapshot")
     assert admin.publish("fabpass/machines/laser-1/commands", "lock") == 0
     laser = lab.connect("laser-1")
     assert laser.publish("fabpass/machines/laser-1/events", "marker") == 0
     logbook.wait_for_message("fabpass/machines/laser-1/events", "marker")
-    assert logbook.payloads("fabpass/members") == []
     assert logbook.payloads("fabpass/machines/laser-1/commands") == []
+
+
+@pytest.mark.parametrize("topic, allowed", [
+    ("homeassistant/binary_sensor/fabpass/laser-1_in_use/config", True),
+    ("homeassistant/event/fabpass/laser-1_usage/config", True),
+    ("homeassistant/light/kitchen/config", False),          # another integration's device
+    ("homeassistant/binary_sensor/fabpass/laser-1_in_use/state", False),
+])
+def test_broker_acl_logbook_publishes_only_fabpass_home_assistant_discovery(lab: Lab, admin: Session,
+                                                                            topic: str, allowed: bool) -> None:
+    logbook = lab.connect("fabpass-logbook")
+    accepted = (0, NO_MATCHING_SUBSCRIBERS)
+    assert logbook.publish(topic, "config", retain=True) in (accepted if allowed else (NOT_AUTHORISED,))
+    assert admin.publish("fabpass/machines/laser-1/commands", "marker") == 0
+    admin.wait_for_message("fabpass/machines/laser-1/commands", "marker")
+    ha = lab.connect("homeassistant")
+    ha.subscribe(topic)
+    assert ha.subscribe("homeassistant/#") == 1
+    if allowed:
+        ha.wait_for_message(topic, "config")
+    else:
+        assert logbook.publish("homeassistant/sensor/fabpass/laser-1_member/config", "marker", retain=True) in accepted
+        ha.wait_for_message("homeassistant/sensor/fabpass/laser-1_member/config", "marker")
+        assert ha.payloads(topic) == []
+
+
+def test_broker_acl_home_assistant_reads_machines_but_never_the_member_list(lab: Lab, admin: Session) -> None:
+    assert admin.publish("fabpass/members", "names and badges", retain=True) == 0
+    ha = lab.connect("homeassistant")
+    ha.subscribe("fabpass/members")
+    assert ha.subscribe("fabpass/machines/+/status") == 1
+    assert ha.subscribe("fabpass/machines/+/events") == 1
+    laser = lab.connect("laser-1")
+    assert laser.publish("fabpass/machines/laser-1/status", "idle", retain=True) == 0
+    assert laser.publish("fabpass/machines/laser-1/events", "event") == 0
+    ha.wait_for_message("fabpass/machines/laser-1/status", "idle")
+    ha.wait_for_message("fabpass/machines/laser-1/events", "event")
+    assert ha.payloads("fabpass/members") == []
+    for topic in ("fabpass/members", "fabpass/machines/laser-1/commands", "fabpass/machines/laser-1/status"):
+        assert ha.publish(topic, "forged") == NOT_AUTHORISED
 
 
 @pytest.mark.parametrize("username,password", [

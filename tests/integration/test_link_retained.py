@@ -55,3 +55,13 @@ def test_retained_an_account_that_may_not_read_sees_nothing(mosquitto_factory, t
     assert read_retained(admin, "fabpass/members") == b"list"
     assert read_retained(Broker("127.0.0.1", server.port, username="laser-1", password="pw"),
                          "fabpass/members", 60) is None
+
+
+def test_retained_unreachable_broker_raises():
+    import pytest
+
+    from agent.link.broker import BrokerUnreachable
+    from tests.support.helpers import free_port
+
+    with pytest.raises(BrokerUnreachable):
+        read_retained(Broker("127.0.0.1", free_port()), "fabpass/members", timeout=2)

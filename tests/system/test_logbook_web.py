@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import urllib.request
 
 import pytest
 
+from agent.logbook.names import record_names
 from agent.logbook.store import ingest, open_db, record_status
 from agent.logbook.web import make_server
 from tests.support.helpers import free_port, port_open, wait_for
@@ -34,9 +36,17 @@ def web_url(tmp_path):
     with open_db(db_path, create=True) as db:
         for event in (laser.session("m-ada", "04A1B2C3", start, 50)
                       + cnc.session("m-grace", "04A1B2C4", start, 75)
-                      + [laser.refusal(start, "04A1B2C5", "not_inducted", member_id="m-alan")]):
+                      + [laser.refusal(start, "04A1B2C5", "not_inducted", member_id="m-alan"),
+                         cnc.event("out_of_order_reported", start + dt.timedelta(minutes=80), by="m-grace"),
+                         cnc.event("machine_locked", start + dt.timedelta(minutes=80), by="m-grace",
+                                   reason="out_of_order"),
+                         laser.event("badge_enrolled", start, member_id="m-alan", badge="CAFEBABE", by="giulia")]):
             ingest(db, event)
+        record_names(db, json.dumps({"v": 1, "version": 5, "members": [
+            {"id": "m-ada", "name": "Ada Lovelace"}, {"id": "m-grace", "name": "Grace Hopper"},
+            {"id": "m-alan", "name": "Alan <b>Turing</b>"}]}).encode())
         record_status(db, "laser-1", {"v": 1, "machine": "laser-1", "state": "in_use", "member_id": "m-ada"})
+        record_status(db, "cnc-1", {"v": 1, "machine": "cnc-1", "state": "locked", "locked": True, "member_id": None})
     server = make_server(db_path, "127.0.0.1", 0, PASSWORD, UTC)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -62,19 +72,38 @@ def rows(dom: str, table_id: str) -> list[list[str]]:
             for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("<tbody>")[1], re.S)]
 
 
+def login(url: str) -> str:
+    return url.replace("http://", f"http://technician:{PASSWORD.replace(' ', '%20')}@")
+
+
 def test_logbook_web_page_shows_sessions_fleet_and_chart(web_url, tmp_path):
-    dom = dump_dom(web_url.replace("http://", f"http://technician:{PASSWORD.replace(' ', '%20')}@"),
-                   tmp_path / "profile")
-    assert sorted((r[0], r[1]) for r in rows(dom, "sessions")) == [("cnc-1", "m-grace"), ("laser-1", "m-ada")]
-    assert rows(dom, "fleet")[0][:3] == ["laser-1", "in_use", "m-ada"]
-    assert rows(dom, "refusals")[0][4] == "not_inducted"
+    dom = dump_dom(login(web_url), tmp_path / "profile")
+    assert sorted((r[0], r[1], r[2]) for r in rows(dom, "sessions")) == [
+        ("cnc-1", "m-grace", "Grace Hopper"), ("laser-1", "m-ada", "Ada Lovelace")]
+    assert rows(dom, "fleet")[1][:3] == ["laser-1", "in_use", "Ada Lovelace (m-ada)"]
+    assert rows(dom, "refusals")[0][2:] == ["m-alan", "Alan &lt;b&gt;Turing&lt;/b&gt;", "04A1B2C5", "not_inducted"]
     assert {m for m in re.findall(r'class="bar" data-machine="([^"]+)"', dom)} == {"laser-1", "cnc-1"}
 
 
+def test_logbook_web_shows_lock_reasons_out_of_order_reports_and_pending_changes(web_url, tmp_path):
+    dom = dump_dom(login(web_url), tmp_path / "profile")
+    cnc = rows(dom, "fleet")[0]
+    assert cnc[:2] == ["cnc-1", "locked"] and cnc[3] == "out_of_order (by Grace Hopper)"
+    assert [(r[0], r[2]) for r in rows(dom, "out-of-order")] == [("cnc-1", "Grace Hopper (m-grace)")]
+    assert [r[:4] for r in rows(dom, "pending")] == [["badge", "m-alan", "Alan &lt;b&gt;Turing&lt;/b&gt;", "CAFEBABE"]]
+
+
+def test_logbook_web_chart_honours_the_machine_filter_and_shows_whole_hours(web_url, tmp_path):
+    dom = dump_dom(login(web_url) + "?machine=cnc-1", tmp_path / "profile")
+    assert {m for m in re.findall(r'class="bar" data-machine="([^"]+)"', dom)} == {"cnc-1"}
+    ticks = re.findall(r'<text [^>]*class="tick"[^>]*>([^<]+)</text>', dom)
+    assert ticks == ["0 h", "1 h", "2 h"]  # 75 minutes in a week: the axis runs to 2 h in whole hours
+
+
 def test_logbook_web_filter_shows_only_matching_rows(web_url, tmp_path):
-    credentials = web_url.replace("http://", f"http://technician:{PASSWORD.replace(' ', '%20')}@")
+    credentials = login(web_url)
     dom = dump_dom(credentials + "?machine=cnc-1&since=1d", tmp_path / "profile")
-    assert [(r[0], r[1], r[5]) for r in rows(dom, "sessions")] == [("cnc-1", "m-grace", "1.25")]
+    assert [(r[0], r[1], r[6]) for r in rows(dom, "sessions")] == [("cnc-1", "m-grace", "1.25")]
     assert rows(dom, "refusals") == []
     dom = dump_dom(credentials + "?member=m-alan", tmp_path / "profile2")
     assert rows(dom, "sessions") == [] and [r[2] for r in rows(dom, "refusals")] == ["m-alan"]

@@ -23,8 +23,11 @@ LAYERS: dict[str, set[str]] = {
     "logs": set(),
     "logbook": {"core", "link"},
     "daemon": {"core", "signing", "members", "link", "config", "hardware"},
+    # The lab side (members sync): reads the logbook for what machines granted, publishes lists.
+    "labsync": {"core", "signing", "members", "link", "logbook"},
     "devtools": {"core", "signing", "members", "link", "config", "hardware", "logbook", "daemon"},
-    "cli": {"core", "signing", "members", "link", "config", "hardware", "logbook", "daemon", "devtools", "logs"},
+    "cli": {"core", "signing", "members", "link", "config", "hardware", "logbook", "labsync", "daemon",
+            "devtools", "logs"},
 }
 # What the pure core may import: the standard library's data and time, no I/O.
 CORE_STDLIB = {"__future__", "collections", "dataclasses", "datetime", "enum", "functools", "itertools",

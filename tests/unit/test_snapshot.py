@@ -452,17 +452,18 @@ def csv_row(**changes: str) -> str:
 
 
 BAD_CSV = [
-    ("", "members.csv row 1: the header must name the columns"),
-    ("id,name,badges,status,expires,roles\n", "members.csv row 1: the header"),
-    (CSV_HEADER.replace("roles", "role"), "members.csv row 1: .*found id,name,badges,status,expires,role,inductions"),
-    (CSV_HEADER.strip() + ",email\n", "members.csv row 1: the header"),
+    ("", "members.csv: empty: no header row"),
+    ("id,name,badges,status,expires,roles\n", r"members.csv: no members \(only a header\)"),
+    (CSV_HEADER.replace("status", "state") + CSV_ADA,
+     "members.csv row 1: no 'status' column .*found id, name, badges, state, expires, roles, inductions"),
+    ("id,status,badges,ID\n" + CSV_ADA, "members.csv row 1: column 'id' appears twice"),
     (CSV_HEADER + CSV_ADA + "m-2,Bob\n", "members.csv row 3: 2 cells; the header has 7"),
     (CSV_HEADER + CSV_ADA + csv_row(status="banned"), r"members.csv row 3 \(id 'm-7'\): status: 'banned'"),
     (CSV_HEADER + csv_row(id=""), r"members.csv row 2 \(id ''\): id: must be a non-empty string"),
     (CSV_HEADER + csv_row(badges="04A1B2"), r"row 2 \(id 'm-7'\): badges: badge '04A1B2' has 6 hex digits"),
     (CSV_HEADER + csv_row(expires="2027-13-01"), r"row 2 \(id 'm-7'\): expires: '2027-13-01' is not a real date"),
     (CSV_HEADER + csv_row(expires="next year"), r"row 2 \(id 'm-7'\): expires: 'next year' is not a date"),
-    (CSV_HEADER + csv_row(inductions="laser:31/01/2027"), r"row 2 \(id 'm-7'\): inductions.laser: '31/01/2027'"),
+    (CSV_HEADER + csv_row(inductions="laser:31/13/2027"), r"row 2 \(id 'm-7'\): inductions.laser: '31/13/2027' is not"),
     (CSV_HEADER + csv_row(inductions=":2027-01-01"), r"row 2 \(id 'm-7'\): inductions: ':2027-01-01' has no name"),
     (CSV_HEADER + csv_row(inductions="laser laser:2027-01-01"), r"inductions: 'laser' is listed twice"),
     (CSV_HEADER + CSV_ADA + "\n" + csv_row(id="m-0001"), r"members.csv row 4 \(id 'm-0001'\): id: appears more than once"),
