@@ -1,7 +1,7 @@
 """The MFRC522 reader backend, and the unmodified `mfrc522` driver under it, against an emulated chip.
 
 Only what cannot run here is emulated: the chip on the SPI bus and RPi.GPIO
-(tests/support/emulated_mfrc522.py). Time inside the chip is emulated too, so a
+(agent/devtools/emulated_mfrc522.py). Time inside the chip is emulated too, so a
 step-by-step test (`reader.step()`, no thread) is exact; the threaded tests
 check the wiring with real time and wait on conditions.
 """
@@ -23,12 +23,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.config import ReaderConfig
-from tests.support.emulated_mfrc522 import (
+from agent.devtools.emulated_mfrc522 import (
     TRANSFER_SECONDS,
     Card,
     Doubles,
     EmulatedMFRC522,
     Fault,
+    air_time,
     installed,
 )
 from tests.support.helpers import wait_for
@@ -131,10 +132,12 @@ def test_emulator_timer_fires_after_prescaler_times_reload(prescaler: int, reloa
         chip.Write_MFRC522(chip.BitFramingReg, 0x07)
         chip.Write_MFRC522(chip.FIFODataReg, 0x26)
         chip.Write_MFRC522(chip.CommandReg, chip.PCD_TRANSCEIVE)
-        chip.SetBitMask(chip.BitFramingReg, 0x80)  # sending ends; the timer starts
-        rig.chip.sleep(period * 0.9 - 2 * TRANSFER_SECONDS)
-        assert not chip.Read_MFRC522(chip.CommIrqReg) & 0x01
-        rig.chip.sleep(period * 0.1 + TRANSFER_SECONDS)
+        chip.SetBitMask(chip.BitFramingReg, 0x80)  # sends REQA; the timer starts when sending ends
+        deadline = rig.chip.now + air_time(7) + period
+        if rig.chip.now + TRANSFER_SECONDS < deadline:  # a read that lands half a transfer early
+            rig.chip.sleep(deadline - rig.chip.now - 1.5 * TRANSFER_SECONDS)
+            assert not chip.Read_MFRC522(chip.CommIrqReg) & 0x01
+        rig.chip.sleep(deadline - rig.chip.now)
         assert chip.Read_MFRC522(chip.CommIrqReg) & 0x01
 
 
