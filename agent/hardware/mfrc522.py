@@ -50,6 +50,18 @@ RESET_WAIT = 0.05  # oscillator start-up after a hard or soft reset
 HELD_INTERVAL = 0.1  # how often a card left on the reader is read again
 
 
+def _tight_timer_slack() -> None:
+    """Ask the kernel to end this thread's sleeps within 1 us of their time instead
+    of the default 50 us: a read sleeps through six waits on the air, so a card is
+    reported about 0.3 ms sooner, for no CPU (prctl PR_SET_TIMERSLACK, Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(29, 1000, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _driver() -> Any:
     """An `mfrc522.MFRC522` whose constructor has not run.
 
@@ -105,11 +117,13 @@ class MFRC522Reader(ThreadedReader):
     # The loop and its health.
 
     def _run(self) -> None:
+        _tight_timer_slack()
         while not self._stop.is_set():
+            started = time.monotonic()
             badge, delay = self.step()
             if badge is not None:
                 self._tap(badge)
-            self._stop.wait(delay)
+            self._stop.wait(max(0.0, delay - (time.monotonic() - started)))  # from look to look
 
     def step(self) -> tuple[str | None, float]:
         """One look: (a new tap's badge or None, seconds to wait before the next look).
