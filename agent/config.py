@@ -9,14 +9,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.core.hours import OpeningHours
 from agent.core.model import MACHINE_ID_RULE, is_machine_id
 from agent.core.timespec import parse_duration
+
+if TYPE_CHECKING:
+    import zoneinfo
 
 READER_TYPES = ("simulated", "mfrc522", "rdm6300", "head")
 REQUIRED = object()
@@ -159,6 +161,8 @@ class Config:
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo | None:
+        import zoneinfo  # here, not at the top: the command line reads configs without zones
+
         return zoneinfo.ZoneInfo(self.machine.timezone) if self.machine.timezone else None
 
     @property
@@ -193,6 +197,8 @@ def _check_pin(value: int) -> int:
 
 
 def _check_timezone(value: str) -> str:
+    import zoneinfo
+
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
