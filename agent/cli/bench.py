@@ -45,7 +45,9 @@ def table(figures: dict) -> str:
 @click.option("--quick", is_flag=True, help="Trim sizes and counts (about a minute, for CI); says so in the output.")
 @json_option
 def bench(quick: bool, as_json: bool) -> None:
-    """Measure the benchmarks: tap to relay, member list apply, outbox, idle agent, fleet.
+    """Measure the benchmarks: tap to relay, card to relay on an emulated MFRC522,
+    serial frame to relay, the command line's start, member list apply, outbox,
+    idle agent, fleet.
 
     Takes minutes, most of them ramping the fleet up to 640 agents, which loads
     every core (--quick: about a minute). Storage goes to a RAM filesystem

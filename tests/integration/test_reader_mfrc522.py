@@ -9,7 +9,6 @@ check the wiring with real time and wait on conditions.
 from __future__ import annotations
 
 import logging
-import random
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.config import ReaderConfig
+from agent.devtools.bench.card import reader_schedule
 from agent.devtools.emulated_mfrc522 import (
     ISO_READY_AFTER,
     TRANSFER_SECONDS,
@@ -316,29 +316,14 @@ def test_reader_reports_a_card_within_one_look_and_its_read(size: int) -> None:
     # Cards laid on the reader at 200 moments spread over the looks, each answering
     # only ISO 14443-3's 5 ms after entering the field: the reader's part of card to
     # relay is the wait for the next look, the look, and the read on the air.
-    rng = random.Random(size)
-    with emulated() as rig:
-        reader = rig.reader(poll_interval=DEFAULT_POLL)
-        rig.poll(reader, 1)
-        delays = []
-        for _ in range(200):
-            badge, delay = reader.step()  # a look at the empty field
-            early = rng.uniform(0, delay)
-            rig.chip.sleep(early)
-            card = rig.chip.place(Card(UIDS[size], ready_after=ISO_READY_AFTER))
-            placed = rig.chip.now
-            rig.chip.sleep(delay - early)
-            while (look := reader.step())[0] is None:
-                rig.chip.sleep(look[1])
-            delays.append(rig.chip.now - placed)
-            rig.chip.remove(card)
-            assert rig.run(reader, 0.7) == []
-        # A look: 5 transfers and the WUPA and ATQA's 0.4 ms on the air; the one that
-        # finds nothing, the wait, the one that finds the card. Then the read: 2.2 /
-        # 4.1 / 5.9 ms of anticollision and SELECT on the air, 15 transfers a level.
-        look, read = 0.00055, {4: 0.003, 7: 0.0052, 10: 0.0075}[size]
-        assert max(delays) < ISO_READY_AFTER + look + DEFAULT_POLL + look + read
-        assert sorted(delays)[100] < ISO_READY_AFTER + look + DEFAULT_POLL / 2 + look + read
+    delays, cpu = reader_schedule(DEFAULT_POLL, 200, UIDS[size], seed=size)
+    # A look: 5 transfers and the WUPA and ATQA's 0.4 ms on the air; the one that
+    # finds nothing, the wait, the one that finds the card. Then the read: 2.2 /
+    # 4.1 / 5.9 ms of anticollision and SELECT on the air, 15 transfers a level.
+    look, read = 0.00055, {4: 0.003, 7: 0.0052, 10: 0.0075}[size]
+    assert max(delays) < ISO_READY_AFTER + look + DEFAULT_POLL + look + read
+    assert sorted(delays)[100] < ISO_READY_AFTER + look + DEFAULT_POLL / 2 + look + read
+    assert cpu < 1.0
 
 
 @pytest.mark.parametrize("floating", [0x00, 0xFF])

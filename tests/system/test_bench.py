@@ -24,7 +24,10 @@ from agent.devtools.bench.common import (
 
 CONTRACT_KEYS = ("tap_to_relay_p50_ms", "tap_to_relay_p99_ms", "members_apply_100k_s", "lookup_during_apply_p99_ms",
                  "outbox_replay_events_per_s", "idle_cpu_percent", "idle_rss_mb", "members_apply_100k_peak_mb",
-                 "outbox_commit_p99_ms", "fleet_agents_per_broker")
+                 "outbox_commit_p99_ms", "fleet_agents_per_broker",
+                 "card_to_relay_p50_ms", "card_to_relay_p99_ms", "reader_idle_cpu_percent")
+# Figures of the bench's own beyond the contract's.
+MORE_KEYS = ("serial_frame_end_to_relay_p99_ms", "cli_cold_start_ms")
 
 
 def _number(value: object) -> bool:
@@ -39,7 +42,7 @@ def test_bench_quick_json_has_every_contract_figure_as_a_number() -> None:
     assert "cannot reach broker" not in done.stderr  # the replay's outage is planned, not news
     figures = json.loads(done.stdout)  # one JSON document (NaN would not parse as strict JSON below)
     json.loads(done.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
-    for key in CONTRACT_KEYS:
+    for key in CONTRACT_KEYS + MORE_KEYS:
         assert key in figures, key
         assert _number(figures[key]), (key, figures[key])
     assert isinstance(figures["outbox_commit_fs"], str) and figures["outbox_commit_fs"]
@@ -54,7 +57,7 @@ def test_bench_quick_json_has_every_contract_figure_as_a_number() -> None:
 
 
 def test_bench_figures_cover_the_contract() -> None:
-    assert set(FIGURES) == set(CONTRACT_KEYS)
+    assert set(FIGURES) == set(CONTRACT_KEYS + MORE_KEYS)
     assert set(TARGETS) <= set(FIGURES)
 
 
@@ -73,6 +76,8 @@ def test_bench_verdicts_against_targets() -> None:
     assert verdict("outbox_replay_events_per_s", 5000) == "ok"
     assert verdict("outbox_replay_events_per_s", 4999) == "MISS"
     assert verdict("outbox_commit_p99_ms", 50.0) == ""
+    assert verdict("card_to_relay_p99_ms", 30.0) == "ok"  # at most 30 ms
+    assert verdict("card_to_relay_p99_ms", 30.01) == "MISS"
     assert target_text("idle_rss_mb") == "< 40"
     assert target_text("fleet_agents_per_broker") == "-"
 
@@ -120,6 +125,42 @@ def test_bench_timed_agent_every_tap_changes_the_relay() -> None:
         assert states == [True, False, True, False, True, False, True]  # active-low: on is low
         events = [e for _, e in timed.agent.outbox.pending(0, 100)]
         assert sum('"session_started"' in e for e in events) == 3  # the outbox write is on the path
+
+
+def test_bench_card_to_relay_goes_through_the_mfrc522_reader_and_stops_its_agent() -> None:
+    from agent.devtools.bench.card import mfrc522
+
+    before, modules = threading.active_count(), set(sys.modules)
+    figures = mfrc522(presentations=4, idle_s=0.5, members=50)
+    assert figures["card_to_relay_cards"] == 4
+    # A card answers 5 ms after it enters the field, and a 7-byte UID takes 4 ms on the air.
+    assert 9 < figures["card_to_relay_p50_ms"] <= figures["card_to_relay_p99_ms"] <= figures["card_to_relay_max_ms"]
+    assert figures["reader_idle_transfers_per_look"] == 5 and figures["reader_idle_looks_per_s"] > 10
+    assert 0 < figures["reader_idle_cpu_percent"] <= figures["reader_idle_thread_cpu_percent"]
+    assert threading.active_count() == before
+    assert "spidev" not in sys.modules and set(sys.modules) - modules <= {m for m in sys.modules if "agent" in m
+                                                                            or m.startswith("gpiozero")}
+
+
+def test_bench_serial_frames_go_through_both_serial_readers() -> None:
+    from agent.devtools.bench.serial import serial_frames
+
+    before = threading.active_count()
+    figures = serial_frames(4)
+    assert 0 < figures["rdm6300_frame_end_to_relay_p50_ms"] <= figures["rdm6300_frame_end_to_relay_p99_ms"]
+    assert 0 < figures["head_frame_end_to_relay_p50_ms"] <= figures["head_frame_end_to_relay_p99_ms"]
+    assert figures["serial_frame_end_to_relay_p99_ms"] == max(figures["rdm6300_frame_end_to_relay_p99_ms"],
+                                                             figures["head_frame_end_to_relay_p99_ms"])
+    assert threading.active_count() == before
+
+
+def test_bench_cli_cold_start_runs_each_command_against_an_agent() -> None:
+    from agent.devtools.bench.cli import cli_cold_start
+
+    figures = cli_cold_start(runs=1)  # a command that failed would raise, naming it
+    assert figures["cli_cold_start_ms"] == max(figures["cli_status_ms"], figures["cli_tap_ms"],
+                                               figures["cli_members_check_ms"])
+    assert figures["cli_cold_start_ms"] > figures["cli_python_startup_ms"] > 0
 
 
 def test_bench_table_names_each_figure_value_and_target() -> None:
