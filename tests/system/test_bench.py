@@ -163,6 +163,29 @@ def test_bench_cli_cold_start_runs_each_command_against_an_agent() -> None:
     assert figures["cli_cold_start_ms"] > figures["cli_python_startup_ms"] > 0
 
 
+def test_bench_peers_recreations_decide_as_their_originals(tmp_path: Path) -> None:
+    from agent.devtools.bench.peers.makerspace_auth import MakerspaceAuth
+    from agent.devtools.bench.peers.ratt import Ratt, hash_tag
+
+    auth = MakerspaceAuth(tmp_path, ["04A1B2C3D4E5F6", "C1A2B3D4"])
+    assert auth.decide("C1A2B3D4") and not auth.decide("C1A2B3") and not auth.decide("DEADBEEF")
+    assert (tmp_path / "log.txt").read_text().count("LaserCutter1,15m") == 3  # every badge logged, as theirs
+    assert hash_tag(12345) == "c7cc92db7e8170d693d1a97705f74d92f7f2bc5d6220b1ca73909521"  # sha224 of "0000012345"
+    ratt = Ratt([12345, 0xC1A2B3D4])
+    assert ratt.decide(0xC1A2B3D4) and not ratt.decide(54321)
+
+
+def test_bench_peers_compare_all_three_paths_in_one_run() -> None:
+    from agent.devtools.bench.peers import compare
+
+    before = threading.active_count()
+    figures = compare(rounds=6, members=300)
+    for name in ("fabpass", "makerspace_auth", "ratt"):
+        assert 0 < figures[f"peers_{name}_p50_ms"] <= figures[f"peers_{name}_p99_ms"]
+    assert figures["peers_members"] == 300 and figures["peers_rounds"] == 6
+    assert threading.active_count() == before
+
+
 def test_bench_table_names_each_figure_value_and_target() -> None:
     figures = {key: 1.0 for key in FIGURES}
     figures.update(quick=True, python="3.11.7", outbox_commit_fs="ext4",

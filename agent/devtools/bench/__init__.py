@@ -5,7 +5,8 @@ One module per family: `tap` (tap to relay, taps during a list apply),
 `serial` (a serial reader's frame to relay), `cli` (the command line's cold
 start), `apply` (a 100,000-member list into the cache, time and peak memory),
 `outbox` (a durable commit on disk, replaying a backlog to a broker),
-`idle` (a quiet agent's CPU and memory) and `fleet` (agents per broker).
+`idle` (a quiet agent's CPU and memory), `fleet` (agents per broker) and
+`peers` (the decision paths of makerspace-auth and RATT beside fabpass's).
 `run(quick)` measures them all and returns one flat dict of figures.
 """
 
@@ -27,6 +28,7 @@ class Sizes:
     reader_idle_s: float
     serial_frames: int
     cli_runs: int
+    peer_rounds: int
     apply_members: int
     apply_runs: int
     apply_taps_members: int
@@ -37,9 +39,11 @@ class Sizes:
 
 
 FULL = Sizes(tap_members=100_000, taps=10_000, cards=400, reader_idle_s=20.0, serial_frames=200, cli_runs=20,
+             peer_rounds=1_000,
              apply_members=100_000, apply_runs=3, apply_taps_members=100_000,
              replay_events=10_000, idle_s=30.0, commits=1_000, fleet_quick=False)
 QUICK = Sizes(tap_members=20_000, taps=1_000, cards=60, reader_idle_s=3.0, serial_frames=20, cli_runs=5,
+              peer_rounds=100,
               apply_members=100_000, apply_runs=1, apply_taps_members=20_000,
               replay_events=2_000, idle_s=5.0, commits=200, fleet_quick=True)
 
@@ -75,6 +79,7 @@ def _families(sizes: Sizes) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         cli,
         idle,
         outbox,
+        peers,
         serial,
         tap,
     )
@@ -90,6 +95,7 @@ def _families(sizes: Sizes) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         ("outbox replay", lambda: outbox.outbox_replay(sizes.replay_events)),
         ("idle agent", lambda: idle.idle(sizes.idle_s)),
         ("fleet", lambda: capacity.agents_per_broker(sizes.fleet_quick)),
+        ("peers", lambda: peers.compare(sizes.peer_rounds, sizes.tap_members)),
     ]
 
 
