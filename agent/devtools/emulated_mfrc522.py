@@ -109,23 +109,29 @@ class EmulatedTime:
         return self.now
 
     def transfer(self) -> None:
+        """A transfer begins: it ends TRANSFER_SECONDS later."""
         self.now += TRANSFER_SECONDS
+
+    def spend(self, begun: float | None) -> None:
+        """A transfer ends (its time was taken when it began)."""
 
     def sleep(self, seconds: float) -> None:
         self.now += max(0.0, seconds)
 
 
 class RealTime:
-    """The host's clock; a transfer spends TRANSFER_SECONDS of CPU. (spidev's ioctl
-    would release the GIL meanwhile; a wait that did here, sleep(0), costs a system
-    call of 20 to 40 us on a VM, longer than the transfer, so this one keeps it.)"""
+    """The host's clock; a transfer spends TRANSFER_SECONDS of CPU, the emulator's
+    own work included. (spidev's ioctl would release the GIL meanwhile; a wait
+    that did here, sleep(0), costs a system call of 20 to 40 us on a VM, longer
+    than the transfer, so this one keeps it.)"""
 
     monotonic = staticmethod(time.monotonic)
     sleep = staticmethod(time.sleep)
+    transfer = staticmethod(time.perf_counter)
 
     @staticmethod
-    def transfer() -> None:
-        end = time.perf_counter() + TRANSFER_SECONDS
+    def spend(begun: float) -> None:
+        end = begun + TRANSFER_SECONDS
         while time.perf_counter() < end:
             pass
 
@@ -345,19 +351,24 @@ class EmulatedMFRC522:
         with self._lock:
             if self.spi_error is not None:
                 raise self.spi_error
-            self.clock.transfer()
+            begun = self.clock.transfer()
             self.transfers += 1
             self._run_rf()
-            if not self.plugged:
-                return [self.floating] * len(data)
-            first = data[0]
-            assert first & 0x01 == 0, f"address byte 0x{first:02X}: bit 0 must be 0"
-            if first & 0x80:  # read: each byte names the next register, the last is 0
-                assert data[-1] == 0 and all(a & 0x81 == 0x80 for a in data[:-1]), f"bad burst read {data}"
-                return [0] + [self._read((a >> 1) & 0x3F) for a in data[:-1]]
-            for value in data[1:]:  # write: every byte goes to the same register
-                self._write(first >> 1, value)
-            return [0] * len(data)
+            answer = self._transfer(data)
+            self.clock.spend(begun)
+            return answer
+
+    def _transfer(self, data: list[int]) -> list[int]:
+        if not self.plugged:
+            return [self.floating] * len(data)
+        first = data[0]
+        assert first & 0x01 == 0, f"address byte 0x{first:02X}: bit 0 must be 0"
+        if first & 0x80:  # read: each byte names the next register, the last is 0
+            assert data[-1] == 0 and all(a & 0x81 == 0x80 for a in data[:-1]), f"bad burst read {data}"
+            return [0] + [self._read((a >> 1) & 0x3F) for a in data[:-1]]
+        for value in data[1:]:  # write: every byte goes to the same register
+            self._write(first >> 1, value)
+        return [0] * len(data)
 
     def _read(self, register: int) -> int:
         if register == FIFO_DATA:
