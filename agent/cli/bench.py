@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from agent.cli import text
-from agent.cli.options import json_option, print_json
+from agent.cli.options import RuntimeFailure, json_option, print_json
 
 
 def _value(value: object) -> str:
@@ -57,7 +57,10 @@ def bench(quick: bool, as_json: bool) -> None:
     from agent.devtools.bench import run
 
     progress = None if as_json else (lambda name: click.echo(f"measuring {name}…", err=True))
-    figures = run(quick=quick, progress=progress)
+    try:
+        figures = run(quick=quick, progress=progress)
+    except RuntimeError as err:
+        raise RuntimeFailure(str(err)) from None
     if as_json:
         print_json(figures)
     else:

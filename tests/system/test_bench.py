@@ -186,6 +186,14 @@ def test_bench_peers_compare_all_three_paths_in_one_run() -> None:
     assert threading.active_count() == before
 
 
+def test_bench_without_the_mfrc522_driver_says_how_to_get_it_before_measuring() -> None:
+    code = ("import sys; sys.modules['mfrc522'] = None\n"  # as where the driver is not installed
+            "from agent.cli import main; main(['bench', '--quick'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install --no-deps 'mfrc522==0.0.7'" in done.stderr and "measuring" not in done.stderr
+
+
 def test_bench_table_names_each_figure_value_and_target() -> None:
     figures = {key: 1.0 for key in FIGURES}
     figures.update(quick=True, python="3.11.7", outbox_commit_fs="ext4",

@@ -101,6 +101,9 @@ def _families(sizes: Sizes) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
 
 def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure every figure; returns them with `quick`, `machine` and `python`."""
+    from agent.devtools.bench.card import require_driver
+
+    require_driver()
     sizes = QUICK if quick else FULL
     figures: dict[str, Any] = {"quick": quick}
     info = machine()  # before we load the machine ourselves

@@ -41,6 +41,17 @@ from agent.devtools.emulated_mfrc522 import (
 from agent.devtools.wait import wait_for
 
 REARM = 0.1  # shorter than the default 0.5 s, so that presentations follow each other sooner
+DRIVER = "mfrc522==0.0.7"
+
+
+def require_driver() -> None:
+    """The card figures run the real `mfrc522` driver (over the emulated chip); say how
+    to get it before a run starts, rather than fail in the middle of one."""
+    import importlib.util
+
+    if importlib.util.find_spec("mfrc522") is None:
+        raise RuntimeError(f"the card figures run the mfrc522 driver over an emulated chip: "
+                           f"pip install --no-deps '{DRIVER}' (its Pi-only dependencies are not needed)")
 
 
 @contextlib.contextmanager
