@@ -156,7 +156,7 @@ class Card:
         if len(self.uid) not in self.SAK_BY_SIZE:
             raise ValueError(f"a type A UID has 4, 7 or 10 bytes, not {len(self.uid)}")
         self.ready_after = ready_after
-        self.ready_at = 0.0
+        self.ready_at = 0.0  # set by the chip whose field powers it
         self.state = "OFF"
         self.from_halt = False
         self.level = 0
@@ -171,13 +171,12 @@ class Card:
             levels.append(part + bytes([part[0] ^ part[1] ^ part[2] ^ part[3]]))
         return levels
 
-    def power(self, on: bool, now: float = 0.0) -> None:
+    def power(self, on: bool) -> None:
         self.state, self.from_halt, self.level = ("IDLE" if on else "OFF"), False, 0
-        self.ready_at = now + self.ready_after
 
-    def receive(self, bits: list[int], now: float = float("inf")) -> list[int] | None:
+    def receive(self, bits: list[int]) -> list[int] | None:
         """A frame from the reader (in air order) -> the card's answer, or None for silence."""
-        if self.state == "OFF" or now < self.ready_at:
+        if self.state == "OFF":
             return None
         data = from_bits(bits)
         if len(bits) == 7 and data[0] in (REQA, WUPA):
@@ -313,7 +312,7 @@ class EmulatedMFRC522:
     def place(self, card: Card) -> Card:
         with self._lock:
             self.cards.append(card)
-            card.power(self.field_on, self.now)
+            self._power(card, self.field_on)
         return card
 
     def remove(self, card: Card) -> None:
@@ -443,7 +442,11 @@ class EmulatedMFRC522:
     def _power_cards(self) -> None:
         for card in self.cards:
             if (card.state != "OFF") != self.field_on:
-                card.power(self.field_on, self.now)
+                self._power(card, self.field_on)
+
+    def _power(self, card: Card, on: bool) -> None:
+        card.power(on)
+        card.ready_at = self.now + card.ready_after
 
     def _timer_period(self) -> float:
         prescaler = (self.regs[T_MODE] & 0x0F) << 8 | self.regs[T_PRESCALER]
@@ -481,8 +484,8 @@ class EmulatedMFRC522:
         self.timer_deadline = sent + self._timer_period() if self.regs[T_MODE] & 0x80 else None
         self.pending = None
         now = self.now
-        answering = [(a, card) for card in self.cards if (a := card.receive(bits, now)) is not None] \
-            if self.field_on else []
+        awake = [card for card in self.cards if now >= card.ready_at] if self.field_on else []
+        answering = [(a, card) for card in awake if (a := card.receive(bits)) is not None]
         answer, collision = self._superpose([a for a, _ in answering])
         delay = max((card.answer_delay for _, card in answering), default=0.0)
         fault = None

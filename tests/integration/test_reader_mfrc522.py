@@ -470,12 +470,12 @@ class EchoCard(Card):
         super().__init__(uid)
         self.computing = computing
 
-    def receive(self, bits: list[int], now: float = float("inf")) -> list[int] | None:
+    def receive(self, bits: list[int]) -> list[int] | None:
         data = from_bits(bits)
         self.answer_delay = 0.0
         if self.state != "ACTIVE" or len(bits) % 8 or len(data) < 3 or crc_a(data[:-2]) != data[-2:] \
                 or data[0] == 0x50:
-            return super().receive(bits, now)
+            return super().receive(bits)
         self.answer_delay = self.computing
         return to_bits(data[-3::-1] + crc_a(data[-3::-1]))
 
