@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import zoneinfo
 
 READER_TYPES = ("simulated", "mfrc522", "rdm6300", "head")
+SECURE_CARDS = ("ntag424",)
 REQUIRED = object()
 
 
@@ -43,7 +44,7 @@ def _opt(doc: str, default: Any = REQUIRED, kind: str | None = None) -> Any:
 class MachineConfig:
     """The machine this agent guards."""
 
-    id: str = _opt("unique in the lab, [a-z0-9][a-z0-9-]*; names the machine's MQTT topics", kind="machine_id")
+    id: str = _opt(f"unique in the lab, {MACHINE_ID_RULE}; names the machine's MQTT topics", kind="machine_id")
     induction: str = _opt("the induction a member must hold to use the machine")
     name: str = _opt("a name for people, e.g. 'Laser cutter (Trotec Speedy 400)'", "")
     max_session: float | None = _opt("a session ends (timeout) after this long; a tap in the warning "
@@ -69,6 +70,14 @@ class ReaderConfig:
     rearm: float = _opt("a card counts as a new tap after this long away", 0.5, "duration")
     poll_interval: float = _opt("how often an MFRC522 looks for a card while none is on it (each look "
                                 "costs about 150 us of CPU on a Pi)", 0.016, "duration")
+    # secure cards
+    secure: str | None = _opt("ntag424: every card must prove it is one of the lab's NTAG 424 DNA (AES "
+                              "authentication) or be refused card_not_authentic, except badges listed uid:; "
+                              "mfrc522 readers only (docs/cards.md)", None)
+    card_key_file: str | None = _opt("secure: the lab's AES-128 master key, 32 hex digits, in a file only the "
+                                     "agent's user may read (mode 0600); never logged", None)
+    card_key_no: int = _opt("secure: the card key (0-4) a tap authenticates, holding the master key's "
+                            "diversification with the card's UID", 2)
 
 
 @dataclass(frozen=True)
@@ -303,6 +312,9 @@ def _inconsistency(config: Config) -> str | None:
             pins[pin] = key
     if config.reader.type in ("rdm6300", "head") and not config.reader.port:
         return f"reader.port: required for a {config.reader.type} reader (e.g. /dev/serial0)"
+    problem = _secure_cards(config.reader)
+    if problem:
+        return problem
     if mqtt is not None:
         from agent.link.broker import BadBrokerURL, Broker
 
@@ -323,6 +335,23 @@ def _inconsistency(config: Config) -> str | None:
             load_public_key(config.members.public_key)
         except ValueError as err:
             return f"members.public_key: {err}"
+    return None
+
+
+def _secure_cards(reader: ReaderConfig) -> str | None:
+    """The secure-card keys, which go together (the key file itself is read at start)."""
+    if reader.secure is None:
+        return "reader.card_key_file: used only with reader.secure" if reader.card_key_file is not None else None
+    if reader.secure not in SECURE_CARDS:
+        return f"reader.secure: {reader.secure!r} is not a secure card this fabpass reads ({', '.join(SECURE_CARDS)})"
+    if reader.type != "mfrc522":
+        return f"reader.secure: needs an mfrc522 reader (this one is {reader.type})"
+    if reader.card_key_file is None:
+        return "reader.card_key_file: required with reader.secure (the lab's master key, 32 hex digits, mode 0600)"
+    if not reader.card_key_file.strip():
+        return "reader.card_key_file: must name a file"
+    if not 0 <= reader.card_key_no <= 4:
+        return f"reader.card_key_no: {reader.card_key_no} is not an NTAG 424 DNA key number (0-4)"
     return None
 
 

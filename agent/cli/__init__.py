@@ -27,6 +27,7 @@ COMMANDS = {
     "bench": "agent.cli.bench:bench",
     "keys": "agent.cli.keys:keys",
     "doctor": "agent.cli.doctor:doctor",
+    "cards": "agent.cli.cards:cards",  # secure cards
 }
 
 

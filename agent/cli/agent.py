@@ -28,6 +28,7 @@ def run(config_path: Path, simulate: bool, verbose: bool) -> None:
     """Run the machine agent (a long-running daemon)."""
     from agent import logs
     from agent.daemon.agent import Agent, link_for
+    from agent.hardware.cardkeys import CardKeyError
     from agent.members.badgehash import BadgeKeyError
 
     config = load_config(config_path, simulate)
@@ -36,6 +37,8 @@ def run(config_path: Path, simulate: bool, verbose: bool) -> None:
         agent = Agent(config, link=link_for(config))
     except BadgeKeyError as err:
         raise InputError(f"{config_path}: members.badge_hash_key_file: {err}") from None
+    except CardKeyError as err:
+        raise InputError(f"{config_path}: reader.card_key_file: {err}") from None
     agent.install_signal_handlers()
     sys.exit(agent.run())
 

@@ -47,7 +47,9 @@ def password_file_option(f: F) -> F:
 
 
 def prefix_option(f: F) -> F:
-    return click.option("--prefix", "topic_prefix", default="fabpass", show_default=True,
+    from agent.link.topics import DEFAULT_PREFIX
+
+    return click.option("--prefix", "topic_prefix", default=DEFAULT_PREFIX, show_default=True,
                         help="The MQTT topic prefix.")(f)
 
 

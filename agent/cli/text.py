@@ -10,10 +10,13 @@ from agent.core.model import EventType
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
     """Plain columns two spaces apart, the header first; None shows as empty."""
-    from tabulate import tabulate
+    import tabulate as tabulating
 
+    # As the tables were before tabulate: no padding beyond the two spaces between
+    # columns (the header would get two more), and cells shown as they are.
+    tabulating.MIN_PADDING, tabulating.PRESERVE_WHITESPACE = 0, True
     cells = [["" if v is None else str(v) for v in row] for row in rows]
-    return tabulate(cells, headers=list(header), tablefmt="plain", disable_numparse=True,
+    return tabulating.tabulate(cells, headers=list(header), tablefmt="plain", disable_numparse=True,
                     colalign=align).rstrip()
 
 

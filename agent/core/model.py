@@ -62,7 +62,7 @@ def normalise_badge(text: str) -> str:
     return badge
 
 
-HASHED_BADGE_LENGTH = 64  # HMAC-SHA256 in hex: see agent.badgehash
+HASHED_BADGE_LENGTH = 64  # HMAC-SHA256 in hex: see agent.members.badgehash
 _LIST_BADGE_LENGTHS = BADGE_HEX_LENGTHS | {HASHED_BADGE_LENGTH}
 
 
@@ -71,10 +71,26 @@ def is_normal_list_badge(text: object) -> bool:
     return type(text) is str and len(text) in _LIST_BADGE_LENGTHS and _HEX.fullmatch(text) is not None
 
 
+# secure cards: a list badge written `uid:HEX` is accepted by its UID alone, without the
+# card's authentication (a lab moving over to secure cards badge by badge).
+UID_PREFIX = "uid:"
+
+
+def badge_identity(badge: str) -> str:
+    """The card a list badge names, whether or not it is written `uid:`."""
+    return badge.removeprefix(UID_PREFIX)
+
+
 def normalise_list_badge(text: str) -> str:
-    """A badge as a member list may carry it: a UID, or the keyed hash of one."""
+    """A badge as a member list may carry it: a UID, or the keyed hash of one; either may
+    be written `uid:` (secure cards)."""
     if is_normal_list_badge(text):
         return text
+    if isinstance(text, str) and text[:len(UID_PREFIX)].lower() == UID_PREFIX:
+        badge = normalise_list_badge(text[len(UID_PREFIX):].strip())
+        if badge.startswith(UID_PREFIX):
+            raise BadBadge(f"{text!r} has two {UID_PREFIX} prefixes")
+        return UID_PREFIX + badge
     if isinstance(text, str) and len(text.strip()) == HASHED_BADGE_LENGTH:
         badge = text.strip().upper()
         if _HEX.fullmatch(badge):
@@ -89,6 +105,8 @@ def badge_from_bytes(uid: bytes) -> str:
 class Reason(str, Enum):
     """Why a tap was refused. Declared in their order of precedence (docs/reference/mqtt.md)."""
 
+    # secure cards: a card that did not prove itself is refused before anything the list says
+    CARD_NOT_AUTHENTIC = "card_not_authentic"
     UNKNOWN_BADGE = "unknown_badge"
     STALE_MEMBER_LIST = "stale_member_list"
     SUSPENDED = "suspended"
@@ -103,7 +121,7 @@ class Reason(str, Enum):
 
 
 class EventType(StrEnum):
-    """Every event an agent records (docs/reference/events.md gives their fields)."""
+    """Every event an agent records (docs/reference/mqtt.md gives their fields)."""
 
     SESSION_STARTED = "session_started"
     SESSION_ENDED = "session_ended"

@@ -25,6 +25,7 @@ class Situation:
     in_use_by_other: bool = False
     list_stale: bool = False
     clock_trusted: bool = True  # False until the system clock is synchronised
+    card_authentic: bool = True  # secure cards: False when the card failed its authentication
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,8 @@ def may_end_others(member: Member | None, situation: Situation, now: dt.datetime
 
 def _membership(member: Member | None, situation: Situation, today: dt.date) -> Decision | None:
     """The refusals about the member alone, before anything about the machine."""
+    if not situation.card_authentic:
+        return Decision.refuse(Reason.CARD_NOT_AUTHENTIC)
     if member is None:
         return Decision.refuse(Reason.UNKNOWN_BADGE)
     if situation.list_stale and not member.is_staff:

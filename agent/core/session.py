@@ -68,6 +68,17 @@ class Tap:
     member: Member | None
     list_stale: bool = False
     clock_trusted: bool = True
+    # secure cards: the card failed its authentication (refused, whoever holds the badge);
+    # or it was accepted by its UID alone (a `uid:` badge), which its events say
+    authentic: bool = True
+    by_uid: bool = False
+
+    def situation(self, locked: bool = False, in_use_by_other: bool = False) -> Situation:
+        return Situation(locked, in_use_by_other, self.list_stale, self.clock_trusted, self.authentic)
+
+    def card(self) -> dict[str, Any]:
+        """What the events of this tap say about the card."""
+        return {"secure": False} if self.by_uid else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +217,7 @@ def _refuse(state: State, tap: Tap, reason: Reason) -> Step:
     fields: dict[str, Any] = {"badge": tap.badge, "reason": reason.value}
     if member_id:
         fields["member_id"] = member_id
+    fields.update(tap.card())
     return Step(state, (Record(EventType.ACCESS_DENIED, fields), Indicate(Signal.REFUSED)),
                 Outcome("refused", reason.value, state.relay, member_id))
 
@@ -214,20 +226,20 @@ def _tap(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
     session, member = state.session, tap.member
     local = now.local(machine.tz)
     if session is None:
-        decision = decide(member, machine.rules, Situation(state.locked, False, tap.list_stale, tap.clock_trusted), local)
+        decision = decide(member, machine.rules, tap.situation(state.locked), local)
         if not decision.granted:
             return _refuse(state, tap, decision.reason)
         return _start(state, tap, now, machine)
     holder = (member is not None and member.id == session.member_id) or tap.badge == session.badge
-    if holder:
+    if holder and tap.authentic:
         if session.warned:
             return _extend(state, tap, now, machine, local)
         return _end(state, now, machine, EndReason.BADGE_OFF)
     # Someone else's session: staff end it, everyone else is refused.
     if member is not None and member.is_staff:
-        decision = may_end_others(member, Situation(list_stale=tap.list_stale, clock_trusted=tap.clock_trusted), local)
+        decision = may_end_others(member, tap.situation(), local)
     else:
-        decision = decide(member, machine.rules, Situation(state.locked, True, tap.list_stale, tap.clock_trusted), local)
+        decision = decide(member, machine.rules, tap.situation(state.locked, True), local)
     if not decision.granted:
         return _refuse(state, tap, decision.reason)
     step = _end(state, now, machine, EndReason.STAFF, {"by": member.id})
@@ -249,7 +261,8 @@ def _start(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
         state, session=session, relay=relay_now, relay_on_at=None if relay_now else ready,
         run_on_until=None, idle_since=None if state.running else now.mono,
     ), state, now)
-    actions: list[Action] = [Record(EventType.SESSION_STARTED, {"member_id": member.id, "badge": tap.badge})]
+    actions: list[Action] = [Record(EventType.SESSION_STARTED, {"member_id": member.id, "badge": tap.badge,
+                                                                 **tap.card()})]
     if relay_now and not state.relay:
         actions.append(Relay(True))
     actions.append(Indicate(Signal.GRANTED))
@@ -260,7 +273,7 @@ def _extend(state: State, tap: Tap, now: Instant, machine: Machine, local: dt.da
     """The holder's tap in the warning window asks for more time. Where it may not be
     had (locked meanwhile, membership lapsed), the tap ends the session instead: the
     holder must always be able to switch the machine off with their badge."""
-    decision = decide(tap.member, machine.rules, Situation(state.locked, False, tap.list_stale, tap.clock_trusted), local)
+    decision = decide(tap.member, machine.rules, tap.situation(state.locked), local)
     if not decision.granted:
         return _end(state, now, machine, EndReason.BADGE_OFF, {"extension_refused": decision.reason.value})
     session = state.session
@@ -268,7 +281,8 @@ def _extend(state: State, tap: Tap, now: Instant, machine: Machine, local: dt.da
     extended = replace(session, deadline=now.mono + machine.timing.max_session, warned=False)
     return Step(
         replace(state, session=extended),
-        (Record(EventType.SESSION_EXTENDED, {"member_id": session.member_id, "badge": tap.badge}), Indicate(Signal.GRANTED)),
+        (Record(EventType.SESSION_EXTENDED, {"member_id": session.member_id, "badge": tap.badge, **tap.card()}),
+         Indicate(Signal.GRANTED)),
         Outcome("extended", None, state.relay, session.member_id),
     )
 

@@ -65,7 +65,7 @@ def parse_rfc3339(text: str) -> dt.datetime:
     ValueError when it is not one, MissingOffset when it has no UTC offset."""
     if not isinstance(text, str):
         raise ValueError(f"{text!r} is not an RFC 3339 time")
-    moment = dt.datetime.fromisoformat(text)
+    moment = dt.datetime.fromisoformat(text.upper())  # RFC 3339 allows a lowercase t and z
     if moment.tzinfo is None:
         raise MissingOffset(f"{text!r} has no UTC offset")
     return moment

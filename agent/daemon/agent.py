@@ -47,6 +47,7 @@ from agent.hardware.reader import Reader
 from agent.members.update import Updated, update_cache_in_child
 
 if TYPE_CHECKING:
+    from agent.hardware.securecard import CardCheck
     from agent.link.agentlink import AgentLink
     from agent.link.commands import Command
 
@@ -108,7 +109,16 @@ class Agent:
         self.storage = Storage(config)
         self.machine = self.storage.machine
         self.outbox, self.cache = self.storage.outbox, self.storage.cache
+        # secure cards: a bad key file stops the agent at start (CardKeyError), not at the first tap
+        secure = config.reader.secure is not None and not self.simulated
+        if secure:
+            from agent.hardware.securecard import check_key_file
+
+            check_key_file(config.reader)
         self.reader = reader or make_reader(config.reader, self.simulated, self.pins)
+        if secure and not self.reader.authenticates:
+            log.error("reader.secure: this %s reader does not authenticate cards: every card is refused "
+                      "card_not_authentic except badges listed uid:", self.reader.name)
         self.clock_status = clock_status or (SimulatedClock() if self.simulated else SystemClock())
         self.sensor: DigitalInputDevice | None = None
         self.state = session.State()
@@ -168,7 +178,7 @@ class Agent:
             self.sensor.when_deactivated = lambda: self.submit(self.handle, session.Running(False))
             running = bool(self.sensor.value)
         self.state = session.State(locked=bool(self.outbox.get("locked", False)), running=running, since=now.wall)
-        self.reader.start(lambda badge: self.submit(self.tap, badge), self._reader_health)
+        self.reader.start(lambda badge, check=None: self.submit(self.tap, badge, check), self._reader_health)
         self.control = ControlServer(self.config.storage.dir, self._control)
         self.control.start()
         if self.link is not None:
@@ -248,19 +258,30 @@ class Agent:
 
     # -- the machine ------------------------------------------------------------
 
-    def tap(self, uid: str) -> dict[str, Any]:
+    def tap(self, uid: str, check: CardCheck | None = None) -> dict[str, Any]:
+        """A badge presented to the reader; `check`, from a reader that authenticates cards."""
         badge = self.storage.badge_key(uid)
-        member = self.cache.lookup(badge)
-        outcome = self.handle(Tap(badge, member, self.storage.list_stale(self.clock().wall),
-                                  self.clock_status.synchronised()))
+        tap = self.storage.tap(badge, self.clock().wall, self.clock_status.synchronised(), self._authentic(check))
+        outcome = self.handle(tap)
         assert outcome is not None
         shown = f"{badge[:12]}…" if self.storage.hasher else badge
-        if outcome.action == "refused":
-            log.info("tap %s (%s): refused, %s", shown, member.id if member else "unknown", outcome.reason)
+        member = tap.member.id if tap.member else "unknown"
+        if outcome.reason == Reason.CARD_NOT_AUTHENTIC:
+            log.warning("tap %s (%s): refused, card_not_authentic: %s", shown, member,
+                        check.why if check else "the reader does not authenticate cards")
+        elif outcome.action == "refused":
+            log.info("tap %s (%s): refused, %s", shown, member, outcome.reason)
         else:
-            log.info("tap %s (%s): %s, relay %s", shown, outcome.member_id, outcome.action,
-                     "on" if outcome.relay else "off")
+            log.info("tap %s (%s): %s, relay %s%s", shown, outcome.member_id, outcome.action,
+                     "on" if outcome.relay else "off", " (uid: badge, not authenticated)" if tap.by_uid else "")
         return outcome.as_dict()
+
+    def _authentic(self, check: CardCheck | None) -> bool:
+        """Secure cards: whether the card proved itself. A reader that does not authenticate
+        proves nothing (fail closed); in simulation the cards are genuine."""
+        if self.config.reader.secure is None:
+            return True
+        return check.authentic if check is not None else self.simulated
 
     def handle(self, event: session.Input) -> Outcome | None:
         now = self.clock()

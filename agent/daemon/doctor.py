@@ -122,6 +122,25 @@ def check_groups(config: Config, user: str, member_of: set[str], existing: set[s
     return Result(OK, "groups", f"{user} is in {', '.join(needed)}")
 
 
+def check_card_key(config: Config, error: str | None) -> Result:
+    """Secure cards: `error` is why the key file could not be used, or None (never the key)."""
+    path = config.reader.card_key_file
+    if config.simulate:
+        return Result(OK, "card key", "simulated: no cards to check")
+    if error is None:
+        return Result(OK, "card key", f"{path} holds an AES-128 key that only its owner may read")
+    if "readable by others" in error:
+        fix = f"chmod 600 {path}"
+    elif "cannot read" in error and "No such file" in error:
+        fix = (f"put the lab's master key there, the same file on every machine: "
+               f"(umask 077; openssl rand -hex 16 > {path}) once, then copy it; see docs/cards.md")
+    elif "cannot read" in error:
+        fix = f"sudo chown {SERVICE_USER} {path}; sudo chmod 600 {path}"
+    else:
+        fix = "it must hold the lab's master key as 32 hex digits (docs/cards.md)"
+    return Result(FAIL, "card key", error, fix)
+
+
 def check_clock(synchronised: bool | None, source: str) -> Result:
     if synchronised:
         return Result(OK, "clock", f"synchronised ({source})")
@@ -210,6 +229,17 @@ def probe_relay(config: Config) -> RelaySeen:
         relay.close()
 
 
+def probe_card_key(config: Config) -> str | None:
+    """Read the secure cards' key file as the agent does at start; why it cannot be used, or None."""
+    from agent.hardware.cardkeys import CardKeyError, load_master_key
+
+    try:
+        load_master_key(config.reader.card_key_file or "")
+    except CardKeyError as err:
+        return str(err)
+    return None
+
+
 def probe_user_groups() -> tuple[str, set[str], set[str]]:
     """The service user (or, where it does not exist, whoever runs doctor), its groups, and all groups."""
     try:
@@ -292,13 +322,14 @@ class Probes:
     user_groups: Callable[[], tuple[str, set[str], set[str]]] = probe_user_groups
     clock: Callable[[], tuple[bool | None, str]] = probe_clock
     broker: Callable[[Config], tuple[str | None, str]] = probe_broker
+    card_key: Callable[[Config], str | None] = probe_card_key  # secure cards
 
 
 def diagnose(config: Config, probes: Probes | None = None) -> list[Result]:
     probes = probes or Probes()
     user, member_of, existing = probes.user_groups()
     broker_error, where = probes.broker(config)
-    return [
+    results = [
         check_spi(config, probes.spidevs()),
         check_reader(config, probes.reader(config)),
         check_relay(config, probes.relay(config)),
@@ -306,3 +337,6 @@ def diagnose(config: Config, probes: Probes | None = None) -> list[Result]:
         check_clock(*probes.clock()),
         check_broker(config, broker_error, where),
     ]
+    if config.reader.secure is not None:  # secure cards
+        results.insert(2, check_card_key(config, None if config.simulate else probes.card_key(config)))
+    return results

@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.core import session
-from agent.core.model import Instant
+from agent.core.model import UID_PREFIX, Instant, Member
 from agent.core.policy import Rules
 from agent.daemon.listsync import ListOutcome, ListSync, is_stale
 from agent.daemon.outbox import Outbox
@@ -61,22 +61,36 @@ class Storage:
         """How this machine stores and reports a badge: the UID, or its keyed hash."""
         return self.hasher(uid) if self.hasher else uid
 
+    def find(self, badge: str) -> tuple[Member | None, bool]:
+        """The member holding `badge` (as stored), and whether the list writes it `uid:`."""
+        member = self.cache.lookup(badge)
+        if member is not None:
+            return member, False
+        member = self.cache.lookup(UID_PREFIX + badge)
+        return member, member is not None
+
+    def tap(self, badge: str, now: dt.datetime, clock_trusted: bool, authentic: bool = True) -> session.Tap:
+        """The session machine's input for a tap of `badge` (as stored). A card that did
+        not authenticate (secure cards) is accepted by its UID alone when the list
+        writes its badge `uid:`, and refused otherwise."""
+        member, listed_by_uid = self.find(badge)
+        by_uid = listed_by_uid and not authentic
+        return session.Tap(badge, member, self.list_stale(now), clock_trusted, authentic or by_uid, by_uid)
+
     def list_age(self, now: dt.datetime) -> float | None:
         return None if self.lists is None else self.lists.age(now)
 
     def list_stale(self, now: dt.datetime) -> bool:
-        max_age = self.config.members.max_list_age
-        return max_age is not None and is_stale(max_age, self.list_age(now))
+        return is_stale(self.config.members.max_list_age, self.list_age(now))
 
     def check(self, badge: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
         """Would a tap of `badge` (as stored) be granted in `state` now? The session
         machine's answer, with no effect."""
-        member = self.cache.lookup(badge)
-        tap = session.Tap(badge, member, self.list_stale(now.wall), clock_trusted)
+        tap = self.tap(badge, now.wall, clock_trusted)
         outcome = session.handle(state, tap, now, self.machine).outcome
         assert outcome is not None
         return {"granted": outcome.granted, "reason": outcome.reason,
-                "member_id": member.id if member else None}
+                "member_id": tap.member.id if tap.member else None}
 
     def import_list(self, load: Callable[[], Any], now: dt.datetime) -> ListOutcome:
         """Take a list parsed by `load` (a file being imported), in this process."""

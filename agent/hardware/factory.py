@@ -7,12 +7,16 @@ imports on a laptop or in CI without any Pi library.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from gpiozero import Factory
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from agent.config import ReaderConfig
 from agent.hardware.reader import Reader
+
+if TYPE_CHECKING:
+    from agent.hardware.securecard import CardPort
 
 BACKENDS = {
     "mfrc522": "agent.hardware.mfrc522:MFRC522Reader",
@@ -33,3 +37,23 @@ def make_reader(config: ReaderConfig, simulate: bool, pins: Factory | None = Non
     module_name, class_name = BACKENDS[kind].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls() if kind == "simulated" else cls(config, pins)
+
+
+# secure cards
+
+
+class CardPortUnavailable(RuntimeError):
+    """This reader cannot carry ISO 14443-4 frames to a card."""
+
+
+def open_card_port(config: ReaderConfig) -> CardPort:
+    """The reader as a card port (select a card, then carry its frames), for
+    `fabpass cards provision` while no agent holds the reader.
+
+    The MFRC522 backend needs a transceive of its own for this (timer-aware, the
+    chip's CRC, the whole 64-byte FIFO), which is not in this version yet.
+    """
+    raise CardPortUnavailable(
+        f"the {config.type} reader of this fabpass version cannot yet carry ISO 14443-4 frames to a card "
+        "(it needs a timer-aware transceive with the chip's CRC and its whole FIFO): cards cannot be "
+        "provisioned on it")

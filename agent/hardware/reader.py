@@ -7,13 +7,16 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.core.model import Signal
 
+if TYPE_CHECKING:
+    from agent.hardware.securecard import CardCheck
+
 log = logging.getLogger(__name__)
 
-TapHandler = Callable[[str], None]
+TapHandler = Callable[..., None]  # on_tap(badge), or on_tap(badge, check) from a reader that authenticates
 HealthHandler = Callable[[bool, "str | None"], None]
 
 
@@ -24,9 +27,13 @@ class Reader(ABC):
     with a normalised badge (see `agent.core.model.normalise_badge`), from the
     reader's own thread; `on_health(ok, detail)` when the reader stops or
     resumes answering. `close` is idempotent and stops the thread.
+
+    A reader that `authenticates` cards (secure cards, agent.hardware.securecard)
+    calls `on_tap(badge, check)` with the CardCheck of the presentation.
     """
 
     name = "reader"
+    authenticates = False
 
     def __init__(self) -> None:
         self._on_tap: TapHandler = lambda badge: None
@@ -114,9 +121,12 @@ class ThreadedReader(Reader):
         self._thread: threading.Thread | None = None
         self._backoff = self.BACKOFF_FIRST
 
-    def _tap(self, badge: str) -> None:
+    def _tap(self, badge: str, check: CardCheck | None = None) -> None:
         try:
-            self._on_tap(badge)
+            if check is None:
+                self._on_tap(badge)
+            else:
+                self._on_tap(badge, check)
         except Exception:
             log.exception("%s: the tap handler failed for %s", self.name, badge)
 

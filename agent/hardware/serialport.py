@@ -49,6 +49,7 @@ class SerialReader(ThreadedReader):
             except (serial.SerialException, OSError, ValueError) as err:
                 self._stop.wait(self._lost(f"cannot open {self.port}: {err}"))
                 continue
+            self._backoff = self.BACKOFF_FIRST  # opened: the next failure starts the back-off afresh
             with self._lock:
                 self._serial = port
             try:

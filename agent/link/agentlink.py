@@ -127,7 +127,10 @@ class AgentLink:
 
     def _new_client(self, protocol: int) -> mqtt.Client:
         machine = self.settings.machine
-        client = make_client(self.broker, f"fabpass-{machine}", protocol, persistent=True)
+        # The client id must not collide with a real agent's (the broker would throw one off):
+        # an agent under another prefix (the demo's) is another client.
+        owner = "fabpass" if self.settings.prefix == DEFAULT_PREFIX else self.settings.prefix
+        client = make_client(self.broker, f"{owner}-{machine}", protocol, persistent=True)
         client.will_set(self.topics.status(machine), offline_status(machine), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         client.max_inflight_messages_set(WINDOW)

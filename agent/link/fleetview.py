@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 from agent.link.broker import Broker, BrokerUnreachable, connected
-from agent.link.topics import Topics
+from agent.link.topics import DEFAULT_PREFIX, Topics
 
 
-def fleet_status(broker: Broker, prefix: str = "fabpass", quiet: float = 0.5, timeout: float = 10.0) -> list[dict[str, Any]]:
+def fleet_status(broker: Broker, prefix: str = DEFAULT_PREFIX, quiet: float = 0.5, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The retained status of every machine, sorted by machine id. Raises BrokerUnreachable."""
     machines: dict[str, dict[str, Any]] = {}
     subscribed = threading.Event()
@@ -27,12 +27,14 @@ def fleet_status(broker: Broker, prefix: str = "fabpass", quiet: float = 0.5, ti
             status = json.loads(message.payload)
         except ValueError:
             return
-        if isinstance(status, dict):
-            machines[message.topic.split("/")[-2]] = status
+        where = topics.parse(message.topic)
+        if isinstance(status, dict) and where is not None:
+            machines[where[0]] = status
 
+    topics = Topics(prefix)
     with connected(broker, timeout=timeout) as client:
         client.on_subscribe, client.on_message = on_subscribe, on_message
-        client.subscribe(Topics(prefix).status(), qos=1)
+        client.subscribe(topics.status(), qos=1)
         if not subscribed.wait(timeout):
             raise BrokerUnreachable(f"broker {broker} did not answer the subscription")
         # Retained messages follow the SUBACK at once; wait until they stop coming.

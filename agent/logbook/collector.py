@@ -21,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.link.broker import Broker, Outage, disconnect, make_client
-from agent.link.topics import Topics
+from agent.link.topics import DEFAULT_PREFIX, Topics
 from agent.logbook.events import MalformedEvent, parse_event, parse_status
 from agent.logbook.store import Outcome, ingest, open_db, record_status
 
@@ -35,7 +35,7 @@ RECONNECT_MAX_S = 30
 class Collector:
     """Subscribe, archive, acknowledge. `start()` returns at once; `stop()` is idempotent."""
 
-    def __init__(self, broker: Broker, db_path: str | Path, prefix: str = "fabpass",
+    def __init__(self, broker: Broker, db_path: str | Path, prefix: str = DEFAULT_PREFIX,
                  client_id: str = DEFAULT_CLIENT_ID,
                  session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S) -> None:
         self.broker = broker

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.core.model import HASHED_BADGE_LENGTH, Member
+from agent.core.model import HASHED_BADGE_LENGTH, UID_PREFIX, Member
 
 MIN_KEY_BYTES = 16
 
@@ -47,7 +47,10 @@ class BadgeHasher:
             raise BadgeKeyError(f"{path}: {err}") from None
 
     def __call__(self, badge: str) -> str:
-        """The hash of a UID; a badge that is already a hash is returned as it is."""
+        """The hash of a UID; a badge that is already a hash is returned as it is. A badge
+        written `uid:` (secure cards) keeps its prefix."""
+        if badge.startswith(UID_PREFIX):
+            return UID_PREFIX + self(badge[len(UID_PREFIX):])
         if len(badge) == HASHED_BADGE_LENGTH:
             return badge
         return hmac.new(self._key, badge.encode("ascii"), hashlib.sha256).hexdigest().upper()

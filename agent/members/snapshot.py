@@ -5,7 +5,7 @@ A 100,000-member list is about 21 MB of JSON and the agent may run on a
 array is decoded one member at a time (json's `raw_decode` over the text),
 loading keeps only the ids and badges seen (to refuse duplicates), and
 `Snapshot.members()` decodes the text again, yielding one Member at a time.
-The agent's applier, which writes the members all-or-nothing, skips the
+The updater process, which writes the members all-or-nothing, skips the
 first walk where it can (`load_json(check_members=False)`).
 """
 
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from agent.core.model import (
     BadBadge,
     Member,
+    badge_identity,
     is_normal_list_badge,
     normalise_list_badge,
 )
@@ -138,8 +139,8 @@ def _member(raw: Any) -> Member:
             badge = normalise_list_badge(badge)
         except BadBadge as err:
             raise ValueError(f"badges: {err}") from None
-        if badge in badges:
-            raise ValueError(f"badges: {badge} is listed twice")
+        if badge_identity(badge) in map(badge_identity, badges):
+            raise ValueError(f"badges: {badge_identity(badge)} is listed twice")
         badges.append(badge)
     return Member(
         id=member_id,
@@ -199,9 +200,9 @@ class _Unique:
             raise ValueError("id: appears more than once in the list")
         self.ids.add(member.id)
         for badge in member.badges:
-            owner = self.badges.setdefault(badge, member.id)
+            owner = self.badges.setdefault(badge_identity(badge), member.id)
             if owner != member.id:
-                raise ValueError(f"badges: {badge} already belongs to member {owner!r}")
+                raise ValueError(f"badges: {badge_identity(badge)} already belongs to member {owner!r}")
 
 
 # --- JSON -----------------------------------------------------------------------------------

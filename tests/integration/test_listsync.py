@@ -50,12 +50,12 @@ def storage(tmp_path):
     s.close()
 
 
-def test_listsync_same_list_again_is_confirmed_without_an_applier(storage):
+def test_listsync_same_list_again_is_confirmed_without_an_updater(storage):
     first = storage.deliver(members_json(version=5))
     assert first.applied and storage.runs == 1 and storage.cache.version == 5
     again = storage.deliver(members_json(version=5), minutes=10)
     assert not again.applied and again.version == 5 and again.error is None
-    assert storage.runs == 1, "the same bytes started no applier"
+    assert storage.runs == 1, "the same bytes started no updater process"
     assert storage.outbox.get(CONFIRMED_KEY) == (NOW + dt.timedelta(minutes=10)).timestamp()
     assert storage.events() == ["members_updated"], "a confirmation is no event"
 
@@ -85,13 +85,13 @@ def test_listsync_same_list_read_again_under_other_settings(storage):
 
 @pytest.mark.parametrize("bad", [members_json(version=4), b'{"v": 1, "version": 9, "members": [{]}'],
                          ids=["older", "broken"])
-def test_listsync_a_refused_list_delivered_again_is_refused_without_an_applier(storage, bad):
+def test_listsync_a_refused_list_delivered_again_is_refused_without_an_updater(storage, bad):
     storage.deliver(members_json(version=5))
     first = storage.deliver(bad)
     assert first.error and storage.runs == 2
     again = storage.deliver(bad, minutes=10)
     assert (again.applied, again.version, again.error) == (False, first.version, first.error)
-    assert storage.runs == 2, "the same refused bytes started no applier"
+    assert storage.runs == 2, "the same refused bytes started no updater process"
     assert storage.events() == ["members_updated", "members_rejected"], "and were told once"
     assert storage.cache.version == 5
 
@@ -107,7 +107,7 @@ def test_listsync_a_refused_list_is_read_again_when_the_cache_changed(storage):
 
 def test_listsync_a_list_this_machine_could_not_write_is_tried_again(storage):
     blocker = storage.directory / (FILENAME + ".new")
-    blocker.mkdir()  # where the applier writes the new cache: it cannot
+    blocker.mkdir()  # where the updater writes the new cache: it cannot
     failed = storage.deliver(members_json(version=6))
     assert failed.error and not failed.applied and storage.cache.version is None
     blocker.rmdir()

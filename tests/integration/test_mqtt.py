@@ -253,7 +253,7 @@ def test_mqtt_a_clean_stop_delivers_its_own_last_events(stack):
 
 
 def test_mqtt_list_applied_in_a_child_process_leaves_taps_running(stack):
-    """The applier runs as `python -m agent.members.applier`; the agent only sees the renamed file."""
+    """The updater runs as `python -m agent.members.updater`; the agent only sees the renamed file."""
     events = stack.collect("fabpass/machines/+/events")
     agent = stack.agent()
     publish(stack.broker.port, "fabpass/members", members_json(version=2), retain=True)

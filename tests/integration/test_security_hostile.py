@@ -9,7 +9,7 @@ DEEP_LIST = b'{"v":1,"version":9,"members":[' + b"[" * 100_000 + b"]" * 100_000 
 
 
 def test_security_deeply_nested_member_list_is_rejected_and_list_sync_goes_on(tmp_path, mosquitto):
-    """agent/members/snapshot.py load_json raises RecursionError on deep nesting; membersync.apply_list
+    """agent/members/snapshot.py load_json raises RecursionError on deep nesting; ListSync.take
     catches only ValueError/OSError, so the error ends AgentLink._list_worker (agent/link/agentlink.py)
     and no later list is ever applied until the agent restarts: a denial of service by
     anyone who can publish to the members topic once (suspensions stop taking effect)."""

@@ -82,7 +82,8 @@ class FakeClock:
 class RunningAgent:
     """An Agent on mock pins, its loop in a thread; `stop()` is idempotent."""
 
-    def __init__(self, text: str, clock: Any = None, simulate: bool = True, connect: bool = False) -> None:
+    def __init__(self, text: str, clock: Any = None, simulate: bool = True, connect: bool = False,
+                 reader: Any = None) -> None:
         config = parse(text, "test.toml")
         config = dataclasses.replace(config, hardware=HardwareConfig(simulate=simulate))
         self.pins = MockFactory(pin_class=MockPWMPin)
@@ -90,7 +91,7 @@ class RunningAgent:
         if not simulate:
             from agent.hardware.simulated import SimulatedReader
 
-            kwargs["reader"] = SimulatedReader()
+            kwargs["reader"] = reader or SimulatedReader()
         self.agent = Agent(config, pins=self.pins, link=link_for(config) if connect else None, **kwargs)
         self.config = config
         self.relay_pin = self.pins.pin(config.relay.pin)

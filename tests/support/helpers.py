@@ -4,13 +4,9 @@ The brokers are real: `agent.devtools.localbroker.LocalBroker` (see the fixtures
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from agent.devtools.localbroker import free_port, port_open  # noqa: F401  (re-exported for tests)
 from agent.devtools.wait import wait_for  # noqa: F401  (re-exported for tests)
 from agent.link.broker import disconnect
-
-T = TypeVar("T")
 
 
 def read_line(stream, timeout: float = 10.0) -> str:

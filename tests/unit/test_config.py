@@ -360,3 +360,37 @@ def test_config_mqtt_keepalive_must_be_positive(tmp_path, value):
     text = with_("mqtt", "url", '"mqtt://localhost"').replace("[mqtt]", f"[mqtt]\nkeepalive = {value}")
     message = load_error(tmp_path, text)
     assert "mqtt.keepalive" in message
+
+
+# --- secure cards ------------------------------------------------------------------------------
+
+SECURE = {"type": '"mfrc522"', "secure": '"ntag424"', "card_key_file": '"/etc/fabpass/card.key"'}
+
+
+def test_config_secure_cards(tmp_path):
+    reader = cfg.load(write(tmp_path, render({**MINIMAL, "reader": SECURE}))).reader
+    assert (reader.secure, reader.card_key_file, reader.card_key_no) == ("ntag424", "/etc/fabpass/card.key", 2)
+    reader = cfg.load(write(tmp_path, render({**MINIMAL, "reader": {**SECURE, "card_key_no": "0"}}))).reader
+    assert reader.card_key_no == 0
+    assert cfg.load(write(tmp_path, render(MINIMAL))).reader.secure is None  # off unless asked for
+
+
+@pytest.mark.parametrize("reader, message", [
+    ({**SECURE, "secure": '"desfire"'}, "reader.secure: 'desfire' is not a secure card this fabpass reads (ntag424)"),
+    ({**SECURE, "type": '"simulated"'}, "reader.secure: needs an mfrc522 reader"),
+    ({**SECURE, "type": '"rdm6300"', "port": '"/dev/serial0"'}, "reader.secure: needs an mfrc522 reader"),
+    ({"type": '"mfrc522"', "secure": '"ntag424"'}, "reader.card_key_file: required with reader.secure"),
+    ({**SECURE, "card_key_no": "5"}, "reader.card_key_no: 5 is not an NTAG 424 DNA key number (0-4)"),
+    ({**SECURE, "card_key_no": "-1"}, "reader.card_key_no: -1 is not"),
+    ({"type": '"mfrc522"', "card_key_file": '"/k"'}, "reader.card_key_file: used only with reader.secure"),
+    ({**SECURE, "card_key_file": '""'}, "reader.card_key_file: must name a file"),
+])
+def test_config_secure_cards_checks(tmp_path, reader, message):
+    assert message in load_error(tmp_path, render({**MINIMAL, "reader": reader}))
+
+
+def test_config_secure_cards_wrong_types(tmp_path):
+    assert "reader.card_key_no: expected an integer" in load_error(
+        tmp_path, render({**MINIMAL, "reader": {**SECURE, "card_key_no": '"2"'}}))
+    assert "reader.secure: expected a string" in load_error(
+        tmp_path, render({**MINIMAL, "reader": {**SECURE, "secure": "true"}}))

@@ -247,7 +247,7 @@ def test_fuzz_member_list_mutations_of_a_valid_list(keys, member_changes, top_ch
 ], ids=["deep_top_level_value", "deep_member"])
 def test_fuzz_member_list_deeply_nested_json_is_a_snapshot_error_not_a_recursion_error(payload):
     """Found by this fuzzing: agent/members/snapshot.py load_json lets json's RecursionError out.
-    In the agent that escapes membersync.apply_list (which catches ValueError and OSError)
+    In the agent that escapes ListSync.take (which catches ValueError and OSError)
     and kills the members-sync thread: see test_security_hostile.py."""
     with pytest.raises(SnapshotError):
         load_json(payload)
@@ -258,7 +258,7 @@ def test_fuzz_member_list_deeply_nested_json_is_a_snapshot_error_not_a_recursion
 def test_fuzz_member_list_nesting_the_decoder_takes_is_still_a_snapshot_error(depth, check_members):
     """Found when objects began to decode as pair tuples: a member nested a few hundred
     levels decodes, then turning it back into plain values for the error message recursed
-    past the limit, and the unchecked load (the applier's) let the RecursionError out."""
+    past the limit, and the unchecked load (the updater's) let the RecursionError out."""
     nested = "[" * depth + "]" * depth
     for member in (nested, '{"id": ' + nested + ', "status": "active"}'):
         payload = ('{"v":1,"version":2,"members":[' + member + "]}").encode()

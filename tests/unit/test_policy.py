@@ -1,4 +1,4 @@
-"""agent.policy.decide: the refusal precedence of the contract, staff exemptions, expiry dates.
+"""agent.core.policy.decide: the refusal precedence, staff exemptions, expiry dates.
 
 A pure function, so every case is a row: who taps, what the machine is doing, when.
 """
@@ -170,3 +170,27 @@ def test_policy_no_hours_means_always_open():
 def test_policy_decision_refuse_helper():
     assert Decision.refuse(Reason.IN_USE) == Decision(False, Reason.IN_USE)
     assert not Decision.refuse(Reason.IN_USE).granted
+
+
+# --- secure cards ------------------------------------------------------------------------------
+
+
+def test_policy_card_not_authentic_comes_first():
+    assert list(Reason)[0] is Reason.CARD_NOT_AUTHENTIC
+
+
+@pytest.mark.parametrize("who", [member(), member(staff=True), None, member(status="suspended")],
+                         ids=["member", "staff", "unknown", "suspended"])
+@pytest.mark.parametrize("situation", [
+    Situation(card_authentic=False),
+    Situation(card_authentic=False, locked=True, list_stale=True, in_use_by_other=True, clock_trusted=False),
+], ids=["alone", "with-everything-else"])
+def test_policy_a_card_that_did_not_authenticate_is_refused_before_anything_else(who, situation):
+    assert decide(who, RULES_HOURS, situation, NOW.replace(hour=23)) == Decision(False, Reason.CARD_NOT_AUTHENTIC)
+
+
+def test_policy_staff_with_a_card_that_did_not_authenticate_end_no_session():
+    from agent.core.policy import may_end_others
+
+    assert may_end_others(member(staff=True), Situation(card_authentic=False), NOW) == \
+        Decision(False, Reason.CARD_NOT_AUTHENTIC)

@@ -1,4 +1,4 @@
-"""agent.session: the pure state machine, driven with explicit instants (no clock, no mocks).
+"""agent.core.session: the pure state machine, driven with explicit instants (no clock, no mocks).
 
 Tables for each rule, then a hypothesis property test over random input sequences.
 """
@@ -620,8 +620,10 @@ TIMINGS = st.builds(
     has_sensor=st.booleans(),
 )
 TAPS = st.builds(
-    lambda who, alt, stale: Tap(ADA_PHONE if alt and who is ADA else (who.badges[0] if who else UNKNOWN), who, stale),
+    lambda who, alt, stale, authentic: Tap(ADA_PHONE if alt and who is ADA else (who.badges[0] if who else UNKNOWN),
+                                           who, stale, authentic=authentic),
     st.sampled_from(CAST), st.booleans(), st.sampled_from([False] * 7 + [True]),
+    st.sampled_from([True] * 7 + [False]),  # secure cards: now and then a clone of the badge
 )
 OTHERS = {
     "tick": st.just(Tick()),
@@ -690,6 +692,8 @@ def test_session_property_invariants(timing, sequence):
         clock += advance
         step = handle(state, event, at(clock), m)
         physical, open_session = _check_step(state, step, physical, open_session)
+        if isinstance(event, Tap) and not event.authentic:  # a card that did not authenticate changes nothing
+            assert step.outcome.reason == "card_not_authentic" and step.state == state
         state = step.state
         # a Tick before the next wakeup changes nothing
         wake = next_wakeup(state, m)
@@ -701,3 +705,50 @@ def test_session_property_invariants(timing, sequence):
     physical, open_session = _check_step(state, step, physical, open_session)
     assert open_session is None and not physical and not step.state.relay
     assert step.state.session is None
+
+
+# --- secure cards ------------------------------------------------------------------------------
+
+
+def forged(who: Member | None, badge: str | None = None) -> Tap:
+    """A tap of a card that did not authenticate (a UID clone of `who`'s badge)."""
+    return Tap(badge or (who.badges[0] if who else UNKNOWN), who, authentic=False)
+
+
+@pytest.mark.parametrize("state", [State(), started(), started(who=STAFF), State(locked=True)],
+                         ids=["idle", "in-use", "staff-session", "locked"])
+@pytest.mark.parametrize("who", [ADA, STAFF, BOB, None], ids=["holder", "staff", "other", "unknown"])
+def test_session_a_card_that_did_not_authenticate_changes_nothing(state, who):
+    """Not a start, not an end (a clone of the holder's badge does not switch their
+    machine off), not an extension: the refusal card_not_authentic, relay untouched."""
+    step = handle(state, forged(who), at(5), PLAIN)
+    assert step.state == state
+    fields = {"badge": forged(who).badge, "reason": "card_not_authentic"}
+    if who is not None:
+        fields["member_id"] = who.id
+    assert step.actions == (Record("access_denied", fields), Indicate(Signal.REFUSED))
+    assert step.outcome == Outcome("refused", "card_not_authentic", state.relay, who.id if who else None)
+
+
+def test_session_a_card_that_did_not_authenticate_does_not_extend():
+    m = machine(max_session=60.0, warn_before=10.0)
+    state, _ = run([(0, tap(ADA)), (55, Tick())], m)
+    assert state.session.warned
+    step = handle(state, forged(ADA), at(56), m)
+    assert step.outcome.reason == "card_not_authentic" and step.state == state
+
+
+def test_session_a_badge_accepted_by_uid_says_so_in_its_events():
+    """A `uid:` badge on a secure reader: accepted without authentication, and every
+    event of its taps carries "secure": false."""
+    by_uid = Tap(ADA.badges[0], ADA, by_uid=True)
+    step = handle(State(), by_uid, at(0), PLAIN)
+    assert records(step) == [("session_started", {"member_id": "m-ada", "badge": "04A1B2C3", "secure": False})]
+    m = machine(max_session=60.0, warn_before=10.0)
+    state, _ = run([(0, by_uid), (55, Tick())], m)
+    step = handle(state, by_uid, at(56), m)
+    assert records(step) == [("session_extended", {"member_id": "m-ada", "badge": "04A1B2C3", "secure": False})]
+    step = handle(State(locked=True), by_uid, at(0), PLAIN)
+    assert records(step) == [("access_denied", {"badge": "04A1B2C3", "reason": "machine_locked",
+                                                "member_id": "m-ada", "secure": False})]
+    assert "secure" not in records(handle(State(), tap(ADA), at(0), PLAIN))[0][1]

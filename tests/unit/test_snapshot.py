@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import time
 import tracemalloc
 from pathlib import Path
@@ -285,7 +286,7 @@ BAD_JSON = [
 @pytest.mark.parametrize("check_members", [True, False], ids=["checked", "unchecked"])
 @pytest.mark.parametrize("text, message", BAD_JSON, ids=[m for _, m in BAD_JSON])
 def test_snapshot_bad_json_refused_naming_the_place(text: str, message: str, check_members: bool) -> None:
-    """Unchecked (as the applier loads), the same error comes at the latest while the members are read."""
+    """Unchecked (as the updater loads), the same error comes at the latest while the members are read."""
     with pytest.raises(SnapshotError, match=message):
         list(load_json(text, check_members=check_members).members())
 
@@ -570,3 +571,37 @@ def test_snapshot_unchecked_load_validates_each_member_as_it_is_read():
         with pytest.raises(SnapshotError, match=message) as info:
             next(reader)
         assert str(info.value).startswith("members[1]") and info.value.version == 3
+
+
+# --- secure cards: badges accepted by their UID alone -------------------------------------------
+
+def test_snapshot_uid_badges_in_json_and_csv() -> None:
+    member = {**ADA, "badges": ["uid:04a1b2c3d4e5f6", "UID: 04:A1:B2:C4", "04A1B2C3D4E5F7"]}
+    (ada,) = load_json(dumps(snapshot(member))).members()
+    assert ada.badges == ("uid:04A1B2C3D4E5F6", "uid:04A1B2C4", "04A1B2C3D4E5F7")
+    (ada,) = load_csv(CSV_HEADER + CSV_ADA.replace("04A1B2C3D4E5F6", "uid:04a1b2c3d4e5f6 04A1B2C3D4E5F7"), 1).members()
+    assert ada.badges == ("uid:04A1B2C3D4E5F6", "04A1B2C3D4E5F7")
+    hashed = "uid:" + "AB" * 32
+    (ada,) = load_json(dumps(snapshot({**ADA, "badges": [hashed.lower()]}))).members()
+    assert ada.badges == (hashed,)
+
+
+def test_snapshot_uid_badges_round_trip_through_to_json() -> None:
+    snap = load_json(dumps(snapshot({**ADA, "badges": ["uid:04a1b2c3d4e5f6"]})))
+    assert json.loads(to_json(snap))["members"][0]["badges"] == ["uid:04A1B2C3D4E5F6"]
+
+
+@pytest.mark.parametrize("members, message", [
+    ([{**ADA, "badges": ["uid:xyz"]}], "members[0] (id 'm-0001'): badges: badge 'xyz' is not hexadecimal"),
+    ([{**ADA, "badges": ["uid:"]}], "members[0] (id 'm-0001'): badges: badge '' is not hexadecimal"),
+    ([{**ADA, "badges": ["uid:uid:04A1B2C3"]}], "badges: 'uid:uid:04A1B2C3' has two uid: prefixes"),
+    ([{**ADA, "badges": ["04A1B2C3D4E5F6", "uid:04A1B2C3D4E5F6"]}], "badges: 04A1B2C3D4E5F6 is listed twice"),
+    ([ADA, {**GRACE, "badges": ["uid:04A1B2C3D4E5F6"]}],
+     "members[1] (id 'm-0002'): badges: 04A1B2C3D4E5F6 already belongs to member 'm-0001'"),
+    ([{**ADA, "badges": ["uid:04A1B2C3D4E5F6"]}, {**GRACE, "badges": ["04A1B2C3D4E5F6"]}],
+     "already belongs to member 'm-0001'"),
+])
+@pytest.mark.parametrize("check_members", [True, False])
+def test_snapshot_bad_uid_badges_refused(members: list, message: str, check_members: bool) -> None:
+    with pytest.raises(SnapshotError, match=re.escape(message)):
+        list(load_json(dumps(snapshot(*members)), check_members=check_members).members())

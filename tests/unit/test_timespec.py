@@ -6,7 +6,13 @@ import datetime as dt
 
 import pytest
 
-from agent.core.timespec import parse_duration, parse_time, rfc3339
+from agent.core.timespec import (
+    MissingOffset,
+    parse_duration,
+    parse_rfc3339,
+    parse_time,
+    rfc3339,
+)
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -92,3 +98,20 @@ def test_timespec_rfc3339(moment, text):
 def test_timespec_rfc3339_round_trips_through_parse_time():
     moment = dt.datetime(2026, 11, 25, 9, 0, 1, 250000, tzinfo=UTC)
     assert parse_time(rfc3339(moment), NOW) == moment
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-11-25T09:00:00Z", dt.datetime(2026, 11, 25, 9, tzinfo=dt.timezone.utc)),
+    ("2026-11-25t09:00:00.123z", dt.datetime(2026, 11, 25, 9, 0, 0, 123000, tzinfo=dt.timezone.utc)),
+    ("2026-11-25T10:00:00+01:00", dt.datetime(2026, 11, 25, 9, tzinfo=dt.timezone.utc)),
+])
+def test_timespec_parse_rfc3339_reads_z_in_either_case_and_offsets(text, expected) -> None:
+    assert parse_rfc3339(text) == expected
+
+
+def test_timespec_parse_rfc3339_refuses_a_time_without_an_offset_and_non_times() -> None:
+    with pytest.raises(MissingOffset):
+        parse_rfc3339("2026-11-25T09:00:00")
+    for bad in ("yesterday", "", 1764061200, None):
+        with pytest.raises(ValueError):
+            parse_rfc3339(bad)

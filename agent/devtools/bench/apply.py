@@ -49,7 +49,7 @@ def child(snapshot_path: Path, storage: Path) -> dict[str, Any]:
     reset = _reset_high_water()
     baseline = _status_kb("VmRSS")
     start = time.perf_counter()
-    # As the agent's applier does for a list from the broker (agent/members/applier.py).
+    # As the agent's updater process does for a list from the broker (agent/members/updater.py).
     count = cache.replace(load_json(snapshot_path.read_bytes(), check_members=False))
     seconds = time.perf_counter() - start
     peak = _status_kb("VmHWM")

@@ -28,6 +28,7 @@ from agent.devtools.fleet.pool import MachinePool, RemoteMachine
 from agent.devtools.fleet.sim import SETTLE_S, publish_members, wait_for_list
 from agent.devtools.fleet.witness import Witness
 from agent.devtools.localbroker import LocalBroker
+from agent.devtools.wait import wait_for
 
 QUICK = {"start": 2, "cap": 8, "window_s": 5.0, "per_worker": 4}  # 8 agents: two workers
 CAP = 640
@@ -64,8 +65,9 @@ def _measure(machines: list[RemoteMachine], badges: list[str], witness: Witness,
     latencies = []
     for machine_id, tapped, future in taps:
         seq = future.result(SETTLE_S)
-        while (machine_id, seq) not in witness.first_seen and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with contextlib.suppress(TimeoutError):  # never seen: an infinite latency
+            wait_for(lambda: (machine_id, seq) in witness.first_seen, max(0.0, deadline - time.monotonic()),
+                     "the event")
         seen = witness.first_seen.get((machine_id, seq))
         latencies.append(math.inf if seen is None else (seen - tapped) * 1000)
     return latencies

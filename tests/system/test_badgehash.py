@@ -37,6 +37,13 @@ def test_badgehash_is_keyed_stable_and_leaves_hashes_alone():
     assert a(a(ADA)) == a(ADA)
 
 
+def test_badgehash_keeps_the_uid_prefix_of_secure_cards():
+    """A `uid:` badge (accepted by UID alone on a secure reader) is hashed behind its prefix."""
+    a = BadgeHasher(KEY)
+    assert a("uid:" + ADA) == "uid:" + a(ADA)
+    assert a(a("uid:" + ADA)) == a("uid:" + ADA)
+
+
 def test_badgehash_key_file_must_be_private_and_long_enough(tmp_path):
     loose = tmp_path / "loose.key"
     loose.write_bytes(KEY)
