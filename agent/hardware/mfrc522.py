@@ -31,17 +31,21 @@ Wiring and setup: docs/reader-mfrc522.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpiozero import DigitalOutputDevice, Factory
 
 from agent.config import ReaderConfig
 from agent.core.model import badge_from_bytes
-from agent.hardware.mfrc522chip import Activation, BadFrame, MFRC522Chip, ReaderFault
+from agent.hardware.mfrc522chip import BadFrame, MFRC522Chip, ReaderFault
 from agent.hardware.reader import TapDebouncer, ThreadedReader
+
+if TYPE_CHECKING:
+    from agent.hardware.securecard import CardCheck, CardVerifier
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,9 @@ def _driver() -> Any:
 
 
 class MFRC522Reader(ThreadedReader):
-    """Reports the cards laid on an MFRC522; a held card is one tap.
+    """Reports the cards laid on an MFRC522; a held card is one tap. With `secure`,
+    each new card first goes through the NTAG 424 DNA check (agent.hardware.securecard)
+    over the chip's transceive, and its tap carries the CardCheck.
 
     `sleep` and `clock` are the seams for an emulated chip in tests: `sleep`
     waits for the chip, `clock` (monotonic seconds) feeds the debouncer.
@@ -113,6 +119,14 @@ class MFRC522Reader(ThreadedReader):
         self._debouncer = TapDebouncer(config.rearm)
         self.chip: MFRC522Chip | None = None
         self._selected = False  # the card read last is ACTIVE: halt it before the next WUPA
+        self._verifier: CardVerifier | None = None
+        if config.secure is not None:  # every new card proves itself over ISO 14443-4 first
+            from agent.hardware.cardkeys import load_master_key
+            from agent.hardware.securecard import CardVerifier
+
+            self._verifier = CardVerifier(load_master_key(config.card_key_file), config.card_key_no,
+                                          clock=clock, sleep=sleep)
+            self.authenticates = True
 
     # The loop and its health.
 
@@ -120,13 +134,16 @@ class MFRC522Reader(ThreadedReader):
         _tight_timer_slack()
         while not self._stop.is_set():
             started = time.monotonic()
-            badge, delay = self.step()
-            if badge is not None:
-                self._tap(badge)
+            tap, delay = self.step()
+            if isinstance(tap, str):
+                self._tap(tap)
+            elif tap is not None:
+                self._tap(tap.badge, tap)
             self._stop.wait(max(0.0, delay - (time.monotonic() - started)))  # from look to look
 
-    def step(self) -> tuple[str | None, float]:
-        """One look: (a new tap's badge or None, seconds to wait before the next look).
+    def step(self) -> tuple[str | CardCheck | None, float]:
+        """One look: (a new tap or None, seconds to wait before the next look). A tap
+        is the badge, or with `secure` the card's CardCheck (its badge, authentic or not).
 
         Brings the chip up first when it is new or has stopped answering; a
         chip that does not answer is reported unhealthy and retried with backoff.
@@ -141,7 +158,7 @@ class MFRC522Reader(ThreadedReader):
             log.exception("%s: unexpected error", self.name)
             return None, self._lost(repr(err))
 
-    def _look(self, chip: MFRC522Chip) -> tuple[str | None, float]:
+    def _look(self, chip: MFRC522Chip) -> tuple[str | CardCheck | None, float]:
         now = self._clock()
         if self._selected or self._debouncer.holding(now):
             # A card read last time is ACTIVE, and one whose read failed may be READY:
@@ -158,14 +175,19 @@ class MFRC522Reader(ThreadedReader):
             log.debug("%s: garbled read, trying again: %s", self.name, err)
             return None, self.config.poll_interval
         self._selected = True
-        badge = self.identify(card)
+        badge = badge_from_bytes(card.uid)
         held = max(HELD_INTERVAL, self.config.poll_interval)
-        return (badge if badge is not None and self._debouncer.seen(badge, now) else None), held
-
-    def identify(self, card: Activation) -> str | None:
-        """The badge of a card just selected (still ACTIVE), or None to report no tap.
-        The UID here; a reader that authenticates cards first does it in its override."""
-        return badge_from_bytes(card.uid)
+        if not self._debouncer.seen(badge, now):
+            return None, held
+        if self._verifier is None:
+            return badge, held
+        try:
+            check = self._verifier.check(chip, card.uid, card.sak)  # at most SECURE_BUDGET
+        except BaseException:
+            self._debouncer.forget()  # a reader fault is no sighting: the card is checked at the next look
+            raise
+        self._debouncer.seen(badge, self._clock())  # the check's own time is not time away
+        return check, held
 
     def _lost(self, why: str) -> float:
         self.chip = None
@@ -209,3 +231,28 @@ class MFRC522Reader(ThreadedReader):
         self.chip = None
         self._close_spi()
         self._reset.close()
+
+
+class MFRC522CardPort:
+    """The MFRC522 as a card port (agent.hardware.securecard.CardPort), the agent stopped:
+    what `fabpass cards provision` selects a card with and carries its frames through."""
+
+    def __init__(self, config: ReaderConfig, pins: Factory | None = None, *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._reader = MFRC522Reader(dataclasses.replace(config, secure=None), pins, sleep=sleep)
+        try:
+            self._reader._bring_up()
+        except BaseException:
+            self._reader.close()
+            raise
+        assert self._reader.chip is not None
+        self._chip = self._reader.chip
+
+    def select_card(self) -> tuple[bytes, int] | None:
+        return self._chip.select_card()
+
+    def transceive(self, frame: bytes, timeout: float) -> bytes:
+        return self._chip.transceive(frame, timeout)
+
+    def close(self) -> None:
+        self._reader.close()

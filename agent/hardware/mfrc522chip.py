@@ -11,10 +11,11 @@ registers in one burst and the whole FIFO in another, and sleeps through the
 time a frame takes on the air instead of reading the interrupt register in a
 loop.
 
-`transceive` is the port the ISO 14443-4 layer builds on: any frame that fits
-the 64-byte FIFO, the chip's timer set to the timeout the protocol asks for
-(up to about 39 s), CRC_A appended and checked by the chip (`crc=True`, the
-received CRC kept out of the answer), the answer read whole.
+`transceive` is the port the ISO 14443-4 layer (agent.hardware.isodep) builds
+on: any frame that fits the 64-byte FIFO, the chip's timer set to the timeout
+the protocol asks for (up to about 39 s), CRC_A appended and checked by the
+chip (`crc=True`, the received CRC kept out of the answer), the answer read
+whole; NoAnswer when none comes, BadFrame for a garbled one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from agent.hardware import isodep
+from agent.hardware.isodep import NoAnswer
 
 # Registers (datasheet 9.2).
 COMMAND, COMM_IRQ, ERROR, FIFO_DATA, FIFO_LEVEL, CONTROL, BIT_FRAMING = 0x01, 0x04, 0x06, 0x09, 0x0A, 0x0C, 0x0D
@@ -74,7 +78,7 @@ class ReaderFault(Exception):
     """The chip does not answer as an MFRC522 should: unplugged, unpowered, miswired, reset."""
 
 
-class BadFrame(Exception):
+class BadFrame(isodep.BadFrame):
     """A card answered, but garbled (RF noise, two cards at once): try again."""
 
 
@@ -212,9 +216,9 @@ class MFRC522Chip:
             step = min(step * 2, WAIT_LONGEST_STEP)
 
     def transceive(self, frame: bytes, timeout: float, *, crc: bool = True, last_bits: int = 0,
-                   expect: int = 0) -> bytes | None:
-        """Send `frame` and return the card's answer, or None when no answer began
-        within `timeout` seconds of the frame's end.
+                   expect: int = 0) -> bytes:
+        """Send `frame` and return the card's answer; NoAnswer when none began within
+        `timeout` seconds of the frame's end.
 
         `crc`: the chip appends CRC_A and checks the answer's (and drops it from
         the answer). `last_bits`: how many bits of the last byte to send (0: all
@@ -235,7 +239,7 @@ class MFRC522Chip:
             self._dirty_fifo = True
             raise BadFrame(f"ErrorReg 0x{error:02X}")
         if not irq & RX_IRQ:
-            return None
+            raise NoAnswer(f"no answer within {timeout * 1000:g} ms")
         if control:
             self._dirty_fifo = True
             raise BadFrame("an answer that does not end on a byte boundary")
@@ -287,12 +291,24 @@ class MFRC522Chip:
         raise BadFrame("UID longer than three cascade levels")
 
     def _answer(self, frame: bytes, length: int, what: str) -> bytes:
-        answer = self.transceive(frame, ACTIVATION_TIMEOUT, crc=False, expect=length)
-        if answer is None:
-            raise BadFrame(f"no answer to {what}")
+        try:
+            answer = self.transceive(frame, ACTIVATION_TIMEOUT, crc=False, expect=length)
+        except NoAnswer:
+            raise BadFrame(f"no answer to {what}") from None
         if len(answer) != length:
             raise BadFrame(f"{what} answer of {len(answer)} bytes, expected {length}")
         return answer
+
+    def select_card(self) -> tuple[bytes, int] | None:
+        """The UID and SAK of a card now selected (ACTIVE), or None when none could be:
+        the port `fabpass cards provision` takes a card from."""
+        if not self.wake():
+            return None
+        try:
+            card = self.activate()
+        except BadFrame:
+            return None
+        return card.uid, card.sak
 
     def halt(self) -> None:
         """HLTA: the selected card goes to HALT, where the next WUPA (and only a

@@ -98,6 +98,10 @@ class TapDebouncer:
         if self.holding(now):
             self._last = now
 
+    def forget(self) -> None:
+        """The last sighting did not count (the reader failed while checking it)."""
+        self._badge, self._last = None, float("-inf")
+
     def holding(self, now: float) -> bool:
         """A presentation is going on: a card was on the reader within `rearm`."""
         return self._badge is not None and now - self._last <= self.rearm

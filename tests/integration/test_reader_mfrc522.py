@@ -38,7 +38,11 @@ from agent.devtools.emulated_mfrc522 import (
     installed,
     to_bits,
 )
+from agent.hardware.cardkeys import diversify
+from agent.hardware.isodep import NoAnswer
 from agent.hardware.mfrc522chip import BadFrame
+from tests.support.cards import MASTER, key_file
+from tests.support.emulated_ntag424 import KeylessClone, Ntag424, UidClone
 from tests.support.helpers import wait_for
 
 UIDS = {4: "C1A2B3D4", 7: "04A1B2C3D4E5F6", 10: "04A1B2C3D4E5F6071829"}
@@ -513,9 +517,12 @@ def test_transceive_waits_for_a_slow_card_by_the_chips_timer(rig: Rig, delay: fl
                                                               answered: bool) -> None:
     chip = _selected(rig, EchoCard(UIDS[10], computing=delay))
     transfers, start = rig.chip.transfers, rig.chip.now
-    answer = chip.transceive(b"\x0a\x0b", timeout)
+    if answered:
+        assert chip.transceive(b"\x0a\x0b", timeout) == b"\x0b\x0a"
+    else:
+        with pytest.raises(NoAnswer):
+            chip.transceive(b"\x0a\x0b", timeout)
     waited = rig.chip.now - start
-    assert (answer == b"\x0b\x0a") is answered and (answer is None) is not answered
     assert min(delay, timeout) < waited < min(delay, timeout) + 0.004
     assert rig.chip.transfers - transfers < 40  # it sleeps between looks, up to 2 ms apart
 
@@ -523,7 +530,8 @@ def test_transceive_waits_for_a_slow_card_by_the_chips_timer(rig: Rig, delay: fl
 def test_transceive_times_out_after_long_timeouts_too(rig: Rig) -> None:
     chip = _selected(rig, Card(UIDS[4]))  # a card that never answers such a frame
     start = rig.chip.now
-    assert chip.transceive(b"\x0a\x0b", 3.0) is None  # past the 25 us ticks' 1.6 s: coarser ticks
+    with pytest.raises(NoAnswer):
+        chip.transceive(b"\x0a\x0b", 3.0)  # past the 25 us ticks' 1.6 s: coarser ticks
     assert 3.0 < rig.chip.now - start < 3.01
 
 
@@ -531,6 +539,61 @@ def test_transceive_refuses_a_frame_the_fifo_cannot_hold(rig: Rig) -> None:
     chip = _selected(rig, Card(UIDS[4]))
     with pytest.raises(ValueError, match="64-byte FIFO"):
         chip.transceive(bytes(65), 0.01)
+
+
+# Secure cards (issue 21) on the MFRC522: its NTAG 424 DNA check over this port.
+
+
+def _genuine(uid: str = UIDS[7]) -> Ntag424:
+    return Ntag424(uid, {2: diversify(MASTER, bytes.fromhex(uid))})
+
+
+@pytest.mark.parametrize(("card", "authentic"), [
+    (_genuine, True),
+    (lambda: UidClone(UIDS[7]), False),  # a copied UID: no ISO 14443-4 at all
+    (lambda: KeylessClone(UIDS[7]), False),  # frames perfectly, holds no key
+    (lambda: Ntag424(UIDS[7]), False),  # genuine, but not provisioned by this lab
+])
+def test_secure_a_card_on_the_mfrc522_is_one_tap_with_its_check(rig: Rig, tmp_path, card, authentic: bool) -> None:
+    reader = rig.reader(secure="ntag424", card_key_file=str(key_file(tmp_path)))
+    assert reader.authenticates
+    rig.chip.place(card())
+    taps = rig.run(reader, 3.0)  # held for 3 s: one tap, one check
+    assert [(tap.badge, tap.authentic) for tap in taps] == [(UIDS[7], authentic)]
+    assert reader.healthy
+
+
+def test_secure_the_agents_tap_handler_gets_the_check(rig: Rig, tmp_path) -> None:
+    reader = rig.reader(real_clock=True, secure="ntag424", card_key_file=str(key_file(tmp_path)),
+                        poll_interval=0.01)
+    taps: list[tuple] = []
+    reader.start(lambda badge, check=None: taps.append((badge, check)))
+    rig.chip.place(_genuine())
+    wait_for(lambda: taps, what="the secure tap")
+    assert taps[0][0] == UIDS[7] and taps[0][1].authentic
+
+
+def test_secure_cards_are_provisioned_through_the_mfrc522_port(rig: Rig) -> None:
+    from agent.hardware.mfrc522 import MFRC522CardPort
+    from agent.hardware.provision import provision
+
+    card = rig.chip.place(Ntag424(UIDS[7]))  # as it comes from the factory
+    port = MFRC522CardPort(ReaderConfig(type="mfrc522"), rig.pins, sleep=rig.chip.sleep)
+    try:
+        uid, sak = port.select_card()
+        done = provision(port, uid, sak, MASTER, 2, clock=rig.chip.monotonic, sleep=rig.chip.sleep)
+    finally:
+        port.close()
+    assert done.uid == bytes.fromhex(UIDS[7]) and not done.already
+    assert card.application.keys[2] == diversify(MASTER, bytes.fromhex(UIDS[7]))
+    assert rig.chip.open_handles == 0 and not rig.chip.field_on
+
+
+def test_secure_a_serial_reader_offers_no_card_port() -> None:
+    from agent.hardware.factory import CardPortUnavailable, open_card_port
+
+    with pytest.raises(CardPortUnavailable, match="mfrc522"):
+        open_card_port(ReaderConfig(type="rdm6300", port="/dev/serial0"))
 
 
 def test_factory_builds_the_mfrc522_reader(rig: Rig) -> None:

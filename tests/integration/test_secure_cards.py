@@ -1,7 +1,8 @@
 """Secure cards in the agent: real SQLite, gpiozero's mock pins read back, and a reader
 whose field holds the project's emulated NTAG 424 DNA cards and clones
-(tests/support/emulated_ntag424.py: FieldReader is the tap path the MFRC522
-reader gets in phase 2). The relay's whole pin history is checked: no card that
+(tests/support/emulated_ntag424.py: FieldReader takes the tap path the MFRC522
+reader takes, tested on the emulated chip in test_reader_mfrc522.py). The relay's
+whole pin history is checked: no card that
 failed its authentication switches it on, not even for an instant."""
 
 from __future__ import annotations
