@@ -33,9 +33,9 @@ def test_debouncer_a_different_card_taps_at_once() -> None:
     assert not taps.holding(float("inf")) and not TapDebouncer(0.5).holding(0.0)
 
 
-@given(gaps=st.lists(st.floats(0.0, 0.5), min_size=1, max_size=50),
+@given(gaps=st.lists(st.floats(0.0, 0.499), min_size=1, max_size=50),
        read=st.lists(st.booleans(), min_size=50, max_size=50))
-def test_debouncer_answers_no_more_than_rearm_apart_are_one_tap(gaps: list[float], read: list[bool]) -> None:
+def test_debouncer_answers_less_than_rearm_apart_are_one_tap(gaps: list[float], read: list[bool]) -> None:
     taps, now = TapDebouncer(rearm=0.5), 0.0
     count = int(taps.seen("04A1B2C3D4E5F6", now))
     for gap, ok in zip(gaps, read):
