@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from agent.cli import text
-from agent.cli.options import json_option, print_json
+from agent.cli.options import RuntimeFailure, json_option, print_json
 
 
 def _value(value: object) -> str:
@@ -45,7 +45,9 @@ def table(figures: dict) -> str:
 @click.option("--quick", is_flag=True, help="Trim sizes and counts (about a minute, for CI); says so in the output.")
 @json_option
 def bench(quick: bool, as_json: bool) -> None:
-    """Measure the benchmarks: tap to relay, member list apply, outbox, idle agent, fleet.
+    """Measure the benchmarks: tap to relay, card to relay on an emulated MFRC522,
+    serial frame to relay, the command line's start, member list apply, outbox,
+    idle agent, fleet.
 
     Takes minutes, most of them ramping the fleet up to 640 agents, which loads
     every core (--quick: about a minute). Storage goes to a RAM filesystem
@@ -55,7 +57,10 @@ def bench(quick: bool, as_json: bool) -> None:
     from agent.devtools.bench import run
 
     progress = None if as_json else (lambda name: click.echo(f"measuring {name}…", err=True))
-    figures = run(quick=quick, progress=progress)
+    try:
+        figures = run(quick=quick, progress=progress)
+    except RuntimeError as err:
+        raise RuntimeFailure(str(err)) from None
     if as_json:
         print_json(figures)
     else:

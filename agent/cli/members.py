@@ -275,7 +275,6 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     machine is taken as idle and unlocked.
     """
     from agent.core.model import BadBadge, normalise_badge
-    from agent.daemon.clock import SystemClock, now
     from agent.daemon.control import ControlError, NotRunning, request
 
     config = load_config(config_path)
@@ -287,7 +286,9 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
         result = request(config.storage.dir, {"op": "check", "badge": badge})
     except ControlError as err:
         raise InputError(str(err)) from None
-    except NotRunning:
+    except NotRunning:  # only then the rules, the clock and the storage: the agent has them loaded
+        from agent.daemon.clock import SystemClock, now
+
         storage = _storage(config, create=False)
         try:
             trusted = not config.require_sync or SystemClock().synchronised()

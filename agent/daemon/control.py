@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import socket
-import socketserver
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +44,8 @@ def socket_path(storage_dir: Path) -> Path:
 
 class ControlServer:
     def __init__(self, storage_dir: Path, handler: Handler) -> None:
+        import socketserver  # the agent's side only: the command line just connects
+
         self.path = socket_path(storage_dir)
         handle = handler
 

@@ -68,7 +68,7 @@ def check_reader(config: Config, seen: int | str | None) -> Result:
         return Result(FAIL, "reader", seen, fix)
     if kind != "mfrc522":
         return Result(OK, "reader", f"{kind} port {config.reader.port or '/dev/serial0'} opens")
-    from agent.hardware.mfrc522 import KNOWN_VERSIONS
+    from agent.hardware.mfrc522chip import KNOWN_VERSIONS
 
     if seen in KNOWN_VERSIONS:
         return Result(OK, "reader", f"{KNOWN_VERSIONS[seen]} answers (version 0x{seen:02X})")

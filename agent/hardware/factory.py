@@ -48,12 +48,15 @@ class CardPortUnavailable(RuntimeError):
 
 def open_card_port(config: ReaderConfig) -> CardPort:
     """The reader as a card port (select a card, then carry its frames), for
-    `fabpass cards provision` while no agent holds the reader.
+    `fabpass cards provision` while no agent holds the reader: the MFRC522's,
+    through its own transceive (agent.hardware.mfrc522chip)."""
+    if config.type != "mfrc522":
+        raise CardPortUnavailable(f"a {config.type} reader cannot carry ISO 14443-4 frames to a card: "
+                                  "cards are provisioned on an mfrc522 reader")
+    from agent.hardware.mfrc522 import MFRC522CardPort
+    from agent.hardware.mfrc522chip import ReaderFault
 
-    The MFRC522 backend needs a transceive of its own for this (timer-aware, the
-    chip's CRC, the whole 64-byte FIFO), which is not in this version yet.
-    """
-    raise CardPortUnavailable(
-        f"the {config.type} reader of this fabpass version cannot yet carry ISO 14443-4 frames to a card "
-        "(it needs a timer-aware transceive with the chip's CRC and its whole FIFO): cards cannot be "
-        "provisioned on it")
+    try:
+        return MFRC522CardPort(config)
+    except (ReaderFault, OSError, ImportError) as err:  # ImportError: no Pi packages, or no GPIO
+        raise CardPortUnavailable(f"cannot open the mfrc522 reader: {err}") from None

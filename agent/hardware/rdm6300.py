@@ -84,6 +84,9 @@ class RDM6300Reader(SerialReader):
         return {"dropped": self.dropped}
 
     def _received(self, data: bytes, now: float) -> None:
+        dropped = self._parser.dropped
         for badge in self._parser.feed(data):
             if self._debouncer.seen(badge, now):
                 self._tap(badge)
+        if self._parser.dropped > dropped:  # a garbled frame: the module sends only while a tag is there
+            self._debouncer.present(now)

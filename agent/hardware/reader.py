@@ -77,9 +77,11 @@ class TapDebouncer:
     """Turns a stream of sightings into taps: a card held on a reader is one tap.
 
     `seen(badge, now)` is True when this sighting starts a new presentation:
-    a different card, or the same card after more than `rearm` seconds without
-    a sighting. Failed reads are simply not sightings, so a few of them while a
-    card is held do not make a second tap. `now` is a monotonic clock.
+    a different card, or the same card after more than `rearm` seconds in which
+    nothing was on the reader. `present(now)` says a card answered but could not
+    be read (RF noise, a bad checksum): the held card is still there, so a read
+    that fails is no gap, and only `rearm` of silence ends a presentation.
+    `now` is a monotonic clock.
     """
 
     def __init__(self, rearm: float) -> None:
@@ -91,6 +93,18 @@ class TapDebouncer:
         new = badge != self._badge or now - self._last > self.rearm
         self._badge, self._last = badge, now
         return new
+
+    def present(self, now: float) -> None:
+        if self.holding(now):
+            self._last = now
+
+    def forget(self) -> None:
+        """The last sighting did not count (the reader failed while checking it)."""
+        self._badge, self._last = None, float("-inf")
+
+    def holding(self, now: float) -> bool:
+        """A presentation is going on: a card was on the reader within `rearm`."""
+        return self._badge is not None and now - self._last <= self.rearm
 
 
 class ThreadedReader(Reader):

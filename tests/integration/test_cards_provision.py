@@ -1,7 +1,8 @@
 """`fabpass cards provision` against the project's emulated cards. The reader is the
-one part that cannot run here yet: `open_card_port` hands the command an emulated
-field at the same port the MFRC522 gets in phase 2. Everything else is the
-command's real path: the config, the key files, the agent's control socket."""
+one part that cannot run here: `open_card_port` hands the command an emulated
+field at the same port the MFRC522 offers (MFRC522CardPort, tested over the
+emulated chip in test_reader_mfrc522.py). Everything else is the command's real
+path: the config, the key files, the agent's control socket."""
 
 from __future__ import annotations
 
@@ -124,9 +125,10 @@ def test_cards_provision_refuses_while_the_agent_runs(station):
         agent.stop()
 
 
-def test_cards_provision_on_this_versions_mfrc522_says_why_it_cannot(tmp_path):
-    """Without the emulated field: the MFRC522 backend cannot carry the frames yet."""
+def test_cards_provision_without_a_reader_here_says_why_it_cannot(tmp_path):
+    """Without the emulated field, the real MFRC522 backend: no Pi here, so exit 1 and why.
+    (The port itself provisions cards over the emulated chip: test_reader_mfrc522.py.)"""
     config = tmp_path / "agent.toml"
     config.write_text(secure_text(tmp_path))
     result = CliRunner().invoke(main, ["cards", "provision", "--config", str(config)])
-    assert result.exit_code == 1 and "cannot yet carry ISO 14443-4 frames" in result.stderr
+    assert result.exit_code == 1 and "cannot open the mfrc522 reader" in result.stderr

@@ -95,6 +95,21 @@ def test_rdm6300_card_held_is_one_tap(device: SerialDevice) -> None:
         assert seen.taps == ["0A1B2C3D4E", "1100FF2233"]
 
 
+def test_rdm6300_a_held_tag_with_garbled_frames_is_one_tap() -> None:
+    # Noise spoils the frames of a tag held on the antenna for longer than rearm:
+    # a garbled frame still says a tag is there, so the next good one is no new tap.
+    reader = RDM6300Reader(ReaderConfig(type="rdm6300", port="unused", rearm=0.5))
+    seen = Recorder()
+    reader._on_tap = seen.tap  # frames are fed by hand, with their times: no port, no thread
+    reader._received(frame(CARD_A), 0.0)
+    for now in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+        reader._received(frame(CARD_A, checksum=0x00), now)
+    reader._received(frame(CARD_A), 0.8)
+    assert seen.taps == ["0A1B2C3D4E"]
+    reader._received(frame(CARD_A), 1.4)  # then 0.6 s of silence: a new presentation
+    assert seen.taps == ["0A1B2C3D4E"] * 2
+
+
 def test_rdm6300_taps_again_after_rearm(device: SerialDevice) -> None:
     reader, seen = start_reader(str(device.path), rearm=0.2)
     with reader:

@@ -1,7 +1,8 @@
 """Secure cards in the agent: real SQLite, gpiozero's mock pins read back, and a reader
 whose field holds the project's emulated NTAG 424 DNA cards and clones
-(tests/support/emulated_ntag424.py: FieldReader is the tap path the MFRC522
-reader gets in phase 2). The relay's whole pin history is checked: no card that
+(tests/support/emulated_ntag424.py: FieldReader takes the tap path the MFRC522
+reader takes, tested on the emulated chip in test_reader_mfrc522.py). The relay's
+whole pin history is checked: no card that
 failed its authentication switches it on, not even for an instant."""
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.config import parse
 from agent.daemon.agent import Agent
+from agent.devtools.emulated_mfrc522 import Card
 from agent.hardware.cardkeys import CardKeyError, diversify
 from agent.hardware.securecard import SECURE_BUDGET, CardVerifier
 from agent.hardware.simulated import SimulatedReader
 from agent.link.commands import Command
 from tests.support.agents import MEMBERS, RunningAgent, members_json
 from tests.support.cards import MASTER, key_file, secure_text
-from tests.support.emulated_mfrc522 import Card
 from tests.support.emulated_ntag424 import CardField, FieldReader, Ntag424, UidClone
 from tests.support.helpers import wait_for
 

@@ -1,7 +1,7 @@
 """NTAG 424 DNA cards, and the clones of them an attacker can make, at the ISO 14443-4
 level; and the RF field of a reader that speaks the `transceive(frame, timeout)` port.
 
-The cards extend the ISO 14443-3 `Card` of tests/support/emulated_mfrc522.py:
+The cards extend the ISO 14443-3 `Card` of agent/devtools/emulated_mfrc522.py:
 they answer `receive(bits)` in air order with CRC_A, so the emulated MFRC522
 can carry them too. Above layer 3 they follow ISO/IEC 14443-4 as a PICC must
 (RATS and ATS, the block number rules C, D, E, 10 and 11, chaining both ways
@@ -27,10 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.hardware.isodep import BadFrame, NoAnswer
-from agent.hardware.reader import ThreadedReader
-from agent.hardware.securecard import CardVerifier, SecureTaps
-from tests.support.emulated_mfrc522 import (
+from agent.devtools.emulated_mfrc522 import (
     HLTA,
     SELECT,
     WUPA,
@@ -39,6 +36,9 @@ from tests.support.emulated_mfrc522 import (
     from_bits,
     to_bits,
 )
+from agent.hardware.isodep import BadFrame, NoAnswer
+from agent.hardware.reader import ThreadedReader
+from agent.hardware.securecard import CardVerifier, SecureTaps
 
 CARRIER_HZ = 13.56e6
 BIT_SECONDS = 128 / CARRIER_HZ  # 106 kbit/s

@@ -24,7 +24,10 @@ from agent.devtools.bench.common import (
 
 CONTRACT_KEYS = ("tap_to_relay_p50_ms", "tap_to_relay_p99_ms", "members_apply_100k_s", "lookup_during_apply_p99_ms",
                  "outbox_replay_events_per_s", "idle_cpu_percent", "idle_rss_mb", "members_apply_100k_peak_mb",
-                 "outbox_commit_p99_ms", "fleet_agents_per_broker")
+                 "outbox_commit_p99_ms", "fleet_agents_per_broker",
+                 "card_to_relay_p50_ms", "card_to_relay_p99_ms", "reader_idle_cpu_percent")
+# Figures of the bench's own beyond the contract's.
+MORE_KEYS = ("serial_frame_end_to_relay_p99_ms", "cli_cold_start_ms")
 
 
 def _number(value: object) -> bool:
@@ -39,7 +42,7 @@ def test_bench_quick_json_has_every_contract_figure_as_a_number() -> None:
     assert "cannot reach broker" not in done.stderr  # the replay's outage is planned, not news
     figures = json.loads(done.stdout)  # one JSON document (NaN would not parse as strict JSON below)
     json.loads(done.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
-    for key in CONTRACT_KEYS:
+    for key in CONTRACT_KEYS + MORE_KEYS:
         assert key in figures, key
         assert _number(figures[key]), (key, figures[key])
     assert isinstance(figures["outbox_commit_fs"], str) and figures["outbox_commit_fs"]
@@ -54,7 +57,7 @@ def test_bench_quick_json_has_every_contract_figure_as_a_number() -> None:
 
 
 def test_bench_figures_cover_the_contract() -> None:
-    assert set(FIGURES) == set(CONTRACT_KEYS)
+    assert set(FIGURES) == set(CONTRACT_KEYS + MORE_KEYS)
     assert set(TARGETS) <= set(FIGURES)
 
 
@@ -73,6 +76,8 @@ def test_bench_verdicts_against_targets() -> None:
     assert verdict("outbox_replay_events_per_s", 5000) == "ok"
     assert verdict("outbox_replay_events_per_s", 4999) == "MISS"
     assert verdict("outbox_commit_p99_ms", 50.0) == ""
+    assert verdict("card_to_relay_p99_ms", 30.0) == "ok"  # at most 30 ms
+    assert verdict("card_to_relay_p99_ms", 30.01) == "MISS"
     assert target_text("idle_rss_mb") == "< 40"
     assert target_text("fleet_agents_per_broker") == "-"
 
@@ -120,6 +125,73 @@ def test_bench_timed_agent_every_tap_changes_the_relay() -> None:
         assert states == [True, False, True, False, True, False, True]  # active-low: on is low
         events = [e for _, e in timed.agent.outbox.pending(0, 100)]
         assert sum('"session_started"' in e for e in events) == 3  # the outbox write is on the path
+
+
+def test_bench_card_to_relay_goes_through_the_mfrc522_reader_and_stops_its_agent() -> None:
+    from agent.devtools.bench.card import mfrc522
+
+    before, modules = threading.active_count(), set(sys.modules)
+    figures = mfrc522(presentations=4, idle_s=0.5, members=50)
+    assert figures["card_to_relay_cards"] == 4
+    # A card answers 5 ms after it enters the field, and a 7-byte UID takes 4 ms on the air.
+    assert 9 < figures["card_to_relay_p50_ms"] <= figures["card_to_relay_p99_ms"] <= figures["card_to_relay_max_ms"]
+    assert figures["reader_idle_transfers_per_look"] == 5 and figures["reader_idle_looks_per_s"] > 10
+    assert 0 < figures["reader_idle_cpu_percent"] <= figures["reader_idle_thread_cpu_percent"]
+    assert threading.active_count() == before
+    assert "spidev" not in sys.modules and set(sys.modules) - modules <= {m for m in sys.modules if "agent" in m
+                                                                            or m.startswith("gpiozero")}
+
+
+def test_bench_serial_frames_go_through_both_serial_readers() -> None:
+    from agent.devtools.bench.serial import serial_frames
+
+    before = threading.active_count()
+    figures = serial_frames(4)
+    assert 0 < figures["rdm6300_frame_end_to_relay_p50_ms"] <= figures["rdm6300_frame_end_to_relay_p99_ms"]
+    assert 0 < figures["head_frame_end_to_relay_p50_ms"] <= figures["head_frame_end_to_relay_p99_ms"]
+    assert figures["serial_frame_end_to_relay_p99_ms"] == max(figures["rdm6300_frame_end_to_relay_p99_ms"],
+                                                             figures["head_frame_end_to_relay_p99_ms"])
+    assert threading.active_count() == before
+
+
+def test_bench_cli_cold_start_runs_each_command_against_an_agent() -> None:
+    from agent.devtools.bench.cli import cli_cold_start
+
+    figures = cli_cold_start(runs=1)  # a command that failed would raise, naming it
+    assert figures["cli_cold_start_ms"] == max(figures["cli_status_ms"], figures["cli_tap_ms"],
+                                               figures["cli_members_check_ms"])
+    assert figures["cli_cold_start_ms"] > figures["cli_python_startup_ms"] > 0
+
+
+def test_bench_peers_recreations_decide_as_their_originals(tmp_path: Path) -> None:
+    from agent.devtools.bench.peers.makerspace_auth import MakerspaceAuth
+    from agent.devtools.bench.peers.ratt import Ratt, hash_tag
+
+    auth = MakerspaceAuth(tmp_path, ["04A1B2C3D4E5F6", "C1A2B3D4"])
+    assert auth.decide("C1A2B3D4") and not auth.decide("C1A2B3") and not auth.decide("DEADBEEF")
+    assert (tmp_path / "log.txt").read_text().count("LaserCutter1,15m") == 3  # every badge logged, as theirs
+    assert hash_tag(12345) == "c7cc92db7e8170d693d1a97705f74d92f7f2bc5d6220b1ca73909521"  # sha224 of "0000012345"
+    ratt = Ratt([12345, 0xC1A2B3D4])
+    assert ratt.decide(0xC1A2B3D4) and not ratt.decide(54321)
+
+
+def test_bench_peers_compare_all_three_paths_in_one_run() -> None:
+    from agent.devtools.bench.peers import compare
+
+    before = threading.active_count()
+    figures = compare(rounds=6, members=300)
+    for name in ("fabpass", "makerspace_auth", "ratt"):
+        assert 0 < figures[f"peers_{name}_p50_ms"] <= figures[f"peers_{name}_p99_ms"]
+    assert figures["peers_members"] == 300 and figures["peers_rounds"] == 6
+    assert threading.active_count() == before
+
+
+def test_bench_without_the_mfrc522_driver_says_how_to_get_it_before_measuring() -> None:
+    code = ("import sys; sys.modules['mfrc522'] = None\n"  # as where the driver is not installed
+            "from agent.cli import main; main(['bench', '--quick'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install --no-deps 'mfrc522==0.0.7'" in done.stderr and "measuring" not in done.stderr
 
 
 def test_bench_table_names_each_figure_value_and_target() -> None:

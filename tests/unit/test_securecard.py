@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from agent.devtools.emulated_mfrc522 import Card
 from agent.hardware.cardkeys import diversify
 from agent.hardware.securecard import SECURE_BUDGET, CardVerifier, SecureTaps
-from tests.support.emulated_mfrc522 import Card
 from tests.support.emulated_ntag424 import (
     CardField,
     GarbageClone,

@@ -17,8 +17,9 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.devtools.bench.common import (
     badges_of,
@@ -29,11 +30,19 @@ from agent.devtools.bench.common import (
     ram_dir,
 )
 
+if TYPE_CHECKING:
+    from gpiozero import Factory
+
+    from agent.hardware.reader import Reader
+
 
 class TimedAgent:
-    """An Agent on mock pins in a thread, its relay pin hooked to time every change."""
+    """An Agent on mock pins in a thread, its relay pin hooked to time every change.
 
-    def __init__(self, storage: Path) -> None:
+    Its reader is the simulated one, or what `make_reader(pins)` builds.
+    """
+
+    def __init__(self, storage: Path, make_reader: Callable[[Factory], Reader] | None = None) -> None:
         from gpiozero.pins.mock import MockFactory
 
         from agent.daemon.agent import Agent
@@ -41,7 +50,7 @@ class TimedAgent:
 
         self.config = load_config(storage)
         self.pins = MockFactory()
-        self.reader = SimulatedReader()
+        self.reader = make_reader(self.pins) if make_reader else SimulatedReader()
         self.agent = Agent(self.config, pins=self.pins, reader=self.reader)
         self.pin = self.pins.pin(self.config.relay.pin)
         self.changed = threading.Event()
@@ -65,13 +74,16 @@ class TimedAgent:
         return self
 
     def tap(self, badge: str, timeout: float = 10.0) -> float:
-        """Present `badge`; seconds until the relay pin changed."""
+        """Present `badge` to the simulated reader; seconds until the relay pin changed."""
+        return self.time_change(lambda: self.reader.present(badge), badge, timeout)
+
+    def time_change(self, act: Callable[[], None], what: str, timeout: float = 10.0) -> float:
+        """Seconds from `act()` to the relay pin changing."""
         self.changed.clear()
         start = time.perf_counter()
-        self.reader.present(badge)
+        act()
         if not self.changed.wait(timeout):
-            raise RuntimeError(f"tap of {badge} did not change the relay within {timeout} s "
-                               f"(is the member inducted?)")
+            raise RuntimeError(f"{what} did not change the relay within {timeout} s (is the member inducted?)")
         return self.changed_at - start
 
     def settle(self) -> None:

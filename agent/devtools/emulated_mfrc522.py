@@ -1,39 +1,55 @@
 """An emulated MFRC522 on an emulated SPI bus, virtual ISO 14443 A cards, and
-test doubles for `spidev` and `RPi.GPIO`, so that the unmodified `mfrc522`
-driver runs in CI.
+doubles for `spidev` and `RPi.GPIO`, so that the unmodified `mfrc522` driver and
+the reader backend run without a Raspberry Pi: in the tests and in `fabpass bench`.
 
 The chip follows the NXP MFRC522 datasheet where the driver and the reader
 backend can tell: SPI single and burst register access (8.1.2), the 64-byte
 FIFO, the command register (Idle, CalcCRC, Transceive, SoftReset), interrupt
 flags with their Set1/Set2 write semantics, the timer (TAuto, prescaler,
-reload), the CRC coprocessor and TxCRCEn, bit-oriented framing (TxLastBits,
-RxAlign, RxLastBits), collisions (CollErr, CollReg) and the antenna switch.
-Anything else it is asked to do fails loudly.
+reload; it stops when an answer begins), the CRC coprocessor, TxCRCEn and
+RxCRCEn (a received frame's CRC_A is checked, CRCErr when wrong, and kept out
+of the FIFO), bit-oriented framing (TxLastBits, RxAlign, RxLastBits),
+collisions (CollErr, CollReg) and the antenna switch. Anything else it is asked
+to do fails loudly.
 
-Time is emulated, so it is deterministic: every SPI transfer takes
-TRANSFER_SECONDS, `sleep` moves the clock on, and the timer fires when the
-clock passes its deadline. TRANSFER_SECONDS is also the CPU cost model: about
-30 us of CPU per spidev transfer on a Raspberry Pi.
+Frames take their time on the air (106 kbit/s: 128 carrier cycles a bit, a
+parity bit per byte, start and end of frame), and a card answers a frame delay
+(ISO 14443-3 FDT, 1172/fc) after the reader's frame ends: RxIRq is set when the
+answer's last bit is in. A card placed on the reader answers only once
+`ready_after` seconds have passed in the field (ISO 14443-3 bounds it at 5 ms).
+`Noise` corrupts a share of the cards' answers at random, from a seed.
+
+Time comes from a clock. `EmulatedTime` (the default) is deterministic: every
+SPI transfer takes TRANSFER_SECONDS, `sleep` moves the clock on, and nothing
+else does. `RealTime` runs on the host's monotonic clock and spends
+TRANSFER_SECONDS of CPU in each transfer, so a reader thread and an agent
+measured beside it see the same costs as on a Pi. TRANSFER_SECONDS is the cost model: about 30 us of CPU per spidev
+transfer on a Raspberry Pi.
 """
 
 from __future__ import annotations
 
 import errno
+import random
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 TRANSFER_SECONDS = 30e-6
 CARRIER_HZ = 13.56e6
+BIT_SECONDS = 128 / CARRIER_HZ  # 106 kbit/s
+FRAME_DELAY = 1172 / CARRIER_HZ  # ISO 14443-3 FDT: the end of the reader's frame to the card's answer
+ISO_READY_AFTER = 0.005  # ISO 14443-3: a card accepts a request within 5 ms of entering the field
 
 # Registers.
 COMMAND, COMM_IRQ, DIV_IRQ, ERROR = 0x01, 0x04, 0x05, 0x06
 FIFO_DATA, FIFO_LEVEL, CONTROL, BIT_FRAMING, COLL = 0x09, 0x0A, 0x0C, 0x0D, 0x0E
-MODE, TX_MODE, TX_CONTROL = 0x11, 0x12, 0x14
+MODE, TX_MODE, RX_MODE, TX_CONTROL = 0x11, 0x12, 0x13, 0x14
 CRC_RESULT_M, CRC_RESULT_L = 0x21, 0x22
 T_MODE, T_PRESCALER, T_RELOAD_H, T_RELOAD_L = 0x2A, 0x2B, 0x2C, 0x2D
 VERSION = 0x37
@@ -45,7 +61,8 @@ RESET_VALUES = {COMMAND: 0x20, 0x02: 0x80, 0x08: 0x00, 0x0B: 0x08, CONTROL: 0x10
 IDLE, CALC_CRC, TRANSCEIVE, SOFT_RESET = 0x0, 0x3, 0xC, 0xF
 TX_IRQ, RX_IRQ, ERR_IRQ, TIMER_IRQ = 0x40, 0x20, 0x02, 0x01
 CRC_IRQ = 0x04
-BUFFER_OVFL, COLL_ERR, PARITY_ERR = 0x10, 0x08, 0x02
+BUFFER_OVFL, COLL_ERR, CRC_ERR, PARITY_ERR = 0x10, 0x08, 0x04, 0x02
+CRC_EN = 0x80  # TxModeReg TxCRCEn, RxModeReg RxCRCEn
 CRC_PRESETS = (0x0000, 0x6363, 0xA671, 0xFFFF)  # ModeReg CRCPreset[1:0]
 
 # ISO 14443-3 type A.
@@ -73,18 +90,73 @@ def from_bits(bits: list[int]) -> bytes:
     return bytes(sum(bit << i for i, bit in enumerate(bits[at:at + 8])) for at in range(0, len(bits), 8))
 
 
+def air_time(bits: int) -> float:
+    """Seconds a frame of `bits` data bits takes at 106 kbit/s: a parity bit per
+    whole byte, a start bit and the end of frame."""
+    return (bits + bits // 8 + 2) * BIT_SECONDS
+
+
+# Clocks.
+
+
+class EmulatedTime:
+    """Deterministic time: transfers and sleeps move it on, nothing else."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def transfer(self) -> None:
+        """A transfer begins: it ends TRANSFER_SECONDS later."""
+        self.now += TRANSFER_SECONDS
+
+    def spend(self, begun: float | None) -> None:
+        """A transfer ends (its time was taken when it began)."""
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+
+class RealTime:
+    """The host's clock; a transfer spends TRANSFER_SECONDS of CPU, the emulator's
+    own work included. (spidev's ioctl would release the GIL meanwhile; a wait
+    that did here, sleep(0), costs a system call of 20 to 40 us on a VM, longer
+    than the transfer, so this one keeps it.)"""
+
+    monotonic = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
+    transfer = staticmethod(time.perf_counter)
+
+    @staticmethod
+    def spend(begun: float) -> None:
+        end = begun + TRANSFER_SECONDS
+        while time.perf_counter() < end:
+            pass
+
+
 class Card:
     """An ISO 14443 A card (PICC) with a 4, 7 or 10 byte UID and the ISO 14443-3
     state machine: OFF, IDLE, READY, ACTIVE, HALT (READY* and ACTIVE* are READY
-    and ACTIVE with `from_halt`, and fall back to HALT instead of IDLE)."""
+    and ACTIVE with `from_halt`, and fall back to HALT instead of IDLE).
+
+    `ready_after`: seconds in the field before it answers anything (0: at once).
+    `answer_delay`: seconds beyond the frame delay time its last answer takes; a
+    card that computes (an ISO 14443-4 card, say) sets it as it answers.
+    """
+
+    answer_delay = 0.0
 
     SAK_BY_SIZE = {4: 0x08, 7: 0x00, 10: 0x20}  # MIFARE Classic 1K, Ultralight/NTAG, DESFire
     ATQA_BY_SIZE = {4: b"\x04\x00", 7: b"\x44\x00", 10: b"\x84\x00"}
 
-    def __init__(self, uid: bytes | str) -> None:
+    def __init__(self, uid: bytes | str, ready_after: float = 0.0) -> None:
         self.uid = bytes.fromhex(uid) if isinstance(uid, str) else bytes(uid)
         if len(self.uid) not in self.SAK_BY_SIZE:
             raise ValueError(f"a type A UID has 4, 7 or 10 bytes, not {len(self.uid)}")
+        self.ready_after = ready_after
+        self.ready_at = 0.0  # set by the chip whose field powers it
         self.state = "OFF"
         self.from_halt = False
         self.level = 0
@@ -147,6 +219,9 @@ class Card:
         return None
 
 
+FAULT_KINDS = ("clean", "drop", "flip", "parity", "collision")
+
+
 @dataclass
 class Fault:
     """RF trouble on the next card answer: `drop` it, `flip` one bit, a `parity`
@@ -157,17 +232,52 @@ class Fault:
     bit: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("clean", "drop", "flip", "parity", "collision"):
+        if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {self.kind!r}")
+
+
+@dataclass
+class Noise:
+    """RF noise: each card answer is corrupted with probability `rate`, by one of
+    `kinds` at a random bit, drawn from a generator seeded with `seed`."""
+
+    rate: float
+    seed: int = 0
+    kinds: tuple[str, ...] = ("flip", "parity", "drop")
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rate <= 1 or not set(self.kinds) <= set(FAULT_KINDS):
+            raise ValueError(f"bad noise: rate {self.rate}, kinds {self.kinds}")
+        self._rng = random.Random(self.seed)
+
+    def fault(self, bits: int) -> Fault | None:
+        if self._rng.random() >= self.rate:
+            return None
+        return Fault(self._rng.choice(self.kinds), self._rng.randrange(max(1, bits)))
+
+
+@dataclass
+class _Answer:
+    """A card's answer on its way: it begins at `start` and is all in at `end`."""
+
+    start: float
+    end: float
+    bits: list[int]
+    collision: int | None
+    fault: Fault | None
+    framing: int
 
 
 class EmulatedMFRC522:
     """The chip behind one SPI chip select. Thread-safe: the reader thread talks
     SPI while a test places cards, injects faults or pulls the plug."""
 
-    def __init__(self, version: int = 0x92) -> None:
+    def __init__(self, version: int = 0x92, clock: EmulatedTime | RealTime | None = None,
+                 noise: Noise | None = None) -> None:
         self.version = version
-        self.now = 0.0
+        self.clock = clock or EmulatedTime()
+        self.noise = noise
         self.transfers = 0
         self.timeouts = 0  # TimerIRq raised
         self.requests = 0  # REQA/WUPA frames sent: polls
@@ -180,6 +290,10 @@ class EmulatedMFRC522:
         self._lock = threading.RLock()
         self.power_on_reset()
 
+    @property
+    def now(self) -> float:
+        return self.clock.monotonic()
+
     # What a test does to the world.
 
     def power_on_reset(self) -> None:
@@ -191,13 +305,14 @@ class EmulatedMFRC522:
             self.fifo = bytearray()
             self.comm_irq, self.div_irq, self.error = 0x14, 0x00, 0x00
             self.timer_deadline: float | None = None
+            self.pending: _Answer | None = None
             self.crc = 0
             self._power_cards()
 
     def place(self, card: Card) -> Card:
         with self._lock:
             self.cards.append(card)
-            card.power(self.field_on)
+            self._power(card, self.field_on)
         return card
 
     def remove(self, card: Card) -> None:
@@ -220,12 +335,10 @@ class EmulatedMFRC522:
             self.power_on_reset()
 
     def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
+        self.clock.sleep(seconds)
 
     def monotonic(self) -> float:
-        with self._lock:
-            return self.now
+        return self.clock.monotonic()
 
     @property
     def field_on(self) -> bool:
@@ -237,19 +350,24 @@ class EmulatedMFRC522:
         with self._lock:
             if self.spi_error is not None:
                 raise self.spi_error
-            self.now += TRANSFER_SECONDS
+            begun = self.clock.transfer()
             self.transfers += 1
-            self._run_timer()
-            if not self.plugged:
-                return [self.floating] * len(data)
-            first = data[0]
-            assert first & 0x01 == 0, f"address byte 0x{first:02X}: bit 0 must be 0"
-            if first & 0x80:  # read: each byte names the next register, the last is 0
-                assert data[-1] == 0 and all(a & 0x81 == 0x80 for a in data[:-1]), f"bad burst read {data}"
-                return [0] + [self._read((a >> 1) & 0x3F) for a in data[:-1]]
-            for value in data[1:]:  # write: every byte goes to the same register
-                self._write(first >> 1, value)
-            return [0] * len(data)
+            self._run_rf()
+            answer = self._transfer(data)
+            self.clock.spend(begun)
+            return answer
+
+    def _transfer(self, data: list[int]) -> list[int]:
+        if not self.plugged:
+            return [self.floating] * len(data)
+        first = data[0]
+        assert first & 0x01 == 0, f"address byte 0x{first:02X}: bit 0 must be 0"
+        if first & 0x80:  # read: each byte names the next register, the last is 0
+            assert data[-1] == 0 and all(a & 0x81 == 0x80 for a in data[:-1]), f"bad burst read {data}"
+            return [0] + [self._read((a >> 1) & 0x3F) for a in data[:-1]]
+        for value in data[1:]:  # write: every byte goes to the same register
+            self._write(first >> 1, value)
+        return [0] * len(data)
 
     def _read(self, register: int) -> int:
         if register == FIFO_DATA:
@@ -306,6 +424,7 @@ class EmulatedMFRC522:
         if command not in (IDLE, CALC_CRC, TRANSCEIVE):
             raise NotImplementedError(f"command 0x{command:X} is not emulated")
         self.regs[COMMAND] = value & 0x30 | command
+        self.pending = None  # a new command switches the receiver off: an answer on its way is lost
         if command == CALC_CRC:
             self.crc = CRC_PRESETS[self.regs[MODE] & 0x03]
             data, self.fifo = bytes(self.fifo), bytearray()
@@ -323,53 +442,88 @@ class EmulatedMFRC522:
     def _power_cards(self) -> None:
         for card in self.cards:
             if (card.state != "OFF") != self.field_on:
-                card.power(self.field_on)
+                self._power(card, self.field_on)
+
+    def _power(self, card: Card, on: bool) -> None:
+        card.power(on)
+        card.ready_at = self.now + card.ready_after
 
     def _timer_period(self) -> float:
         prescaler = (self.regs[T_MODE] & 0x0F) << 8 | self.regs[T_PRESCALER]
         reload = self.regs[T_RELOAD_H] << 8 | self.regs[T_RELOAD_L]
         return (2 * prescaler + 1) * (reload + 1) / CARRIER_HZ
 
-    def _run_timer(self) -> None:
-        if self.timer_deadline is not None and self.now >= self.timer_deadline:
-            self.timer_deadline = None
-            self.comm_irq |= TIMER_IRQ
-            self.timeouts += 1
+    def _run_rf(self) -> None:
+        """What happened on the air since the last transfer: the timer, an answer arriving."""
+        now = self.now
+        answer = self.pending
+        if self.timer_deadline is not None:
+            if answer is not None and answer.start < self.timer_deadline:
+                self.timer_deadline = None  # the timer stops as the answer begins
+            elif now >= self.timer_deadline:
+                self.timer_deadline = None
+                self.comm_irq |= TIMER_IRQ
+                self.timeouts += 1
+        if answer is not None and now >= answer.end:
+            self.pending = None
+            self._receive(answer)
 
     def _transmit(self) -> None:
         framing = self.regs[BIT_FRAMING]
         data, self.fifo = bytes(self.fifo), bytearray()
         bits = to_bits(data, framing & 0x07)
-        if self.regs[TX_MODE] & 0x80:
+        if self.regs[TX_MODE] & CRC_EN:
             assert framing & 0x07 == 0, "TxCRCEn with a bit-oriented frame"
             bits += to_bits(crc_a(data, CRC_PRESETS[self.regs[MODE] & 0x03]))
         if len(bits) == 7 and data[0] in (REQA, WUPA):
             self.requests += 1
         self.error &= BUFFER_OVFL
+        sent = self.now + air_time(len(bits))
         self.comm_irq |= TX_IRQ
-        self.timer_deadline = None
-        answers = [a for card in self.cards if (a := card.receive(bits)) is not None] if self.field_on else []
-        answer, collision = self._superpose(answers)
-        fault = self.faults.popleft() if answer and self.faults else None
-        if fault is not None and fault.kind == "drop":
-            answer = []
-        if not answer:
-            if self.regs[T_MODE] & 0x80:  # TAuto: the timer starts when sending ends
-                self.timer_deadline = self.now + self._timer_period()
+        # TAuto: the timer starts when sending ends.
+        self.timer_deadline = sent + self._timer_period() if self.regs[T_MODE] & 0x80 else None
+        self.pending = None
+        now = self.now
+        awake = [card for card in self.cards if now >= card.ready_at] if self.field_on else []
+        answering = [(a, card) for card in awake if (a := card.receive(bits)) is not None]
+        answer, collision = self._superpose([a for a, _ in answering])
+        delay = max((card.answer_delay for _, card in answering), default=0.0)
+        fault = None
+        if answer:
+            if self.faults:
+                fault = self.faults.popleft()
+            elif self.noise is not None:
+                fault = self.noise.fault(len(answer))
+        if not answer or (fault is not None and fault.kind == "drop"):
             return
+        start = sent + FRAME_DELAY + delay
+        self.pending = _Answer(start, start + air_time(len(answer)), answer, collision, fault, framing)
+
+    def _receive(self, pending: _Answer) -> None:
+        """The answer is in: into the FIFO, with the flags a real chip would raise."""
+        answer, collision, fault = list(pending.bits), pending.collision, pending.fault
         if fault is not None and fault.kind == "flip":
             answer[fault.bit % len(answer)] ^= 1
         if fault is not None and fault.kind == "parity":
             self.error |= PARITY_ERR
         if fault is not None and fault.kind == "collision":
-            collision = min(collision, fault.bit % len(answer)) if collision is not None else fault.bit % len(answer)
-        rx_align = (framing >> 4) & 0x07
+            at = fault.bit % len(answer)
+            collision = at if collision is None else min(collision, at)
+        rx_align = (pending.framing >> 4) & 0x07
         if collision is not None:
             position = rx_align + collision + 1
             self.error |= COLL_ERR
             self.regs[COLL] = (position & 0x1F) | (0x20 if position > 32 else 0)
         stored = [0] * rx_align + answer
-        self.fifo.extend(from_bits(stored))
+        data = from_bits(stored)
+        if self.regs[RX_MODE] & CRC_EN:
+            # RxCRCEn: the chip checks the frame's CRC_A and keeps it out of the FIFO.
+            if len(stored) % 8 or len(data) < 3 or crc_a(data[:-2], CRC_PRESETS[self.regs[MODE] & 0x03]) != data[-2:]:
+                self.error |= CRC_ERR
+            else:
+                data = data[:-2]
+        for byte in data:
+            self._push_fifo(byte)
         self.regs[CONTROL] = (self.regs[CONTROL] & 0xF8) | (len(stored) % 8)
         self.comm_irq |= RX_IRQ | (ERR_IRQ if self.error else 0)
 
@@ -387,7 +541,7 @@ class EmulatedMFRC522:
         return merged, collision
 
 
-# Test doubles for the driver's imports.
+# Doubles for the driver's imports.
 
 
 class SpiDev:
