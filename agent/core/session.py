@@ -69,8 +69,17 @@ class Enrolment:
 
 @dataclass(frozen=True, slots=True)
 class LastTap:
+    """The machine's last tap, as the agent notes it: its member (None when unknown or the
+    card did not authenticate) and when (monotonic)."""
+
     member_id: str | None
     mono: float
+
+
+def reporter(last: LastTap | None, mono: float) -> str | None:
+    """Who an out-of-order report made at `mono` names: the member of the machine's last
+    tap within REPORTER_WINDOW, or nobody."""
+    return last.member_id if last is not None and mono - last.mono <= REPORTER_WINDOW else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +104,24 @@ class Debounced:
 
 
 @dataclass(frozen=True, slots=True)
+class Press(Debounced):
+    """The out-of-order button: `by` is who the report names, as of the press."""
+
+    by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AtMachine:
+    """What the machine keeps besides its sessions, in one field of State, so that the
+    copies a tap makes of State stay as cheap as they were."""
+
+    grants: Grants = Grants()
+    enrolment: Enrolment | None = None
+    report: Press = Press()  # the out-of-order button: on = held long enough
+    bypass: Debounced = Debounced()  # the bypass key switch: on = closed
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     session: Session | None = None
     locked: bool = False
@@ -106,12 +133,23 @@ class State:
     idle_since: float | None = None
     since: dt.datetime | None = None
     previous_member: str | None = None
-    # at the machine
-    grants: Grants = Grants()
-    enrolment: Enrolment | None = None
-    last_tap: LastTap | None = None
-    report: Debounced = Debounced()  # the out-of-order button: on = held long enough
-    bypass: Debounced = Debounced()  # the bypass key switch: on = closed
+    at_machine: AtMachine = AtMachine()
+
+    @property
+    def grants(self) -> Grants:
+        return self.at_machine.grants
+
+    @property
+    def enrolment(self) -> Enrolment | None:
+        return self.at_machine.enrolment
+
+    @property
+    def report(self) -> Press:
+        return self.at_machine.report
+
+    @property
+    def bypass(self) -> Debounced:
+        return self.at_machine.bypass
 
     @property
     def label(self) -> str:
@@ -189,7 +227,11 @@ class Enrol:
 
 @dataclass(frozen=True, slots=True)
 class ReportButton:
+    """The out-of-order button changed; `last_tap` is the machine's last tap (the agent
+    notes it, so that a tap costs no change of state)."""
+
     pressed: bool
+    last_tap: LastTap | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,11 +339,14 @@ def handle(state: State, event: Input, now: Instant, machine: Machine) -> Step:
     if isinstance(event, Enrol):
         return _open_enrolment(state, event, now)
     if isinstance(event, ReportButton):
-        return _tick(replace(state, report=state.report.sense(event.pressed, now.mono)), now, machine)
+        report = state.report.sense(event.pressed, now.mono)
+        if event.pressed and report is not state.report:
+            report = replace(report, by=reporter(event.last_tap, now.mono))
+        return _tick(_at(state, report=report), now, machine)
     if isinstance(event, BypassKey):
-        return _tick(replace(state, bypass=state.bypass.sense(event.closed, now.mono)), now, machine)
+        return _tick(_at(state, bypass=state.bypass.sense(event.closed, now.mono)), now, machine)
     if isinstance(event, NewList):
-        return Step(replace(state, grants=state.grants.held_against(event.version, event.generated)))
+        return Step(_at(state, grants=state.grants.held_against(event.version, event.generated)))
     raise TypeError(f"unknown input {event!r}")
 
 
@@ -327,8 +372,6 @@ def _tap(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
     member = state.grants.overlay(tap.member)
     if member is not tap.member:
         tap = replace(tap, member=member)
-    # who tapped last, for an out-of-order report: nobody known when the card did not authenticate
-    state = replace(state, last_tap=LastTap(member.id if member and tap.authentic else None, now.mono))
     enrolment = state.enrolment
     if enrolment is not None and now.mono < enrolment.until:
         if member is None:
@@ -486,12 +529,17 @@ def next_wakeup(state: State, machine: Machine) -> float | None:
 
 # -- at the machine: enrolment, trainers' inductions, the out-of-order button, the bypass key ----
 
+def _at(state: State, **changes: Any) -> State:
+    """`state` with these fields of its AtMachine changed."""
+    return replace(state, at_machine=replace(state.at_machine, **changes))
+
+
 def _open_enrolment(state: State, enrol: Enrol, now: Instant) -> Step:
     """Open the enrolment window for a member the list knows (a newer enrolment replaces it)."""
     if not enrol.known:
         return Step(state, (Record(EventType.ENROLMENT_REFUSED, {
             "member_id": enrol.member_id, "by": enrol.by, "reason": EnrolRefusal.UNKNOWN_MEMBER.value}),))
-    return Step(replace(state, enrolment=Enrolment(enrol.member_id, enrol.by, now.mono + ENROL_WINDOW)))
+    return Step(_at(state, enrolment=Enrolment(enrol.member_id, enrol.by, now.mono + ENROL_WINDOW)))
 
 
 def _enrol(state: State, tap: Tap, now: Instant) -> Step:
@@ -500,7 +548,7 @@ def _enrol(state: State, tap: Tap, now: Instant) -> Step:
     assert enrolment is not None and tap.member is None
     fields: dict[str, Any] = {"member_id": enrolment.member_id, "badge": tap.badge, "by": enrolment.by}
     grant = BadgeGrant(tap.badge, enrolment.member_id, enrolment.by, now.wall)
-    enrolled = replace(state, enrolment=None, grants=state.grants.with_badge(grant))
+    enrolled = _at(state, enrolment=None, grants=state.grants.with_badge(grant))
     return Step(enrolled, (Record(EventType.BADGE_ENROLLED, fields), Indicate(Signal.ENROLLED)),
                 Outcome("enrolled", None, state.relay, enrolment.member_id))
 
@@ -530,7 +578,7 @@ def _induct(state: State, tap: Tap, now: Instant, machine: Machine, local: dt.da
     grant = InductionGrant(member.id, induction, session.member_id, expires, now.wall)
     fields = {"member_id": member.id, "induction": induction, "by": session.member_id,
               "expires": expires.isoformat() if expires else None, **tap.card()}
-    return Step(replace(state, grants=state.grants.with_induction(grant)),
+    return Step(_at(state, grants=state.grants.with_induction(grant)),
                 (Record(EventType.INDUCTION_GRANTED, fields), Indicate(Signal.INDUCTED)),
                 Outcome("inducted", None, state.relay, member.id))
 
@@ -538,15 +586,15 @@ def _induct(state: State, tap: Tap, now: Instant, machine: Machine, local: dt.da
 def _tick_at_the_machine(state: State, now: Instant, machine: Machine) -> Step | None:
     """What the inputs and the enrolment window make due at a Tick, or None."""
     if state.report.settled(machine.report_hold, now.mono):
-        held = replace(state, report=replace(state.report, on=state.report.sensed))
+        held = _at(state, report=replace(state.report, on=state.report.sensed))
         return _out_of_order(held, now, machine) if held.report.on else Step(held)
     if state.bypass.settled(BYPASS_SETTLE, now.mono):
         on = state.bypass.sensed
-        return Step(replace(state, bypass=replace(state.bypass, on=on)),
+        return Step(_at(state, bypass=replace(state.bypass, on=on)),
                     (Record(EventType.BYPASS_ON if on else EventType.BYPASS_OFF, {}),))
     enrolment = state.enrolment
     if enrolment is not None and now.mono >= enrolment.until:
-        return Step(replace(state, enrolment=None), (Record(EventType.ENROLMENT_REFUSED, {
+        return Step(_at(state, enrolment=None), (Record(EventType.ENROLMENT_REFUSED, {
             "member_id": enrolment.member_id, "by": enrolment.by, "reason": EnrolRefusal.WINDOW_CLOSED.value}),))
     return None
 
@@ -554,9 +602,8 @@ def _tick_at_the_machine(state: State, now: Instant, machine: Machine) -> Step |
 def _out_of_order(state: State, now: Instant, machine: Machine) -> Step:
     """The button held: a session ends at once (relay off, no run-on), the machine is
     locked (staff may still use it; unlock clears it), and the report names the member
-    of the machine's last tap within REPORTER_WINDOW."""
-    last = state.last_tap
-    by = last.member_id if last is not None and now.mono - last.mono <= REPORTER_WINDOW else None
+    of the machine's last tap before the press (reporter)."""
+    by = state.report.by
     step = Step(state)
     if state.session is not None:
         step = _end(state, now, machine, EndReason.OUT_OF_ORDER, run_on=False, signal=None)

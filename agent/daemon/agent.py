@@ -130,6 +130,7 @@ class Agent:
         self._clock_seen: tuple[bool, bool] | None = None  # (synchronised, trusted) as last published
         self._clock_checked = float("-inf")
         self.inputs: MachineInputs | None = None
+        self._last_tap: session.LastTap | None = None  # who an out-of-order report names
         self.state = session.State()
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -183,9 +184,10 @@ class Agent:
         pressed, bypass = self.inputs.active("report"), bool(self.outbox.get("bypass", False))
         self.state = session.State(
             locked=bool(self.outbox.get("locked", False)), running=self.inputs.active("sensor"), since=now.wall,
-            grants=self.storage.grants(),
-            report=session.Debounced(pressed, pressed),  # a press held across a start is not a new report
-            bypass=session.Debounced(bypass, bypass))  # as last reported; a change while stopped settles below
+            at_machine=session.AtMachine(
+                grants=self.storage.grants(),
+                report=session.Press(pressed, pressed),  # a press held across a start is not a new report
+                bypass=session.Debounced(bypass, bypass)))  # as last reported; a change while stopped settles below
         self._sensed("bypass", self.inputs.active("bypass"))
         self._hold_grants()
         self.reader.start(lambda badge, check=None: self.submit(self.tap, badge, check), self._reader_health)
@@ -273,10 +275,12 @@ class Agent:
 
     def tap(self, uid: str, check: CardCheck | None = None) -> dict[str, Any]:
         """A badge presented to the reader; `check`, from a reader that authenticates cards."""
-        tap = self.storage.tap(uid, self.clock().wall, self.clock_trusted(), self.state.grants,
-                               self._authentic(check))
+        now = self.clock()
+        tap = self.storage.tap(uid, now.wall, self.clock_trusted(), self.state.grants, self._authentic(check))
         outcome = self.handle(tap)
         assert outcome is not None
+        # for an out-of-order report: nobody known when the card did not authenticate
+        self._last_tap = session.LastTap(tap.member.id if tap.member and tap.authentic else None, now.mono)
         shown = f"{tap.badge[:12]}…" if self.storage.hasher else tap.badge
         member = tap.member.id if tap.member else "unknown"
         if outcome.reason == Reason.CARD_NOT_AUTHENTIC:
@@ -442,8 +446,10 @@ class Agent:
 
     def _sensed(self, name: str, active: bool) -> None:
         """An input changed level (gpiozero's thread submits it to the loop)."""
-        event = {"sensor": session.Running, "report": session.ReportButton, "bypass": session.BypassKey}[name]
-        self.handle(event(active))
+        if name == "report":
+            self.handle(session.ReportButton(active, self._last_tap))
+        else:
+            self.handle({"sensor": session.Running, "bypass": session.BypassKey}[name](active))
 
     def reject_command(self, error: str) -> None:
         log.warning("command rejected: %s", error)

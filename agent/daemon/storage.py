@@ -97,7 +97,7 @@ class Storage:
 
     def idle_state(self, now: Instant) -> session.State:
         """The machine taken as idle and unlocked (no agent runs), with what it granted."""
-        state = session.State(grants=self.grants())
+        state = session.State(at_machine=session.AtMachine(grants=self.grants()))
         in_force = self.list_in_force(now.wall)
         return state if in_force is None else session.handle(state, in_force, now, self.machine).state
 

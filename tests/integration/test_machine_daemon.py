@@ -275,3 +275,27 @@ def test_machine_members_check_without_the_agent_knows_what_it_granted(machine, 
     # on a Pi whose clock is not synchronised the induction's expiry cannot be trusted: it is there
     untrusted = CliRunner().invoke(main, check, env={"FABPASS_SIMULATE": "0"})
     assert json.loads(untrusted.output)["reason"] in ("clock_unsynchronised", None)
+
+
+def test_machine_a_report_never_names_the_member_whose_badge_a_clone_carried(tmp_path):
+    """With secure cards, a card that did not authenticate is tapped by nobody known: a
+    report made after it names no one, not the member whose UID the clone copied."""
+    from agent.hardware.securecard import CardCheck
+
+    clock = FakeClock()
+    text = config_text(tmp_path / "state", extra=f'[report]\npin = {REPORT_PIN}\n').replace(
+        'type = "simulated"', f'type = "mfrc522"\nsecure = "ntag424"\ncard_key_file = "{tmp_path}/card.key"')
+    a = RunningAgent(text, clock=clock)  # simulated: genuine cards, unless a check says otherwise
+    a.clock = clock
+    try:
+        a.apply(members())
+        assert a.tap(ADA)["action"] == "started"
+        clone = a.agent.call(a.agent.tap, ADA, CardCheck(ADA, authentic=False))
+        assert clone["reason"] == "card_not_authentic"
+        press(a, True)
+        a.clock.advance(2)
+        a.tick()
+        (reported,) = events(a, "out_of_order_reported")
+        assert reported["by"] is None
+    finally:
+        a.stop()
