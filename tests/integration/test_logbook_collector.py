@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sqlite3
 import subprocess
@@ -194,3 +195,46 @@ def test_logbook_an_unreachable_broker_is_one_warning_per_outage(mosquitto, tmp_
         wait_for(collector.connected.is_set, 40, "the connection once the broker is up")
         mosquitto.stop()
         wait_for(lambda: len(told()) == 2, 40, "the second outage told")
+
+
+def quarantined(db_path) -> list[dict]:
+    with open_db(db_path) as db:
+        return list(db.query("SELECT topic, payload, error FROM quarantine ORDER BY id"))
+
+
+def test_logbook_a_reason_that_is_a_list_is_quarantined_and_the_collector_goes_on(mosquitto, tmp_path):
+    """Issue scenario 1: `"reason": ["a"]` on any machine's events made the collector exit
+    (sqlite3.ProgrammingError) and, never acknowledged, kill every restart too."""
+    db_path = tmp_path / "logbook.db"
+    laser, cnc = FakeMachine("laser-1"), FakeMachine("cnc-1")
+    hostile = laser.event("machine_locked", MONDAY, by="mallory", reason=["a"])
+    good = cnc.event("agent_started", MONDAY, agent_version="1")
+    broker = Broker.parse(mosquitto.url)
+    with Collector(broker, db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [events_topic(hostile), events_topic(good)])
+        wait_for(lambda: collector.counts["stored"] == 1 or collector.failed.is_set(), what="the good event")
+        assert not collector.failed.is_set()
+    with Collector(broker, db_path) as collector:  # and nothing comes back to kill a restart
+        wait_for(collector.connected.is_set, what="the collector to connect again")
+        publish(mosquitto.url, [events_topic(cnc.event("agent_stopped", MONDAY, agent_version="1"))])
+        wait_for(lambda: collector.counts["stored"] == 1 or collector.failed.is_set(), what="the next event")
+        assert not collector.failed.is_set()
+    (row,) = quarantined(db_path)
+    assert row["topic"] == "fabpass/machines/laser-1/events" and "reason" in row["error"]
+    assert json.loads(row["payload"]) == hostile
+
+
+def test_logbook_a_huge_duration_does_not_stop_the_network_thread(mosquitto, tmp_path):
+    """Issue scenario 1: a session_ended with no start and `"duration_s": 1e300` raised
+    OverflowError in paho's network thread; the process lived on and archived nothing more."""
+    db_path = tmp_path / "logbook.db"
+    laser, cnc = FakeMachine("laser-1"), FakeMachine("cnc-1")
+    hostile = laser.event("session_ended", MONDAY, member_id="m-1", duration_s=1e300, reason="badge_off")
+    good = cnc.session("m-2", "04A1B2C4", MONDAY, 30)
+    with Collector(Broker.parse(mosquitto.url), db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [events_topic(hostile)] + [events_topic(e) for e in good])
+        wait_for(lambda: collector.counts["stored"] == 2, 10, "the good session after the hostile end")
+    assert [(r["machine"], r["duration_s"]) for r in _sessions(db_path)] == [("cnc-1", 1800.0)]
+    assert [json.loads(r["payload"]) for r in quarantined(db_path)] == [hostile]

@@ -230,3 +230,30 @@ def test_logbook_busiest_hours_keep_every_second_across_a_dst_change(tmp_path):
             ingest(db, event)
         busiest = queries.report(db, dt.datetime(2026, 10, 26, tzinfo=UTC), rome)["busiest_hours"]
     assert sorted((b["hour"], b["hours"]) for b in busiest) == [(1, 0.5), (2, 2.0)]  # 02:xx twice
+
+
+@pytest.mark.parametrize("command", [
+    ["sessions", "--since", "99999999d"], ["sessions", "--until", "9999-12-31T23:59:59-12:00"],
+    ["report", "--since", "0001-01-01T00:00:00+14:00"], ["export", "--format", "csv", "--until", "99999999999w"],
+])
+def test_logbook_times_out_of_range_exit_2(db_path, command):
+    """Issue scenario 7: a time the calendar cannot hold was a traceback (OverflowError)."""
+    result = CliRunner().invoke(main, ["logbook", *command, "--db", str(db_path)])
+    assert result.exit_code == 2, result.output
+    assert command[-2] in result.output and "out of range" in result.output
+
+
+def test_logbook_future_dated_sessions_never_break_a_query(tmp_path):
+    """Issue scenario 7: a Pi whose clock runs ahead; its sessions are archived like any other."""
+    laser = FakeMachine("laser-1")
+    path = tmp_path / "future.db"
+    with open_db(path, create=True) as db:
+        for event in (laser.session("m-1", "04A1B2C3", NOW + 9 * DAY, 30)
+                      + laser.session("m-2", "04A1B2C4", NOW - DAY, 30)
+                      + laser.session("m-3", "04A1B2C5", NOW + 400 * 7 * DAY, 60)):
+            ingest(db, event)
+        weeks = queries.weekly_hours(db, NOW, UTC, 12)
+    assert len(weeks) == 12 and sum(sum(w.values()) for w in weeks.values()) == 0.5
+    assert len(sessions_json(path)) == 3
+    report = json.loads(invoke("report", "--db", str(path), "--json").output)
+    assert [(m["machine"], m["hours"], m["sessions"]) for m in report["machines"]] == [("laser-1", 2.0, 3)]
