@@ -116,6 +116,8 @@ class EventType(StrEnum):
     MEMBERS_REJECTED = "members_rejected"
     AGENT_STARTED = "agent_started"
     AGENT_STOPPED = "agent_stopped"
+    # the archive
+    MACHINE_ID_CONFLICT = "machine_id_conflict"  # another live agent uses this machine id
 
 
 class Signal(str, Enum):

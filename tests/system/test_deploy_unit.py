@@ -162,3 +162,14 @@ def test_deploy_relay_off_reads_the_config_install_writes(tools: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert calls == ["pinctrl set 26 op dh"]
 
+
+
+def test_deploy_logbook_unit_passes_verify_and_restarts_whatever_the_exit(tmp_path: Path) -> None:
+    """deploy/fabpass-logbook.service: the collector exits 1 when its database fails, and
+    must come back to take what the broker kept for it."""
+    text = (ROOT / "deploy" / "fabpass-logbook.service").read_text()
+    done = verify(text, tmp_path)
+    assert (done.returncode, done.stderr) == (0, "")
+    unit = settings(text)
+    assert unit["Restart"] == ["always"] and unit["StartLimitIntervalSec"] == ["0"]
+    assert unit["ExecStart"][0].startswith("/opt/fabpass/bin/fabpass logbook run ")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from agent.cli import main
 from agent.cli.logbook import logbook
 from agent.core.timespec import rfc3339
-from agent.logbook import queries
+from agent.logbook import queries, store
 from agent.logbook.store import ingest, open_db
 from tests.support import ROOT
 from tests.support.logbook import UTC, FakeMachine
@@ -61,8 +61,9 @@ def sessions_json(db_path, *args: str) -> list[dict]:
 def test_logbook_sessions_json_has_exactly_the_contract_keys(db_path):
     rows = sessions_json(db_path)
     assert len(rows) == 5
-    assert all(list(r) == ["machine", "member_id", "badge", "start", "end", "duration_s", "end_reason"]
-               for r in rows)
+    assert all(list(r) == ["machine", "member_id", "badge", "start", "end", "duration_s", "end_reason",
+                           "end_estimated", "name"] for r in rows)
+    assert {(r["end_estimated"], r["name"]) for r in rows} == {(False, None)}, "no crash, no member list seen"
     (open_row,) = [r for r in rows if r["end"] is None]
     assert open_row["member_id"] == "m-3" and open_row["end_reason"] is None
     assert open_row["duration_s"] / 3600 == pytest.approx(open_hours(), abs=0.01)
@@ -84,7 +85,7 @@ def test_logbook_sessions_filters(db_path, args, expected):
 def test_logbook_sessions_table_shows_open_sessions(db_path):
     result = invoke("sessions", "--db", str(db_path), "--machine", "cnc-1")
     lines = result.output.splitlines()
-    assert lines[0].split() == ["MACHINE", "MEMBER", "BADGE", "START", "END", "H:MM", "ENDED"]
+    assert lines[0].split() == ["MACHINE", "MEMBER", "NAME", "BADGE", "START", "END", "H:MM", "ENDED"]
     assert "2:00" in lines[1] and "timeout" in lines[1]
     assert "m-3" in lines[2] and "(open)" in lines[2]
 
@@ -110,8 +111,8 @@ def test_logbook_report_hours_refusals_and_busiest_hours(db_path):
     result = invoke("report", "--db", str(db_path), "--since", "7d", "--json")
     report = json.loads(result.output)
     assert report["machines"][0] == {"machine": "cnc-1", "hours": pytest.approx(2 + open_hours(), abs=0.01),
-                                     "sessions": 2}
-    assert report["machines"][1] == {"machine": "laser-1", "hours": 0.75, "sessions": 2}
+                                     "sessions": 2, "estimated_hours": 0.0}
+    assert report["machines"][1] == {"machine": "laser-1", "hours": 0.75, "sessions": 2, "estimated_hours": 0.0}
     assert {m["member_id"]: m["hours"] for m in report["members"]} == {
         "m-2": 2.5, "m-3": pytest.approx(open_hours(), abs=0.01), "m-1": 0.25}
     assert report["refusals"] == [{"machine": "laser-1", "reason": "not_inducted", "count": 1}]
@@ -257,3 +258,46 @@ def test_logbook_future_dated_sessions_never_break_a_query(tmp_path):
     assert len(sessions_json(path)) == 3
     report = json.loads(invoke("report", "--db", str(path), "--json").output)
     assert [(m["machine"], m["hours"], m["sessions"]) for m in report["machines"]] == [("laser-1", 2.0, 3)]
+
+
+def test_logbook_estimated_ends_and_names_in_sessions_export_and_report(tmp_path):
+    """Issue scenario 5: a session a power cut ended (at the agent's last heartbeat) says so
+    in sessions, in the billing export (true/false in CSV) and in the report's hours."""
+    laser = FakeMachine("laser-1", incarnation="0123456789abcdef")
+    start = NOW - 3 * HOUR
+    events = [laser.event("session_started", start, member_id="m-1", badge="04A1B2C3"),
+              laser.event("session_ended", start + dt.timedelta(minutes=45), member_id="m-1",
+                          duration_s=2700.0, reason="agent_restart", end_estimated=True)]
+    events += laser.session("m-2", "04A1B2C4", NOW - HOUR, 30)
+    path = tmp_path / "logbook.db"
+    with open_db(path, create=True) as db:
+        for event in events:
+            ingest(db, event)
+        store.record_names(db, 7, {"m-1": "Ada Lovelace"}, "digest")
+    rows = sessions_json(path)
+    assert [(r["member_id"], r["name"], r["end_estimated"]) for r in rows] == [
+        ("m-1", "Ada Lovelace", True), ("m-2", None, False)]
+    exported = list(csv.DictReader(io.StringIO(invoke("export", "--db", str(path), "--format", "csv").output)))
+    assert [(r["name"], r["end_estimated"]) for r in exported] == [("Ada Lovelace", "true"), ("", "false")]
+    report = json.loads(invoke("report", "--db", str(path), "--json").output)
+    assert (report["hours"], report["estimated_hours"]) == (1.25, 0.75)
+    assert report["machines"] == [{"machine": "laser-1", "hours": 1.25, "sessions": 2, "estimated_hours": 0.75}]
+    text = invoke("report", "--db", str(path)).output
+    assert "0.75 h of them estimated" in text
+    table = invoke("sessions", "--db", str(path)).output
+    assert "Ada Lovelace" in table and "(estimated)" in table
+
+
+def test_logbook_quarantine_lists_what_could_not_be_archived(tmp_path):
+    path = tmp_path / "logbook.db"
+    with open_db(path, create=True) as db:
+        store.quarantine(db, "fabpass/machines/laser-1/events", b'{"reason": ["a"]}',
+                         "machine_locked: 'reason' must be a string of at most 1000 characters")
+        store.quarantine(db, "fabpass/machines/laser-1/events", b"\xff" + b"x" * 70_000, "event is not JSON")
+    rows = json.loads(invoke("quarantine", "--db", str(path), "--json").output)
+    assert [list(r) for r in rows] == [["topic", "payload", "error", "received"]] * 2
+    assert rows[0]["payload"] == '{"reason": ["a"]}' and rows[1]["payload"].startswith("\\xffxxx")
+    assert "payload cut to 65536 of 70004 characters" in rows[1]["error"]
+    assert [r["error"] for r in json.loads(invoke("quarantine", "--db", str(path), "--json", "--limit", "1").output)
+            ] == [rows[1]["error"]]
+    assert "must be a string" in invoke("quarantine", "--db", str(path)).output
