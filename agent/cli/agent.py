@@ -28,6 +28,7 @@ def run(config_path: Path, simulate: bool, verbose: bool) -> None:
     """Run the machine agent (a long-running daemon)."""
     from agent import logs
     from agent.daemon.agent import Agent, link_for
+    from agent.daemon.lock import StorageInUse
     from agent.members.badgehash import BadgeKeyError
 
     config = load_config(config_path, simulate)
@@ -36,6 +37,8 @@ def run(config_path: Path, simulate: bool, verbose: bool) -> None:
         agent = Agent(config, link=link_for(config))
     except BadgeKeyError as err:
         raise InputError(f"{config_path}: members.badge_hash_key_file: {err}") from None
+    except StorageInUse as err:
+        raise RuntimeFailure(f"{config_path}: storage.dir: {err}") from None
     agent.install_signal_handlers()
     sys.exit(agent.run())
 

@@ -163,6 +163,8 @@ def test_archive_two_agents_sharing_a_machine_id_both_land_and_each_knows(mosqui
         assert conflicts and conflicts[0]["other_incarnation"] == other
     assert not [r for r in caplog.records if "disconnected from" in r.getMessage()], "the agents did not fight"
     assert any("machine id" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    two.stop()  # its offline status ends the conflict
+    wait_for(lambda: status(one)["conflict"] is False, 15, "the conflict to end")
 
 
 def test_archive_a_session_open_at_a_power_cut_ends_at_its_last_heartbeat(tmp_path):
@@ -219,3 +221,39 @@ def test_archive_a_second_run_on_the_same_storage_exits_1_and_disturbs_nothing(t
         assert first.ask({"op": "tap", "badge": ADA})["action"] == "ended"
     finally:
         first.kill(signal.SIGTERM) if first.proc else None
+
+
+def test_archive_status_says_how_much_the_logbook_has_not_confirmed(mosquitto, tmp_path, running):
+    db, storage = tmp_path / "logbook.db", tmp_path / "state"
+    agent = start_agent(running, storage, mosquitto.url)
+    sessions(agent, 2)
+    assert status(agent)["unarchived"] is None, "no logbook has ever confirmed anything"
+    start_collector(running, mosquitto.url, db)
+    wait_for(lambda: status(agent)["unarchived"] == 0, 30, "the logbook to confirm everything")
+    now = status(agent)
+    assert now["kept_from"] == now["last_seq"] + 1 and now["outbox"] == 0
+
+
+def test_archive_a_mark_that_stays_behind_gets_the_events_again_less_and_less_often(mosquitto, tmp_path, running):
+    """A logbook that said it had seq 2 and then nothing more: after resend_after the agent
+    sends seq 3 onwards again, and waits twice as long before the next time."""
+    from tests.support.helpers import Collector as Subscriber
+    from tests.support.helpers import publish
+
+    storage = tmp_path / "state"
+    wire = Subscriber(mosquitto.port, "fabpass/machines/laser-1/events")
+    running.append(type("Closer", (), {"stop": lambda self: wire.close()})())
+    agent = start_agent(running, storage, mosquitto.url, mqtt='resend_after = "2s"\n')
+    incarnation = status(agent)["incarnation"]
+    publish(mosquitto.port, "fabpass/machines/laser-1/archived",
+            json.dumps({"v": 1, "machine": "laser-1", "incarnation": incarnation, "seq": 2}), retain=True)
+    wait_for(lambda: agent.agent.outbox.mark == 2, 10, "the mark")
+    sessions(agent, 1)
+
+    def sent(seq: int) -> list[float]:
+        return [t for t, e in wire.timed() if e["seq"] == seq]
+
+    wait_for(lambda: len(sent(3)) >= 3, 30, "seq 3 sent three times")
+    first, second, third = sent(3)[:3]
+    assert second - first >= 1.9 and third - second >= 3.8, (first, second, third)
+    assert len(sent(1)) == len(sent(2)) == 1, "what the mark covers is never sent again"
