@@ -137,7 +137,7 @@ def test_outbox_written_by_an_older_agent_keeps_its_events_and_counter(tmp_path)
     box.close()
     check = sqlite3.connect(path)
     assert [row[1] for row in check.execute("PRAGMA table_info(events)")] == ["seq", "payload"]
-    assert [row[0] for row in check.execute("SELECT id FROM migrations ORDER BY id")] == [1, 2, 3]
+    assert [row[0] for row in check.execute("SELECT id FROM migrations ORDER BY id")] == [1, 2, 3, 4]
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     check.close()
 
