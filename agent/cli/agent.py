@@ -111,6 +111,11 @@ def status(config_path: Path | None, broker_url: str | None, password_file: str 
         f"age {result['members_age_s']} s)",
         f"  outbox     {result['outbox']} waiting, last seq {result['last_seq']}",
         f"  broker     {'connected' if result['broker'] else 'not connected'}",
+        "  logbook    " + ("no logbook has confirmed any event yet" if result["unarchived"] is None
+                            else f"{result['unarchived']} events not yet confirmed (incarnation "
+                                 f"{result['incarnation'] or '-'})"),
         f"  reader     {result['reader']['type']}, {'ok' if result['reader']['healthy'] else result['reader']['detail']}",
     ]
+    if result["conflict"]:
+        lines.append("  CONFLICT   another agent is running with this machine id: give each machine its own id")
     click.echo("\n".join(lines))

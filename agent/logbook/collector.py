@@ -87,6 +87,7 @@ class Collector:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.suppress_exceptions = True  # a last net: our callbacks catch what they can raise
         self._stop = threading.Event()
         self._marker = threading.Thread(target=self._publish_marks, name="logbook-marks", daemon=True)
         self._running = False
@@ -178,6 +179,7 @@ class Collector:
         if kind == "events":
             event = parse_event(payload, machine)
             archived = store.ingest(self.db, event)
+            self._note(machine, event["incarnation"])
             with self._book_lock:
                 self._book.set(machine, event["incarnation"], archived.mark, time.time())
             return archived.outcome
@@ -190,16 +192,29 @@ class Collector:
     def _take_status(self, machine: str, status: dict) -> None:
         """The fleet view's status; an incarnation new to the logbook is asked to send everything."""
         incarnation = status.get("incarnation")
-        with self._book_lock:
-            new = isinstance(incarnation, str) and not self._book.knows(machine, incarnation)
         mark = store.record_status(self.db, machine, status)
         if mark is None:
             return
+        new = self._note(machine, incarnation)
         with self._book_lock:
             self._book.set(machine, incarnation, mark, time.time(), resend=new)
         if new:
-            log.info("%s: incarnation %r is new to the logbook; it is asked for everything past seq %d",
-                     machine, incarnation, mark)
+            log.info("%s: asking incarnation %r for every event past seq %d", machine, incarnation, mark)
+
+    def _note(self, machine: str, incarnation: str) -> bool:
+        """Say so when an incarnation is new to the logbook (a new machine, a new SD card, or a
+        second agent with the same id: noted, never refused); whether it was."""
+        with self._book_lock:
+            if self._book.knows(machine, incarnation):
+                return False
+            others = self._book.incarnations(machine)
+        if others:
+            log.warning("%s: a new incarnation %r beside %s (a new SD card, or another agent with this "
+                        "machine id); its events are archived beside the earlier ones", machine, incarnation,
+                        ", ".join(repr(other) for other in others))
+        else:
+            log.info("%s: first heard of (incarnation %r)", machine, incarnation)
+        return True
 
     def _take_names(self, payload: bytes) -> None:
         """Member names from the newest list on `P/members`, for sessions and exports."""

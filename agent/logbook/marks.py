@@ -33,6 +33,9 @@ class MarkBook:
     def knows(self, machine: str, incarnation: str) -> bool:
         return incarnation in self._marks.get(machine, {})
 
+    def incarnations(self, machine: str) -> list[str]:
+        return sorted(self._marks.get(machine, {}))
+
     def set(self, machine: str, incarnation: str, seq: int, now: float, resend: bool = False) -> None:
         """The mark of (machine, incarnation) is `seq`; due for publishing when it changed."""
         known = self._marks.setdefault(machine, {})

@@ -98,7 +98,7 @@ def status(agent: RunningAgent) -> dict:
     return agent.agent.call(agent.agent.status)
 
 
-def test_archive_a_wiped_sd_card_is_a_new_incarnation_whose_events_all_land(mosquitto, tmp_path, running):
+def test_archive_a_wiped_sd_card_is_a_new_incarnation_whose_events_all_land(mosquitto, tmp_path, running, caplog):
     """Scenario 2: after a wipe the agent starts seq again at 1; the logbook archived
     none of the new events (they looked like replays of the old ones)."""
     db, storage = tmp_path / "logbook.db", tmp_path / "state"
@@ -115,6 +115,8 @@ def test_archive_a_wiped_sd_card_is_a_new_incarnation_whose_events_all_land(mosq
     after = made(storage)
     assert not before & after, "a new card is a new incarnation"
     wait_for(lambda: exactly(db, before | after), 30, "the new card's events in the archive")
+    (noted,) = [r for r in caplog.records if "a new incarnation" in r.getMessage()]
+    assert noted.name == "agent.logbook.collector" and noted.levelname == "WARNING"
 
 
 def test_archive_a_broker_restarted_without_persistence_loses_nothing(mosquitto, tmp_path, running):
