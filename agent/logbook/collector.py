@@ -128,11 +128,11 @@ class Collector:
         self._outage.ended()
         client.subscribe([(self.topics.events(), 1), (self.topics.status(), 1), (self.topics.members, 1)])
         log.info("connected to %s (session %s)", self.broker, "resumed" if flags.session_present else "new")
-        if not flags.session_present:
-            # The broker kept nothing for us (the first start, a broker restarted without
-            # persistence, an expired session): events may have been dropped on the way.
-            with self._book_lock:
-                self._book.ask_all_to_resend()
+        with self._book_lock:
+            # Every mark again: one may have been lost with a crash of ours. Without a session the
+            # broker kept nothing for us (the first start, a broker restarted without persistence,
+            # an expired session): events may have been dropped on the way, so ask for them.
+            self._book.all_due(resend=not flags.session_present)
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -182,6 +182,8 @@ class Collector:
             self._note(machine, event["incarnation"])
             with self._book_lock:
                 self._book.set(machine, event["incarnation"], archived.mark, time.time())
+                if archived.outcome is Outcome.DUPLICATE and event["seq"] <= archived.mark:
+                    self._book.nudge(machine)
             return archived.outcome
         if kind == "status":
             if payload:  # else a cleared retained status

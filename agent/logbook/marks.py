@@ -50,9 +50,15 @@ class MarkBook:
         """A mark from the database, as it was last published."""
         self._marks.setdefault(machine, {})[incarnation] = _Mark(seq, updated)
 
-    def ask_all_to_resend(self) -> None:
+    def all_due(self, resend: bool = False) -> None:
+        """Every machine's mark, again (at a connection: what was due before a crash is too)."""
         for machine in self._marks:
-            self._due[machine] = True
+            self._due[machine] = self._due.get(machine, False) or resend
+
+    def nudge(self, machine: str) -> None:
+        """This machine's mark again: an agent sent what the mark covers, so it has not seen it."""
+        if machine in self._marks:
+            self._due.setdefault(machine, False)
 
     def take_due(self, now: float) -> list[tuple[str, dict[str, Any]]]:
         """(machine, payload) for every machine whose mark is due, and none is due after."""

@@ -296,3 +296,30 @@ def test_logbook_publishes_its_marks_and_asks_a_new_incarnation_for_everything(m
         assert late.payloads()[-1]["marks"] == {"a" * 16: 4, "b" * 16: 0}
     finally:
         late.close()
+
+
+def test_logbook_a_mark_lost_with_a_crash_is_published_again(mosquitto, tmp_path):
+    """A mark due when the logbook was killed never went out: at its next connection, and
+    whenever an agent sends again what the mark covers, the logbook publishes it again."""
+    from tests.support.helpers import Collector as Subscriber
+
+    db_path = tmp_path / "logbook.db"
+    laser = FakeMachine("laser-1", incarnation="a" * 16)
+    events = [laser.event("agent_started", MONDAY, agent_version="1") for _ in range(3)]
+    broker = Broker.parse(mosquitto.url)
+    with Collector(broker, db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [events_topic(e) for e in events])
+        wait_for(lambda: collector.counts["stored"] == 3, what="three events")
+    publish(mosquitto.url, [("fabpass/machines/laser-1/archived", b"")], retain=True)  # as if never sent
+    marks = Subscriber(mosquitto.port, "fabpass/machines/laser-1/archived")
+    try:
+        with Collector(broker, db_path) as collector:  # the session is resumed: no resend asked
+            wait_for(lambda: marks.payloads(), what="the mark published again at the connection")
+            assert marks.payloads()[-1] == {"v": 1, "machine": "laser-1", "incarnation": "a" * 16, "seq": 3}
+            count = len(marks.payloads())
+            publish(mosquitto.url, [events_topic(events[1])])  # the agent has not seen it
+            wait_for(lambda: len(marks.payloads()) > count, what="the mark again after a duplicate")
+            assert collector.counts["duplicate"] == 1
+    finally:
+        marks.close()

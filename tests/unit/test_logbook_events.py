@@ -164,5 +164,7 @@ def test_logbook_marks_one_message_per_machine_with_every_recent_incarnation():
     assert book.take_due(NOW) == [], "nothing new: nothing due"
     book.set("laser-1", "bb", 3, NOW)
     assert book.take_due(NOW) == [], "the same mark again is not news"
-    book.ask_all_to_resend()
+    book.nudge("laser-1")
+    assert [(m, p.get("resend")) for m, p in book.take_due(NOW)] == [("laser-1", None)], "sent again, as it was"
+    book.all_due(resend=True)
     assert [(m, p.get("resend")) for m, p in book.take_due(NOW)] == [("cnc-1", True), ("laser-1", True)]
