@@ -139,7 +139,10 @@ def test_cli_status_says_what_the_logbook_has_confirmed_and_a_conflict(tmp_path)
         agent.agent.call(agent.agent.twin_alive, "0123456789abcdef")
         shown = run("status", "--config", str(config)).output
         assert "CONFLICT" in shown and agent.agent.call(agent.agent.status)["conflict"] is True
-        assert [e["other_incarnation"] for e in agent.events() if e["type"] == "machine_id_conflict"] == [
-            "0123456789abcdef"]
+        (conflict,) = [e for e in agent.events() if e["type"] == "machine_id_conflict"]
+        assert conflict["other_incarnation"] == "0123456789abcdef"
+        from agent.cli.text import event_line
+
+        assert "CONFLICT: another agent uses this id (0123456789abcdef)" in event_line(conflict)
     finally:
         agent.stop()
