@@ -126,6 +126,9 @@ class Outbox:
         """This storage's incarnation, made on first use. An outbox made by an agent older than
         incarnations (it has a last_seq) keeps the empty one: the logbook archived its events
         under it, and its seq goes on."""
+        incarnation = self.get("incarnation")
+        if incarnation is not None:
+            return incarnation
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -2,8 +2,9 @@
 
 - `late_logbook`: the logbook starts only once the machines have run a while
   (nobody was subscribed to their first events);
-- `kill_agent`: kill -9 of a machine's agent (a crash, a power cut), restarted
-  a moment later on the same storage;
+- `kill_agent`: kill -9 of a machine's agent (a crash, a power cut), one in use
+  if any is, restarted a moment later on the same storage (its session then
+  ends at its last heartbeat);
 - `kill_logbook`: kill -9 of the logbook, restarted a moment later;
 - `broker_forgets`: the broker restarted without persistence (every queued
   and retained message, every session gone; the member list is published
@@ -60,11 +61,13 @@ def plan(rng: random.Random, duration: float, machines: int) -> list[Step]:
 
 class Tapping(Protocol):
     """What the chaos needs of the members: stop tapping a machine (ending its session, if
-    anyone holds it), and start again."""
+    anyone holds it), start again, and which machines are in use."""
 
     def take_down(self, index: int, end_session: bool = True) -> None: ...
 
     def bring_up(self, index: int) -> None: ...
+
+    def in_use(self) -> list[int]: ...
 
 
 class Chaos:
@@ -95,9 +98,12 @@ class Chaos:
             if self._stop.wait(max(0.0, step.at - self._now())):
                 return
             began = self._now()
-            machine = self.machines[step.machine] if step.machine is not None else None
+            index = step.machine
+            if step.scenario == "kill_agent":  # a power cut in the middle of a session, when there is one
+                index = next((i for i in self.members.in_use() if i < len(self.machines)), index)
+            machine = self.machines[index] if index is not None else None
             try:
-                detail, failure = getattr(self, step.scenario)(machine, step.machine)
+                detail, failure = getattr(self, step.scenario)(machine, index)
             except Exception as err:  # noqa: BLE001 - a scenario that fails is reported, the run goes on
                 detail, failure = "", f"{type(err).__name__}: {err}"
             if step.scenario == "late_logbook":
@@ -112,13 +118,14 @@ class Chaos:
         return "the logbook starts", None
 
     def kill_agent(self, machine: AgentProc, index: int) -> tuple[str, str | None]:
+        in_use = index in self.members.in_use()
         self.members.take_down(index, end_session=False)  # a session open at the kill: agent_restart
         if machine.running:
             machine.kill()
         self._stop.wait(1.0)
         machine.start()
         self.members.bring_up(index)
-        return "kill -9, restarted after 1 s", None
+        return "kill -9" + (" during a session" if in_use else "") + ", restarted after 1 s", None
 
     def kill_logbook(self, machine: None, index: None) -> tuple[str, str | None]:
         self.logbook.kill()

@@ -136,6 +136,10 @@ class Driver:
         with self._lock:
             self.down.discard(index)
 
+    def in_use(self) -> list[int]:
+        with self._lock:
+            return sorted(self.holder)
+
     def run(self, duration: float, stop: threading.Event) -> None:
         start = time.monotonic()
         end, next_sweep = start + duration, start + 1.0
