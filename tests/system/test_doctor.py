@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from gpiozero import DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory
 
-from agent.cli.doctor import doctor as doctor_command
+from agent.cli import main
 from agent.config import parse
 from agent.daemon import doctor
 from agent.daemon.doctor import FAIL, OK, WARN, Probes, RelaySeen, diagnose
@@ -187,7 +187,7 @@ def test_doctor_prints_one_line_per_check_and_exits_by_the_worst(tmp_path: Path,
 def test_doctor_json_and_exit_status_follow_the_checks(tmp_path: Path) -> None:
     path = write_config(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{free_port()}")
     runner = CliRunner()
-    done = runner.invoke(doctor_command, ["--config", str(path), "--json"])
+    done = runner.invoke(main, ["doctor", "--config", str(path), "--json"])
     report = json.loads(done.output)
     assert done.exit_code == 1 and report["ok"] is False
     assert {"status": FAIL, "check": "broker"}.items() <= report["checks"][-1].items()
@@ -201,5 +201,5 @@ def test_doctor_json_and_exit_status_follow_the_checks(tmp_path: Path) -> None:
 def test_doctor_refuses_a_bad_config(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text("[machine]\n")
-    done = CliRunner().invoke(doctor_command, ["--config", str(path)])
+    done = CliRunner().invoke(main, ["doctor", "--config", str(path)])
     assert done.exit_code == 2 and "[reader]: missing section" in done.output
