@@ -102,8 +102,7 @@ def event_line(event: dict[str, Any], names: Mapping[str, str] | None = None) ->
                                                                     else ""),
         EventType.BYPASS_ON: "BYPASS ON: the key switch powers the machine",
         EventType.BYPASS_OFF: "bypass off",
-        EventType.MACHINE_ID_CONFLICT: f"CONFLICT: another live agent uses this machine id "
-                                       f"(incarnation {event.get('other_incarnation')})",
+        EventType.MACHINE_ID_CONFLICT: f"CONFLICT: another agent uses this id ({event.get('other_incarnation')})",
     }.get(kind, kind)
     return shown(f"{ts}  {event.get('machine', '?'):<12} #{event.get('seq', '?'):<6} {details}")
 
