@@ -55,6 +55,9 @@ class MachineConfig:
                                 "default: the system's", None, "timezone")
     hours: OpeningHours | None = _opt("opening hours, e.g. ['mon-fri 09:00-19:00', 'sat 10:00-14:00']; "
                                       "staff may use the machine outside them", None, "hours")
+    # at the machine
+    induction_valid: float | None = _opt("how long an induction given at the machine by a trainer lasts, "
+                                         "e.g. '365d'; default: no expiry", None, "duration")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,26 @@ class SensorConfig:
     pin: int | None = _opt("the BCM pin of the machine-running input", None, "pin")
     active_high: bool = _opt("true when a high level means the machine runs", True)
     idle_timeout: float | None = _opt("a session ends after the machine idles this long", None, "duration")
+
+
+# at the machine
+@dataclass(frozen=True)
+class ReportConfig:
+    """An out-of-order button at the machine: a push button between the pin and GND (the pin is
+    pulled up; pressed reads low)."""
+
+    pin: int | None = _opt("the BCM pin of the button; held, it ends a session in progress and locks the "
+                           "machine (out_of_order)", None, "pin")
+    hold: float = _opt("how long the button must be held; shorter presses and bounces do nothing", 2.0,
+                       "duration")
+
+
+@dataclass(frozen=True)
+class BypassConfig:
+    """A key switch wired around the relay, sensed: its spare contact between the pin and GND
+    (the pin is pulled up; closed, bypass on, reads low)."""
+
+    pin: int | None = _opt("the BCM pin sensing the bypass key switch (bypass_on, bypass_off)", None, "pin")
 
 
 @dataclass(frozen=True)
@@ -193,6 +216,8 @@ class Config:
     storage: StorageConfig
     indicators: IndicatorConfig = field(default_factory=IndicatorConfig)
     sensor: SensorConfig = field(default_factory=SensorConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    bypass: BypassConfig = field(default_factory=BypassConfig)
     mqtt: MqttConfig | None = None
     members: MembersConfig = field(default_factory=MembersConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -224,6 +249,8 @@ SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
     "indicators": IndicatorConfig,
     "sensor": SensorConfig,
+    "report": ReportConfig,
+    "bypass": BypassConfig,
     "mqtt": MqttConfig,
     "members": MembersConfig,
     "hardware": HardwareConfig,
@@ -338,12 +365,15 @@ def _inconsistency(config: Config) -> str | None:
         return "machine.warn_before: must be shorter than machine.max_session"
     if config.sensor.idle_timeout is not None and config.sensor.pin is None:
         return "sensor.idle_timeout: needs sensor.pin (the machine-running input)"
+    if config.report.hold < 0.1:
+        return "report.hold: must be at least 0.1s (shorter would not tell a press from a bounce)"
     if str(config.storage.dir) in ("", "."):
         return "storage.dir: must name a directory"
     if config.storage.keep < 3600:
         return "storage.keep: must be at least an hour (1h)"
     pins: dict[int, str] = {}
-    named = [("relay.pin", config.relay.pin), ("sensor.pin", config.sensor.pin)]
+    named = [("relay.pin", config.relay.pin), ("sensor.pin", config.sensor.pin),
+             ("report.pin", config.report.pin), ("bypass.pin", config.bypass.pin)]
     named += [(f"indicators.{k}", getattr(config.indicators, k)) for k in ("green", "red", "amber", "buzzer", "heartbeat")]
     if config.reader.type == "mfrc522":
         named.append(("reader.reset_pin", config.reader.reset_pin))

@@ -15,6 +15,7 @@ from agent import __version__
 COMMANDS = {
     "run": "agent.cli.agent:run",
     "tap": "agent.cli.agent:tap",
+    "input": "agent.cli.agent:input_",
     "status": "agent.cli.agent:status",
     "demo": "agent.cli.demo:demo",
     "members": "agent.cli.members:members",

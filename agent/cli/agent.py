@@ -1,4 +1,4 @@
-"""`fabpass run`, `fabpass tap`, `fabpass status`: the machine agent and its local controls."""
+"""`fabpass run`, `fabpass tap`, `fabpass input`, `fabpass status`: the machine agent and its local controls."""
 
 from __future__ import annotations
 
@@ -79,6 +79,22 @@ def tap(badge: str, config_path: Path, as_json: bool) -> None:
         click.echo(shown(f"refused{who}: {result['reason']}"))
 
 
+@click.command("input")
+@click.argument("name", type=click.Choice(["report", "bypass", "sensor"]))
+@click.argument("state", type=click.Choice(["on", "off"]))
+@config_option
+def input_(name: str, state: str, config_path: Path) -> None:
+    """Set a simulated input of the agent running with this config: the out-of-order button
+    (report: on = pressed; hold it for [report] hold), the bypass key switch (bypass: on =
+    closed) or the machine-running sensor (sensor: on = running).
+
+    Only an agent started with --simulate accepts it; an input the config has no pin
+    for is exit 2.
+    """
+    result = _ask(config_path, {"op": "input", "name": name, "on": state == "on"})
+    click.echo(f"{result['input']} {'on' if result['on'] else 'off'}")
+
+
 @click.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Ask the agent running with this config.")
@@ -109,11 +125,13 @@ def status(config_path: Path | None, broker_url: str | None, password_file: str 
         return
     from agent.cli.text import clock_word, shown
 
-    who = f" by {result['member_id']}" if result["member_id"] else ""
+    who = f" by {result['member_name'] or result['member_id']} ({result['member_id']})" if result["member_id"] else ""
     lines = [
         f"{result['machine']}: {result['state']}{who} since {result['since']}",
         f"  relay      {'ON' if result['relay'] else 'off'}",
         f"  locked     {'yes' if result['locked'] else 'no'}",
+        f"  induction  {result['induction']}",
+        f"  bypass     {'ON (the key switch powers the machine)' if result['bypass'] else 'off'}",
         f"  members    version {result['members_version']} ({result['members_count']} members, "
         f"age {result['members_age_s']} s)",
         f"  outbox     {result['outbox']} waiting, last seq {result['last_seq']}",
@@ -125,6 +143,8 @@ def status(config_path: Path | None, broker_url: str | None, password_file: str 
                                  f"{result['incarnation'] or '-'})"),
         f"  reader     {result['reader']['type']}, {'ok' if result['reader']['healthy'] else result['reader']['detail']}",
     ]
+    if result["enrolling"]:
+        lines.append(f"  enrolling  the next unknown badge becomes {result['enrolling']}'s")
     if result["conflict"]:
         lines.append("  CONFLICT   another agent is running with this machine id: give each machine its own id")
     click.echo("\n".join(shown(line) for line in lines))

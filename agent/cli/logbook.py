@@ -211,7 +211,8 @@ def sessions_command(db_path: Path, machine: str | None, member: str | None,
 @json_option
 def report(db_path: Path, since: str | None, until: str | None, thresholds: Path | None,
            as_json: bool) -> None:
-    """Hours per machine and member, refusals by reason, busiest hours, service due."""
+    """Hours per machine and member, refusals by reason, busiest hours, inductions per trainer,
+    out-of-order reports and bypass time per machine, service due."""
     from agent.logbook import maintenance, queries
 
     now = _now()
@@ -235,6 +236,12 @@ def report(db_path: Path, since: str | None, until: str | None, thresholds: Path
     _table(["MACHINE", "REASON", "COUNT"], [[r["machine"], r["reason"], r["count"]] for r in result["refusals"]])
     click.echo("\nBusiest hours of the day (local time):")
     _table(["HOUR", "HOURS OF USE"], [[f"{b['hour']:02d}:00", f"{b['hours']:.2f}"] for b in result["busiest_hours"]])
+    click.echo("\nInductions given at the machines, per trainer:")
+    _table(["TRAINER", "INDUCTION", "COUNT"], [[i["trainer"], i["induction"], i["count"]] for i in result["inductions"]])
+    click.echo("\nOut-of-order reports:")
+    _table(["MACHINE", "REPORTS", "LAST"], [[o["machine"], o["count"], _local(o["last"])] for o in result["out_of_order"]])
+    click.echo("\nBypass key (the machine powered around fabpass):")
+    _table(["MACHINE", "HOURS", "TIMES"], [[b["machine"], f"{b['hours']:.2f}", b["times"]] for b in result["bypass"]])
     if result["gaps"]:
         click.echo("\nEvents the archive will never have (their machine no longer kept them):")
         _table(["MACHINE", "INCARNATION", "SEQ", "MISSING", "NOTED"],

@@ -1,4 +1,4 @@
-"""`fabpass members import|publish|refresh|check`: the lab admin's member list."""
+"""`fabpass members import|publish|refresh|check|enrol`: the lab admin's member list."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from agent.members.version import MAX_VERSION
 
 @click.group()
 def members() -> None:
-    """Load, publish and check the member list."""
+    """Load, publish and check the member list; enrol a badge at a machine."""
 
 
 def _storage(config, create: bool):
@@ -287,13 +287,13 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     except ControlError as err:
         raise InputError(str(err)) from None
     except NotRunning:  # only then the rules, the clock and the storage: the agent has them loaded
-        from agent.core.session import State
         from agent.daemon.clock import SystemClock, now
 
         storage = _storage(config, create=False)
         try:
             trusted = not config.require_sync or SystemClock().synchronised()
-            result = storage.check(storage.badge_key(badge), State(), now(), trusted)
+            moment = now()
+            result = storage.check(badge, storage.idle_state(moment), moment, trusted)
         finally:
             storage.close()
     from agent.cli.text import shown
@@ -508,3 +508,29 @@ def pending(db_path: Path, fmt: str | None) -> None:
         click.echo(table(["KIND", "MEMBER", "VALUE", "EXPIRES", "BY", "MACHINE", "WHEN"],
                          [[r["kind"], r["member_id"], r["value"], r["expires"] or "", r["by"] or "",
                            r["machine"], r["ts"]] for r in rows]))
+
+
+@members.command()
+@click.argument("member_id")
+@click.option("--machine", required=True, help="The machine whose reader the badge will be tapped on.")
+@broker_option()
+@password_file_option
+@prefix_option
+@click.option("--by", help="Who is enrolling (default: your user name).")
+@click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Sign the command (machines with a public_key accept only signed ones).")
+@click.option("--force", is_flag=True, help="Send it even when the broker holds no status for MACHINE.")
+def enrol(member_id: str, machine: str, **options) -> None:
+    """Bind the next unknown badge tapped on MACHINE within 60 s to MEMBER_ID.
+
+    The member must be in the list; a badge the list already knows is refused
+    (enrolment_refused). The badge is the member's on that machine at once, until
+    a member list generated after it arrives: add it to the lab's list.
+    """
+    from agent.cli.technician import _send
+    from agent.link.commands import MAX_MEMBER_ID
+
+    if not member_id.strip() or len(member_id) > MAX_MEMBER_ID:
+        raise InputError(f"MEMBER_ID: a member id of 1 to {MAX_MEMBER_ID} characters")
+    _send(machine, "enrol", "", options.pop("by"), False, member_id=member_id, **options)
+    click.echo(f"tap the badge on {machine} within 60 s")

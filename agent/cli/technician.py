@@ -31,30 +31,44 @@ from agent.cli.options import (
 @json_option
 def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: str,
          machine: str | None, as_json: bool) -> None:
-    """Follow usage events live (`logs tail`), one line each, until Ctrl-C."""
+    """Follow usage events live (`logs tail`), one line each, until Ctrl-C.
+
+    Lines name members as the retained member list does (with --json, events are
+    printed exactly as published).
+    """
     from agent.cli.text import event_line, shown
     from agent.link.broker import disconnect, make_client
     from agent.link.topics import ANY, Topics
 
     broker = parse_broker(broker_url, password_file)
-    topic = Topics(topic_prefix).events(machine or ANY)
+    topics = Topics(topic_prefix)
+    topic = topics.events(machine or ANY)
     client = make_client(broker)
     failed: list[str] = []
     done = threading.Event()
+    names: dict[str, str] = {}
 
     def on_connect(client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             failed.append(f"broker {broker} refused the connection: {reason_code}")
             done.set()
         else:
-            client.subscribe(topic, qos=1)
+            client.subscribe([(topic, 1)] + ([] if as_json else [(topics.members, 1)]))
 
     def on_message(client, userdata, message) -> None:
+        if message.topic == topics.members:
+            from agent.members.snapshot import member_names
+
+            found = member_names(message.payload)
+            if found is not None:  # a list the agents would refuse leaves the last good one's names
+                names.clear()
+                names.update(found)
+            return
         if as_json:
             sys.stdout.write(message.payload.decode("utf-8", "replace") + "\n")
         else:
             try:
-                line = event_line(json.loads(message.payload))
+                line = event_line(json.loads(message.payload), names)
             except (ValueError, TypeError, AttributeError):
                 line = shown(f"(unreadable event on {message.topic})")
             sys.stdout.write(line + "\n")
@@ -81,7 +95,8 @@ STATUS_WAIT_S = 3.0  # how long the CLI waits for a machine's retained status
 
 
 def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broker_url: str,
-          password_file: str | None, topic_prefix: str, sign_key: Path | None, force: bool) -> None:
+          password_file: str | None, topic_prefix: str, sign_key: Path | None, force: bool,
+          member_id: str | None = None) -> None:
     """Send a command to `machine`, timed (ts) and, when it ends a session, aimed at the
     session its retained status shows. A machine with no retained status, or no session
     to end, is a mistake (exit 2) unless `force`."""
@@ -132,7 +147,8 @@ def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broke
         click.echo(f"warning: {machine} is offline: it refuses the command unless it returns within its "
                    "[commands] max_age (60 s by default)", err=True)
     sent = dt.datetime.now(dt.timezone.utc)
-    payload = Command(kind, by or getpass.getuser(), reason, now, machine, sent, session).as_payload()
+    payload = Command(kind, by or getpass.getuser(), reason, now, machine, sent, session,
+                      member_id=member_id).as_payload()
     if key is not None:
         from agent.signing import sign_command
 

@@ -9,7 +9,7 @@ them escaped (`shown`); `--json` output is JSON, which escapes them itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agent.core.model import EventType
@@ -64,11 +64,17 @@ def clock_word(status: dict[str, Any]) -> str:
     return "ok" if synchronised else "trusted" if trusted else "NOT SYNCED"
 
 
-def event_line(event: dict[str, Any]) -> str:
-    """One readable line per usage event, its data escaped (`shown`)."""
+def event_line(event: dict[str, Any], names: Mapping[str, str] | None = None) -> str:
+    """One readable line per usage event, its data escaped (`shown`); members are named
+    from `names` (id -> name) when known."""
     ts = str(event.get("ts", "?")).replace("T", " ").split(".")[0].rstrip("Z")
     kind = event.get("type", "?")
-    who = event.get("member_id") or "-"
+
+    def named(member_id: Any) -> str:
+        name = (names or {}).get(member_id) if isinstance(member_id, str) else None
+        return f"{name} ({member_id})" if name else str(member_id or "-")
+
+    who = named(event.get("member_id"))
     badge = f" badge {event['badge']}" if event.get("badge") else ""
     details = {
         EventType.SESSION_STARTED: f"{who} started{badge}",
@@ -83,6 +89,19 @@ def event_line(event: dict[str, Any]) -> str:
         EventType.MEMBERS_REJECTED: f"member list REJECTED: {event.get('error')}",
         EventType.AGENT_STARTED: f"agent {event.get('agent_version')} started",
         EventType.AGENT_STOPPED: "agent stopped",
+        # at the machine
+        EventType.BADGE_ENROLLED: f"{who} enrolled{badge} (by {event.get('by')})",
+        EventType.ENROLMENT_REFUSED: f"enrolment of {who} by {event.get('by')}: " + {
+            "unknown_member": "REFUSED, no such member in the list",
+            "badge_known": f"REFUSED,{badge} belongs to {named(event.get('owner'))}",
+            "window_closed": "closed, no unknown badge was tapped within 60 s",
+        }.get(str(event.get("reason")), str(event.get("reason"))),
+        EventType.INDUCTION_GRANTED: f"{who} inducted on {event.get('induction')} by {named(event.get('by'))}"
+                                     + (f" until {event['expires']}" if event.get("expires") else ""),
+        EventType.OUT_OF_ORDER_REPORTED: "OUT OF ORDER reported" + (f" by {named(event['by'])}" if event.get("by")
+                                                                    else ""),
+        EventType.BYPASS_ON: "BYPASS ON: the key switch powers the machine",
+        EventType.BYPASS_OFF: "bypass off",
         EventType.MACHINE_ID_CONFLICT: f"CONFLICT: another agent uses this id ({event.get('other_incarnation')})",
     }.get(kind, kind)
     return shown(f"{ts}  {event.get('machine', '?'):<12} #{event.get('seq', '?'):<6} {details}")

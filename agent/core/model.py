@@ -68,7 +68,11 @@ _LIST_BADGE_LENGTHS = BADGE_HEX_LENGTHS | {HASHED_BADGE_LENGTH}
 
 def is_normal_list_badge(text: object) -> bool:
     """Whether `text` is a list badge in normal form: the common case, 200,000 times in a big list."""
-    return type(text) is str and len(text) in _LIST_BADGE_LENGTHS and _HEX.fullmatch(text) is not None
+    if type(text) is not str:
+        return False
+    if len(text) in _LIST_BADGE_LENGTHS:
+        return _HEX.fullmatch(text) is not None
+    return text.startswith(EM_PREFIX) and _EM_NORMAL.fullmatch(text) is not None and _em_in_range(text)
 
 
 # secure cards: a list badge written `uid:HEX` is accepted by its UID alone, without the
@@ -82,8 +86,9 @@ def badge_identity(badge: str) -> str:
 
 
 def normalise_list_badge(text: str) -> str:
-    """A badge as a member list may carry it: a UID, or the keyed hash of one; either may
-    be written `uid:` (secure cards)."""
+    """A badge as a member list may carry it: a UID (`hex:` may say so), the keyed hash of
+    one, or an EM4100 card's printed number (`em:`); any of them may be written `uid:`
+    (secure cards)."""
     if is_normal_list_badge(text):
         return text
     if isinstance(text, str) and text[:len(UID_PREFIX)].lower() == UID_PREFIX:
@@ -91,15 +96,87 @@ def normalise_list_badge(text: str) -> str:
         if badge.startswith(UID_PREFIX):
             raise BadBadge(f"{text!r} has two {UID_PREFIX} prefixes")
         return UID_PREFIX + badge
-    if isinstance(text, str) and len(text.strip()) == HASHED_BADGE_LENGTH:
-        badge = text.strip().upper()
-        if _HEX.fullmatch(badge):
-            return badge
+    if isinstance(text, str):
+        stripped = text.strip()
+        prefix = stripped[:len(HEX_PREFIX)].lower()
+        if prefix.startswith(EM_PREFIX):
+            return normalise_em(stripped)
+        if prefix == HEX_PREFIX:
+            return normalise_badge(stripped[len(HEX_PREFIX):])
+        if len(stripped) == HASHED_BADGE_LENGTH and _HEX.fullmatch(stripped.upper()):
+            return stripped.upper()
     return normalise_badge(text)
 
 
 def badge_from_bytes(uid: bytes) -> str:
     return normalise_badge(uid.hex())
+
+
+# -- at the machine: the numbers printed on EM4100 cards ---------------------------------------
+# A 125 kHz EM4100 tag holds 5 bytes: a version (customer) byte and 32 data bits. Cards
+# print the data bits in decimal, 10 digits ("DEZ10"), or bits 16-23 and 0-15 as a
+# facility code and card number (as a Wiegand-26 reader sends them). A list may give
+# either, as `em:0004567890` or `em:069,45906`; such a badge matches every 5-byte read
+# whose bits agree, whatever its first byte. `hex:` says a badge is hex.
+EM_PREFIX, HEX_PREFIX = "em:", "hex:"
+EM_READ_LENGTH = 10  # hex digits of a 5-byte EM4100 read
+_EM_NORMAL = re.compile(r"em:(?:[0-9]{10}|[0-9]{3},[0-9]{5})")
+_EM_DEZ10 = re.compile(r"[0-9]{1,10}")  # [0-9], not \d: no other script's digits
+_EM_PAIR = re.compile(r"([0-9]{1,3}),([0-9]{1,5})")
+
+
+def em_dez10(low32: int) -> str:
+    """The list badge of a tag's low 32 bits: em:0004567890."""
+    return f"{EM_PREFIX}{low32:010d}"
+
+
+def em_pair(low24: int) -> str:
+    """The list badge of a tag's facility code (bits 16-23) and card number (bits 0-15): em:069,46930."""
+    return f"{EM_PREFIX}{low24 >> 16:03d},{low24 & 0xFFFF:05d}"
+
+
+def em_bits(badge: str) -> tuple[int, int] | None:
+    """(value, how many low bits it fixes: 32 or 24) of a normal em: badge; None for any other badge."""
+    if not badge.startswith(EM_PREFIX):
+        return None
+    digits = badge[len(EM_PREFIX):]
+    if "," in digits:
+        facility, card = digits.split(",")
+        return int(facility) << 16 | int(card), 24
+    return int(digits), 32
+
+
+def _em_in_range(badge: str) -> bool:
+    if "," in badge:
+        return int(badge[3:6]) <= 0xFF and int(badge[7:]) <= 0xFFFF
+    return int(badge[3:]) <= 0xFFFFFFFF
+
+
+def normalise_em(text: str) -> str:
+    """`em:4567890` -> `em:0004567890`, `EM:69,46930` -> `em:069,46930`; anything else raises BadBadge."""
+    digits = text.strip()[len(EM_PREFIX):]
+    pair = _EM_PAIR.fullmatch(digits)
+    if pair:
+        facility, card = int(pair.group(1)), int(pair.group(2))
+        if facility > 0xFF or card > 0xFFFF:
+            raise BadBadge(f"badge {text!r}: an EM4100 facility code is 0-255 and a card number 0-65535")
+        return em_pair(facility << 16 | card)
+    if _EM_DEZ10.fullmatch(digits):
+        value = int(digits)
+        if value > 0xFFFFFFFF:
+            raise BadBadge(f"badge {text!r}: the 10-digit number printed on an EM4100 card is at most 4294967295")
+        return em_dez10(value)
+    raise BadBadge(f"badge {text!r} is not an EM4100 number: write em:DDDDDDDDDD (the 10 digits printed "
+                   "on the card) or em:FFF,CCCCC (facility code, card number)")
+
+
+def printed_numbers(badge: str) -> tuple[str, ...]:
+    """The list badges that a read of `badge` (normalised) matches besides itself: for a
+    5-byte EM4100 read, the numbers printed on the card; none for any other read."""
+    if len(badge) != EM_READ_LENGTH:
+        return ()
+    value = int(badge, 16)
+    return em_dez10(value & 0xFFFFFFFF), em_pair(value & 0xFFFFFF)
 
 
 class Reason(str, Enum):
@@ -139,6 +216,10 @@ class EventType(StrEnum):
     INDUCTION_GRANTED = "induction_granted"
     OUT_OF_ORDER_REPORTED = "out_of_order_reported"
     MACHINE_ID_CONFLICT = "machine_id_conflict"  # another live agent uses this machine id
+    # at the machine
+    ENROLMENT_REFUSED = "enrolment_refused"
+    BYPASS_ON = "bypass_on"
+    BYPASS_OFF = "bypass_off"
 
 
 class Signal(str, Enum):
@@ -150,6 +231,10 @@ class Signal(str, Enum):
     WARNING = "warning"
     IDLE = "idle"
     OFFLINE = "offline"
+    # at the machine
+    ENROLLED = "enrolled"
+    INDUCTED = "inducted"
+    OUT_OF_ORDER = "out_of_order"
 
 
 class EndReason(str, Enum):
@@ -160,6 +245,21 @@ class EndReason(str, Enum):
     STAFF = "staff"
     SHUTDOWN = "shutdown"
     AGENT_RESTART = "agent_restart"
+    # at the machine
+    OUT_OF_ORDER = "out_of_order"
+
+
+# -- at the machine ------------------------------------------------------------------------------
+
+class EnrolRefusal(str, Enum):
+    """Why an enrolment bound no badge (`enrolment_refused`)."""
+
+    UNKNOWN_MEMBER = "unknown_member"  # the list has no such member
+    BADGE_KNOWN = "badge_known"  # the badge tapped already belongs to a member
+    WINDOW_CLOSED = "window_closed"  # no unknown badge was tapped in time
+
+
+TRAINER_ROLE = "trainer:"  # trainer:laser gives the laser induction to others, at the machine
 
 
 _NO_INDUCTIONS: Mapping[str, dt.date | None] = MappingProxyType({})
@@ -184,3 +284,7 @@ class Member(NamedTuple):
     @property
     def is_staff(self) -> bool:
         return "staff" in self.roles
+
+    def trains(self, induction: str) -> bool:
+        """Whether this member may give `induction` to others (role trainer:INDUCTION)."""
+        return TRAINER_ROLE + induction in self.roles

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpiozero import DigitalInputDevice, Factory
+from gpiozero import Factory
 
 from agent import __version__
 from agent.config import Config
@@ -42,9 +42,11 @@ from agent.daemon.listsync import ListOutcome
 from agent.daemon.lock import StorageLock
 from agent.daemon.nonces import Nonces
 from agent.daemon.outbox import StorageError
-from agent.daemon.storage import Storage
+from agent.daemon.storage import GRANTS_KEY, Storage
 from agent.daemon.systemd import Notifier
 from agent.hardware.factory import make_reader, pin_factory
+from agent.hardware.inputs import NAMES as INPUT_NAMES
+from agent.hardware.inputs import MachineInputs
 from agent.hardware.outputs import Indicators, MachineRelay
 from agent.hardware.reader import Reader
 from agent.members.update import Updated, update_cache_in_child
@@ -140,7 +142,8 @@ class Agent:
         self.require_sync = config.require_sync  # read once: the environment may say "simulate"
         self._clock_seen: tuple[bool, bool] | None = None  # (synchronised, trusted) as last published
         self._clock_checked = float("-inf")
-        self.sensor: DigitalInputDevice | None = None
+        self.inputs: MachineInputs | None = None
+        self._last_tap: session.LastTap | None = None  # who an out-of-order report names
         self.state = session.State()
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -193,14 +196,16 @@ class Agent:
         now = self.clock()
         self._recover(now)
         self._commit([(EventType.AGENT_STARTED, {"agent_version": __version__})], now)
-        running = False
-        if self.config.sensor.pin is not None:
-            self.sensor = DigitalInputDevice(self.config.sensor.pin, pull_up=None,
-                                             active_state=self.config.sensor.active_high, pin_factory=self.pins)
-            self.sensor.when_activated = lambda: self.submit(self.handle, session.Running(True))
-            self.sensor.when_deactivated = lambda: self.submit(self.handle, session.Running(False))
-            running = bool(self.sensor.value)
-        self.state = session.State(locked=bool(self.outbox.get("locked", False)), running=running, since=now.wall)
+        self.inputs = MachineInputs(self.config, self.pins, lambda name, active: self.submit(self._sensed, name, active))
+        pressed, bypass = self.inputs.active("report"), bool(self.outbox.get("bypass", False))
+        self.state = session.State(
+            locked=bool(self.outbox.get("locked", False)), running=self.inputs.active("sensor"), since=now.wall,
+            at_machine=session.AtMachine(
+                grants=self.storage.grants(),
+                report=session.Press(pressed, pressed),  # a press held across a start is not a new report
+                bypass=session.Debounced(bypass, bypass)))  # as last reported; a change while stopped settles below
+        self._sensed("bypass", self.inputs.active("bypass"))
+        self._hold_grants()
         self.reader.start(lambda badge, check=None: self.submit(self.tap, badge, check), self._reader_health)
         self.control = ControlServer(self.config.storage.dir, self._control)
         self.control.start()
@@ -301,7 +306,7 @@ class Agent:
             log.exception("error while recording the shutdown")
         finally:
             self.relay.close()
-            for part in (self.reader, self.control, self.link, self.sensor, self.indicators):
+            for part in (self.reader, self.control, self.link, self.inputs, self.indicators):
                 if part is not None:
                     try:
                         part.close()
@@ -316,11 +321,13 @@ class Agent:
 
     def tap(self, uid: str, check: CardCheck | None = None) -> dict[str, Any]:
         """A badge presented to the reader; `check`, from a reader that authenticates cards."""
-        badge = self.storage.badge_key(uid)
-        tap = self.storage.tap(badge, self.clock().wall, self.clock_trusted(), self._authentic(check))
+        now = self.clock()
+        tap = self.storage.tap(uid, now.wall, self.clock_trusted(), self.state.grants, self._authentic(check))
         outcome = self.handle(tap)
         assert outcome is not None
-        shown = f"{badge[:12]}…" if self.storage.hasher else badge
+        # for an out-of-order report: nobody known when the card did not authenticate
+        self._last_tap = session.LastTap(tap.member.id if tap.member and tap.authentic else None, now.mono)
+        shown = f"{tap.badge[:12]}…" if self.storage.hasher else tap.badge
         member = tap.member.id if tap.member else "unknown"
         if outcome.reason == Reason.CARD_NOT_AUTHENTIC:
             log.warning("tap %s (%s): refused, card_not_authentic: %s", shown, member,
@@ -364,7 +371,7 @@ class Agent:
                 return Outcome("refused", Reason.STORAGE_ERROR.value, self.relay.on, member_id)
             self._unwritten.extend(records)
             log.error("events kept in memory until the disk accepts them again: %s", err)
-        relabel = step.state.label != self.state.label or step.state.locked != self.state.locked
+        relabel = _shown(step.state) != _shown(self.state)
         self.state = step.state
         for action in step.actions:
             if isinstance(action, Relay) and action.on:
@@ -380,13 +387,17 @@ class Agent:
         self.reader.indicate(sig)
 
     def _persisted(self, state: session.State, now: Instant) -> dict[str, Any]:
-        """What must survive a crash: the lock, and the open session so a restart can close it,
-        with `now` as its heartbeat (`alive`, and the session's duration then)."""
+        """What must survive a crash: the lock, the open session so a restart can close it,
+        with `now` as its heartbeat (`alive`, and the session's duration then), what the
+        machine granted by itself, and the bypass key as last reported."""
         s = state.session
         return {"locked": state.locked,
                 "session": {"member_id": s.member_id, "badge": s.badge, "started": rfc3339(s.started),
                             "alive": rfc3339(now.wall), "duration_s": round(max(0.0, now.mono - s.started_mono), 3)}
-                if s else None}
+                if s else None,
+                # at the machine
+                GRANTS_KEY: state.grants.to_json() if state.grants else None,
+                "bypass": state.bypass.on}
 
     def _retry_unwritten(self) -> None:
         """Events kept in memory by a full or failing disk go to disk as soon as it takes them."""
@@ -442,13 +453,21 @@ class Agent:
         if self.link is not None:
             self.link.wake()
         if outcome.applied:
+            self.submit(self._hold_grants)
             self.submit(self.status_changed)
         return outcome.as_dict()
+
+    def _hold_grants(self) -> None:
+        """Hold what the machine granted against the list now in force: a list generated
+        after a grant decides in its place."""
+        in_force = self.storage.list_in_force(self.clock().wall)
+        if in_force is not None:
+            self.handle(in_force)
 
     # -- remote commands -----------------------------------------------------------
 
     def command(self, command: Command) -> None:
-        """A technician's command (lock, unlock, end_session), parsed by the link, on the loop:
+        """A technician's command (lock, unlock, end_session, enrol), parsed by the link, on the loop:
         obeyed only if it is young enough, its nonce new (signed) and it names the session
         in progress (end_session, lock now)."""
         from agent.link.commands import CommandError, admit, aimed
@@ -469,9 +488,20 @@ class Agent:
             "lock": lambda: session.Lock(by, reason, command.now),
             "unlock": lambda: session.Unlock(by, reason),
             "end_session": lambda: session.EndSession(by, reason),
+            "enrol": lambda: session.Enrol(command.member_id, by, self.storage.member(command.member_id) is not None),
         }[command.kind]()
-        log.info("command %s by %s: %s", command.kind, by, reason or "-")
+        log.info("command %s by %s: %s", command.kind, by,
+                 command.member_id if command.kind == "enrol" else reason or "-")
         self.handle(event)
+
+    # -- inputs at the machine -----------------------------------------------------------
+
+    def _sensed(self, name: str, active: bool) -> None:
+        """An input changed level (gpiozero's thread submits it to the loop)."""
+        if name == "report":
+            self.handle(session.ReportButton(active, self._last_tap))
+        else:
+            self.handle({"sensor": session.Running, "bypass": session.BypassKey}[name](active))
 
     def reject_command(self, error: str) -> None:
         log.warning("command rejected: %s", error)
@@ -555,6 +585,11 @@ class Agent:
             # trust (issue 17)
             "clock_synchronised": self.clock_status.synchronised(),
             "clock_trusted": self.clock_trusted(),
+            # at the machine
+            "member_name": state.session.name if state.session else None,
+            "induction": self.config.machine.induction,
+            "bypass": state.bypass.on,
+            "enrolling": state.enrolment.member_id if state.enrolment else None,
         }
 
     def status_changed(self) -> None:
@@ -579,13 +614,32 @@ class Agent:
             except BadBadge as err:
                 raise ControlError(str(err), usage=True) from None
             if op == "check":
-                badge = self.storage.badge_key(badge)
                 return self.call(lambda: self.storage.check(badge, self.state, self.clock(), self.clock_trusted()))
             if not self.simulated:
                 raise ControlError("this agent runs real hardware: taps come from its reader "
                                    "(start it with --simulate to tap from the command line)", usage=True)
             return self.call(self.tap, badge)
+        if op == "input":
+            return self._simulate_input(request.get("name"), request.get("on"))
         if op == "import":
             path, version = Path(str(request.get("path"))), request.get("version")
             return self._take_list(lambda now: self.storage.import_file(path, version, now))
         raise ControlError(f"unknown request {op!r}", usage=True)
+
+    def _simulate_input(self, name: Any, on: Any) -> dict[str, Any]:
+        """`fabpass input NAME on|off`: drive a simulated input's pin as its part would."""
+        if name not in INPUT_NAMES or not isinstance(on, bool):
+            raise ControlError(f"an input is one of {', '.join(INPUT_NAMES)}, set on or off", usage=True)
+        if not self.simulated:
+            raise ControlError("this agent runs real hardware: its inputs are wired "
+                               "(start it with --simulate to set them from the command line)", usage=True)
+        if name not in self.inputs.devices:
+            raise ControlError(f"no {name} input: {self.config.path or 'the config'} has no [{name}] pin", usage=True)
+        self.inputs.simulate(name, on)
+        self.call(lambda: None)  # the loop has taken the change
+        return {"input": name, "on": on}
+
+
+def _shown(state: session.State) -> tuple:
+    """What of the state the status shows, so that a change of it is published."""
+    return state.label, state.locked, state.bypass.on, state.enrolment

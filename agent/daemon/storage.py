@@ -11,8 +11,10 @@ from typing import Any
 
 from agent.config import Config
 from agent.core import session
-from agent.core.model import UID_PREFIX, Instant, Member
+from agent.core.grants import Grants
+from agent.core.model import UID_PREFIX, Instant, Member, printed_numbers
 from agent.core.policy import Rules
+from agent.core.timespec import parse_rfc3339
 from agent.daemon.listsync import ListOutcome, ListSync, is_stale, list_age
 from agent.daemon.outbox import Outbox
 from agent.members.badgehash import BadgeHasher
@@ -21,6 +23,7 @@ from agent.members.update import update_cache
 from agent.members.version import next_version
 
 OUTBOX_FILE = "agent.db"
+GRANTS_KEY = "grants"  # the outbox meta key of what the machine granted by itself (agent.core.grants)
 
 
 def machine_of(config: Config) -> session.Machine:
@@ -34,6 +37,8 @@ def machine_of(config: Config) -> session.Machine:
         ),
         tz=config.tz,
         has_sensor=config.sensor.pin is not None,
+        induction_valid=m.induction_valid,
+        report_hold=config.report.hold,
     )
 
 
@@ -58,27 +63,75 @@ class Storage:
         key_file = config.members.badge_hash_key_file
         self.hasher = BadgeHasher.from_file(key_file) if key_file else None
         self.machine = machine_of(config)
+        self._members: dict[str, Member | None] = {}  # by id, for the badges enrolled here
+        self._members_version: int | None = None
 
     def badge_key(self, uid: str) -> str:
         """How this machine stores and reports a badge: the UID, or its keyed hash."""
         return self.hasher(uid) if self.hasher else uid
 
-    def find(self, badge: str) -> tuple[Member | None, bool]:
-        """The member holding `badge` (as stored), and whether the list writes it `uid:`."""
+    def member(self, member_id: str) -> Member | None:
+        """The list's member with this id, remembered until the list changes (a scan of the cache)."""
+        version = self.cache.version
+        if version != self._members_version:
+            self._members, self._members_version = {}, version
+        if member_id not in self._members:
+            self._members[member_id] = self.cache.member(member_id)
+        return self._members[member_id]
+
+    def grants(self) -> Grants:
+        """What this machine granted by itself, as its agent last stored it."""
+        return Grants.from_json(self.outbox.get(GRANTS_KEY)) if self.outbox is not None else Grants()
+
+    def list_in_force(self, now: dt.datetime) -> session.NewList | None:
+        """The cached list as the session machine takes it, or None before any list. A list
+        without a readable generated_at counts as generated when it is taken."""
+        info = self.cache.info()
+        if info.version is None:
+            return None
+        try:
+            generated = parse_rfc3339(info.generated_at) if info.generated_at else now
+        except ValueError:
+            generated = now
+        return session.NewList(info.version, generated)
+
+    def idle_state(self, now: Instant) -> session.State:
+        """The machine taken as idle and unlocked (no agent runs), with what it granted."""
+        state = session.State(at_machine=session.AtMachine(grants=self.grants()))
+        in_force = self.list_in_force(now.wall)
+        return state if in_force is None else session.handle(state, in_force, now, self.machine).state
+
+    def find(self, uid: str, grants: Grants) -> tuple[Member | None, bool]:
+        """The member holding the badge read as `uid`, and whether the list writes it `uid:`
+        (secure cards). Looked up as itself, then, for an EM4100 read, by the numbers
+        printed on the card, then `uid:`, and at last as a badge enrolled here: a read
+        listed as itself costs one query, as it always did."""
+        badge = self.badge_key(uid)
         member = self.cache.lookup(badge)
         if member is not None:
             return member, False
+        printed = printed_numbers(uid)
+        if printed:
+            member = self.cache.lookup(*map(self.badge_key, printed))
+            if member is not None:
+                return member, False
         member = self.cache.lookup(UID_PREFIX + badge)
-        return member, member is not None
+        if member is not None:
+            return member, True
+        if grants.badges:
+            enrolled = grants.member_id(badge)
+            member = self.member(enrolled) if enrolled is not None else None
+        return member, False
 
-    def tap(self, badge: str, now: dt.datetime, clock_trusted: bool, authentic: bool = True) -> session.Tap:
-        """The session machine's input for a tap of `badge` (as stored). A card that did
-        not authenticate (secure cards) is accepted by its UID alone when the list
-        writes its badge `uid:`, and refused otherwise."""
-        member, listed_by_uid = self.find(badge)
+    def tap(self, uid: str, now: dt.datetime, clock_trusted: bool, grants: Grants,
+            authentic: bool = True) -> session.Tap:
+        """The session machine's input for a tap of `uid`, its badge as this machine stores
+        and reports it. A card that did not authenticate (secure cards) is accepted by its
+        UID alone when the list writes its badge `uid:`, and refused otherwise."""
+        member, listed_by_uid = self.find(uid, grants)
         by_uid = listed_by_uid and not authentic
-        return session.Tap(badge, member, self.list_stale(now, clock_trusted), clock_trusted, authentic or by_uid,
-                           by_uid)
+        return session.Tap(self.badge_key(uid), member, self.list_stale(now, clock_trusted), clock_trusted,
+                           authentic or by_uid, by_uid)
 
     def list_age(self, now: dt.datetime) -> float | None:
         """Seconds since the cached list was made (its generated_at); None when unknown."""
@@ -90,10 +143,10 @@ class Storage:
         max_age = self.config.members.max_list_age
         return max_age is not None and (not clock_trusted or is_stale(max_age, self.list_age(now)))
 
-    def check(self, badge: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
-        """Would a tap of `badge` (as stored) be granted in `state` now? The session
-        machine's answer, with no effect."""
-        tap = self.tap(badge, now.wall, clock_trusted)
+    def check(self, uid: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
+        """Would a tap of `uid` be granted in `state` now? The session machine's answer,
+        with no effect."""
+        tap = self.tap(uid, now.wall, clock_trusted, state.grants)
         outcome = session.handle(state, tap, now, self.machine).outcome
         assert outcome is not None
         return {"granted": outcome.granted, "reason": outcome.reason,

@@ -39,9 +39,15 @@ MEMBERS = {
          "expires": None, "roles": [], "inductions": {"laser": None}},
         {"id": "m-0005", "name": "Linus Pauling", "badges": ["12345678"], "status": "active",
          "expires": None, "roles": [], "inductions": {"laser": "2026-10-31"}},
+        # at the machine: a trainer, a 125 kHz card listed by the number printed on it, a new member
+        {"id": "m-0006", "name": "Katherine Johnson", "badges": ["04C0FFEE"], "status": "active",
+         "expires": None, "roles": ["trainer:laser"], "inductions": {"laser": None}},
+        {"id": "m-0007", "name": "Margaret Hamilton", "badges": ["em:0004567890"], "status": "active",
+         "expires": None, "roles": [], "inductions": {"laser": None}},
+        {"id": "m-0008", "name": "Mary Jackson", "badges": [], "status": "active",
+         "expires": None, "roles": [], "inductions": {"laser": None}},
     ],
 }
-NAMES = {m["badges"][0]: m["name"] for m in MEMBERS["members"]}
 NAMES_BY_ID = {m["id"]: m["name"] for m in MEMBERS["members"]}
 
 # (minutes after the start, what happens)
@@ -59,6 +65,17 @@ SCRIPT: list[tuple[int, str, str]] = [
     (95, "unlock", ""),
     (96, "tap", "04A1B2C3D4E5F6"),
     (99, "tap", "DEADBEEF"),
+    (105, "tap", "04C0FFEE"),     # a trainer's session...
+    (110, "tap", "CAFEBABE"),     # ...in which Alan is inducted
+    (150, "tap", "04C0FFEE"),
+    (151, "tap", "CAFEBABE"),     # and may use the laser
+    (170, "tap", "CAFEBABE"),
+    (175, "note", "Margaret's 125 kHz card is listed as em:0004567890, the number printed on it"),
+    (175, "tap", "0A0045B352"),   # what the reader reads of that card
+    (180, "tap", "0A0045B352"),
+    (185, "enrol", "m-0008"),     # Mary's new badge, bound at the machine within 60 s
+    (185, "tap", "04D00D1E"),
+    (186, "tap", "04D00D1E"),
 ]
 
 
@@ -111,12 +128,17 @@ def run_demo(echo: Callable[[str], None], broker_url: str | None = None, prefix:
             clock.advance_to(start, minutes)
             if kind == "tap":
                 answer = agent.call(agent.tap, arg)
-                who = NAMES.get(arg, "unknown badge")
-                head = f"{stamp()}  {who:<14} taps {arg:<15}"
+                who = NAMES_BY_ID.get(answer["member_id"], "unknown badge")
+                head = f"{stamp()}  {who:<17} taps {arg:<15}"
                 if answer["action"] == "refused":
                     echo(f"{head} -> DENIED ({answer['reason']}), relay {relay()}  [red LED, 3 beeps]")
                 elif answer["action"] == "started":
                     echo(f"{head} -> granted, relay {relay()}  [green LED, beep]")
+                elif answer["action"] == "inducted":
+                    echo(f"{head} -> inducted by trainer {NAMES_BY_ID[holder]} (her session goes on)  "
+                         "[green and amber LEDs, 2 beeps]")
+                elif answer["action"] == "enrolled":
+                    echo(f"{head} -> badge enrolled for {who}  [green LED blinks 3 times, long beep]")
                 elif answer["member_id"] == holder:
                     echo(f"{head} -> session ended, relay {relay()}, {minutes - since} min")
                 else:
@@ -124,6 +146,12 @@ def run_demo(echo: Callable[[str], None], broker_url: str | None = None, prefix:
                          f"{minutes - since} min")
                 if answer["action"] == "started":
                     holder, since = answer["member_id"], minutes
+            elif kind == "note":
+                echo(f"{stamp()}  ({arg})")
+            elif kind == "enrol":
+                agent.call(agent.command, Command(kind, "technician", "", ts=agent.clock().wall, member_id=arg))
+                echo(f"{stamp()}  technician: fabpass members enrol {arg} --machine {config.machine.id} "
+                     f"({NAMES_BY_ID[arg]} has no badge yet)")
             else:
                 agent.call(agent.command, Command(kind, "technician", arg, ts=agent.clock().wall))
                 echo(f"{stamp()}  technician {kind}s the machine{': ' + arg if arg else ''}")

@@ -18,7 +18,8 @@ trailing \\r is ignored. Fields are non-empty and hold no space or `*`.
                     BEAT <uptime-s> <dropped>              every second
                     CARD <uid-hex>                         every read of a card in the field
     agent -> head   BEAT <uptime-s> <dropped>              every second
-                    SHOW <signal>                          granted, refused, ended, warning, idle, offline
+                    SHOW <signal>                          granted, refused, ended, warning, idle, offline,
+                                                          enrolled, inducted, out_of_order
 
 The head debounces nothing: it sends CARD for every successful read (about
 ten a second while a card is held) and the agent turns those sightings into
@@ -42,7 +43,8 @@ SHOW = "SHOW"
 # The least number of fields of each type.
 FIELDS = {HELLO: 2, BEAT: 2, CARD: 1, SHOW: 1}
 
-SIGNALS = ("granted", "refused", "ended", "warning", "idle", "offline")
+SIGNALS = ("granted", "refused", "ended", "warning", "idle", "offline",
+           "enrolled", "inducted", "out_of_order")  # at the machine; a head of an older firmware ignores them
 # Signals that last until the next one; the others play once and end.
 STEADY = ("granted", "warning", "idle", "offline")
 

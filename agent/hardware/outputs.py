@@ -7,6 +7,8 @@ resistor to GND; an active buzzer to `indicators.buzzer`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from gpiozero import LED, Buzzer, DigitalOutputDevice, Factory, OutputDevice
 
 from agent.config import IndicatorConfig, RelayConfig
@@ -37,14 +39,30 @@ class MachineRelay:
             self.device.close()
 
 
-# (led, on seconds, off seconds, times; None forever) and (buzzer on, off, times)
-PATTERNS: dict[Signal, tuple[tuple[str, float, float, int | None] | None, tuple[float, float, int] | None]] = {
-    Signal.GRANTED: (("green", 1.5, 0.0, 1), (0.08, 0.0, 1)),
-    Signal.REFUSED: (("red", 0.15, 0.1, 4), (0.15, 0.1, 3)),
-    Signal.ENDED: (("green", 0.1, 0.1, 2), (0.05, 0.05, 2)),
-    Signal.WARNING: (("amber", 0.5, 0.5, None), (0.3, 0.7, 3)),
-    Signal.OFFLINE: (("amber", 0.1, 2.9, None), None),
-    Signal.IDLE: (None, None),
+class Pattern(NamedTuple):
+    """What a signal shows: `leds` lit together, blinking `on`/`off` seconds `times` times
+    (None: until the next signal), and the buzzer's (on, off, times), if it sounds."""
+
+    leds: tuple[str, ...] = ()
+    on: float = 0.0
+    off: float = 0.0
+    times: int | None = 1
+    beep: tuple[float, float, int] | None = None
+
+
+# Each answer its own pattern (README, "What a member sees"); the reader head's firmware
+# (firmware/pico/indicator.py) shows the same signals in its own way.
+PATTERNS: dict[Signal, Pattern] = {
+    Signal.GRANTED: Pattern(("green",), 1.5, 0.0, 1, (0.08, 0.0, 1)),
+    Signal.REFUSED: Pattern(("red",), 0.15, 0.1, 4, (0.15, 0.1, 3)),
+    Signal.ENDED: Pattern(("green",), 0.1, 0.1, 2, (0.05, 0.05, 2)),
+    Signal.WARNING: Pattern(("amber",), 0.5, 0.5, None, (0.3, 0.7, 3)),
+    Signal.OFFLINE: Pattern(("amber",), 0.1, 2.9, None),
+    Signal.IDLE: Pattern(),
+    # at the machine
+    Signal.ENROLLED: Pattern(("green",), 0.3, 0.3, 3, (0.4, 0.0, 1)),
+    Signal.INDUCTED: Pattern(("green", "amber"), 2.0, 0.0, 1, (0.15, 0.1, 2)),
+    Signal.OUT_OF_ORDER: Pattern(("red",), 3.0, 0.0, 1, (1.0, 0.0, 1)),
 }
 
 
@@ -61,17 +79,17 @@ class Indicators:
                           if config.heartbeat is not None else None)
 
     def show(self, signal: Signal) -> None:
-        led_pattern, buzz = PATTERNS[signal]
+        pattern = PATTERNS[signal]
         for device in self.leds.values():
             if device is not None:
                 device.off()
-        if led_pattern is not None:
-            name, on, off, times = led_pattern
+        for name in pattern.leds:
             device = self.leds[name]
             if device is not None:
-                device.blink(on_time=on, off_time=off, n=times, background=True)
-        if buzz is not None and self.buzzer is not None:
-            self.buzzer.beep(on_time=buzz[0], off_time=buzz[1], n=buzz[2], background=True)
+                device.blink(on_time=pattern.on, off_time=pattern.off, n=pattern.times, background=True)
+        if pattern.beep is not None and self.buzzer is not None:
+            on, off, times = pattern.beep
+            self.buzzer.beep(on_time=on, off_time=off, n=times, background=True)
 
     def beat(self) -> None:
         """Toggle the dead-man pin; a hardware watchdog drops the relay when this stops."""

@@ -22,8 +22,10 @@ MAX_BYTES = 4096
 MAX_REASON = 200
 MAX_BY = 100
 MAX_NONCE_CHARS = 128
-KINDS = ("lock", "unlock", "end_session")
-KEYS = {"v", "command", "reason", "by", "now", "machine", "ts", "nonce", "sig", "session"}
+MAX_MEMBER_ID = 200
+KINDS = ("lock", "unlock", "end_session", "enrol")
+KEYS = {"v", "command", "reason", "by", "now", "machine", "ts", "nonce", "sig", "session",
+        "member_id"}  # at the machine: enrol
 
 
 class CommandError(ValueError):
@@ -40,6 +42,7 @@ class Command:
     ts: dt.datetime | None = None  # when it was sent; parse requires it
     session: dt.datetime | None = None  # end_session, lock now: the `since` of the session meant
     nonce: str | None = None  # signed commands: never obeyed twice
+    member_id: str | None = None  # enrol: the member the next unknown badge is bound to
 
     @property
     def ends_a_session(self) -> bool:
@@ -56,6 +59,8 @@ class Command:
             payload["ts"] = rfc3339(self.ts)
         if self.session is not None:
             payload["session"] = rfc3339(self.session)
+        if self.member_id is not None:
+            payload["member_id"] = self.member_id
         return payload
 
 
@@ -109,6 +114,12 @@ def parse(payload: bytes, machine: str, public_key: Any = None) -> Command:
         raise CommandError(f"by must be a non-empty string of at most {MAX_BY} characters")
     if not isinstance(immediate, bool):
         raise CommandError("now must be true or false")
+    member_id = obj.get("member_id")
+    if kind == "enrol":
+        if not isinstance(member_id, str) or not member_id.strip() or len(member_id) > MAX_MEMBER_ID:
+            raise CommandError(f"enrol needs member_id, a member id of at most {MAX_MEMBER_ID} characters")
+    elif member_id is not None:
+        raise CommandError(f"member_id is for enrol, not {kind}")
     target = obj.get("machine")
     if target is not None and target != machine:
         raise CommandError(f"command is for machine {target!r}, not {machine!r}")
@@ -132,7 +143,7 @@ def parse(payload: bytes, machine: str, public_key: Any = None) -> Command:
                            "refused, it may have waited for days")
     ts = _time(obj, "ts")
     session = _time(obj, "session") if obj.get("session") is not None else None
-    return Command(kind, by, reason, immediate, target, ts, session, nonce)
+    return Command(kind, by, reason, immediate, target, ts, session, nonce, member_id)
 
 
 def admit(command: Command, now: dt.datetime, max_age: float) -> None:

@@ -99,6 +99,22 @@ FIELDS: dict[str, dict[str, tuple[Check, bool, str]]] = {
     EventType.AGENT_STARTED: {"agent_version": (_text(64), _R, "a string of at most 64 characters")},
     EventType.AGENT_STOPPED: {"agent_version": (_text(64), _R, "a string of at most 64 characters")},
     EventType.MACHINE_ID_CONFLICT: {"other_incarnation": (_text(64), _R, "a string of at most 64 characters")},
+    # at the machine: what the lab's sync merges into the list (members sync --db), and the rest
+    EventType.BADGE_ENROLLED: {"member_id": (MEMBER_ID, _R, SAYS[MEMBER_ID]), "badge": (BADGE, _R, SAYS[BADGE]),
+                               "by": (_text(200, empty=False), _R, "a non-empty string of at most 200 characters")},
+    EventType.INDUCTION_GRANTED: {
+        "member_id": (MEMBER_ID, _R, SAYS[MEMBER_ID]),
+        "induction": (_text(1000, empty=False), _R, "a non-empty string of at most 1000 characters"),
+        "by": (MEMBER_ID, _R, SAYS[MEMBER_ID]),
+        "expires": (_optional(_text(10)), _O, "null or a date (YYYY-MM-DD)"),
+    },
+    EventType.ENROLMENT_REFUSED: {
+        "member_id": (MEMBER_ID, _R, SAYS[MEMBER_ID]),
+        "by": (_text(200, empty=False), _R, "a non-empty string of at most 200 characters"),
+        "reason": (_identifier, _R, "a reason such as 'badge_known'"),
+        "owner": (_optional(MEMBER_ID), _O, f"null or {SAYS[MEMBER_ID]}"),
+    },
+    EventType.OUT_OF_ORDER_REPORTED: {"by": (_optional(MEMBER_ID), _R, f"null or {SAYS[MEMBER_ID]}")},
 }
 # The columns the archive indexes, whatever the event's type.
 _COLUMNS = {"member_id": (_optional(MEMBER_ID), f"null or {SAYS[MEMBER_ID]}"),

@@ -136,7 +136,73 @@ def report(db: Database, now: dt.datetime, tz: dt.tzinfo, *, since: dt.datetime 
         "busiest_hours": sorted(({"hour": h, "hours": _hours(s)} for h, s in enumerate(by_hour) if s),
                                 key=lambda b: (-b["hours"], b["hour"])),
         "gaps": gaps(db, since=since, until=until),
+        # at the machine
+        "inductions": inductions_given(db, since=since, until=until),
+        "out_of_order": out_of_order_per_machine(db, since=since, until=until),
+        "bypass": bypass_time(db, now, since=since, until=until),
     }
+
+
+# -- at the machine ---------------------------------------------------------------------------------
+
+def _period(since: dt.datetime | None, until: dt.datetime | None) -> tuple[str, dict[str, str]]:
+    where, params = "", {}
+    if since:
+        where += " AND ts >= :since"
+        params["since"] = rfc3339(since)
+    if until:
+        where += " AND ts < :until"
+        params["until"] = rfc3339(until)
+    return where, params
+
+
+def inductions_given(db: Database, *, since: dt.datetime | None = None,
+                     until: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Inductions given at the machines in the period, per trainer and induction, most first."""
+    where, params = _period(since, until)
+    rows = db.query(
+        "SELECT json_extract(payload, '$.by') AS trainer, json_extract(payload, '$.induction') AS induction,"
+        f" count(*) AS count FROM events WHERE type = :type{where} GROUP BY trainer, induction"
+        " ORDER BY count DESC, trainer, induction", {"type": EventType.INDUCTION_GRANTED, **params})
+    return list(rows)
+
+
+def out_of_order_per_machine(db: Database, *, since: dt.datetime | None = None,
+                             until: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Out-of-order reports per machine in the period, with the last one's time, most first
+    (out_of_order_reports lists the reports themselves)."""
+    where, params = _period(since, until)
+    rows = db.query(
+        f"SELECT machine, count(*) AS count, max(ts) AS last FROM events WHERE type = :type{where}"
+        " GROUP BY machine ORDER BY count DESC, machine", {"type": EventType.OUT_OF_ORDER_REPORTED, **params})
+    return list(rows)
+
+
+def bypass_time(db: Database, now: dt.datetime, *, since: dt.datetime | None = None,
+                until: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Hours each machine ran on its bypass key within the period (a bypass still on counts
+    up to `now`), and how many times it was turned on; most hours first. A second
+    bypass_on before a bypass_off (the agent restarted, say) continues the first."""
+    begin, end = since or dt.datetime.min.replace(tzinfo=dt.timezone.utc), min(until or now, now)
+    rows = db.execute("SELECT machine, type, ts FROM events WHERE type IN (?, ?) ORDER BY machine, ts, seq",
+                      [EventType.BYPASS_ON, EventType.BYPASS_OFF]).fetchall()
+    spans: dict[str, list[tuple[dt.datetime, dt.datetime]]] = defaultdict(list)
+    opened: dict[str, dt.datetime] = {}
+    for machine, kind, ts in rows:
+        moment = parse_rfc3339(ts)
+        if kind == EventType.BYPASS_ON:
+            opened.setdefault(machine, moment)
+        elif machine in opened:
+            spans[machine].append((opened.pop(machine), moment))
+    for machine, moment in opened.items():
+        spans[machine].append((moment, now))
+    result = []
+    for machine, pairs in spans.items():
+        inside = [(max(a, begin), min(b, end)) for a, b in pairs if a < end and b > begin]
+        if inside:
+            seconds = sum((b - a).total_seconds() for a, b in inside)
+            result.append({"machine": machine, "hours": _hours(seconds), "times": len(inside)})
+    return sorted(result, key=lambda r: (-r["hours"], r["machine"]))
 
 
 def gaps(db: Database, *, since: dt.datetime | None = None, until: dt.datetime | None = None) -> list[dict[str, Any]]:

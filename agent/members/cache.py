@@ -47,6 +47,11 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INDEX = "CREATE UNIQUE INDEX badges_badge ON badges (badge)"
 LOOKUP = ("SELECT m.id, m.name, m.status, m.expires, m.roles, m.inductions FROM badges b "
           "JOIN members m ON m.rowid = b.member WHERE b.badge = ?")
+# A badge under any of several keys (an EM4100 read's printed numbers): one point query
+# each, in one statement that stops at the first found (an IN list would build a
+# temporary index first). The list refuses one tag under two members, so at most one matches.
+_LOOKUP_NTH = LOOKUP.replace("b.badge = ?", "b.badge = ?{}")
+BY_ID = "SELECT id, name, status, expires, roles, inductions FROM members WHERE id = ? LIMIT 1"
 MEMBER_COLUMNS = ("rowid", "id", "name", "status", "expires", "roles", "inductions")
 BADGE_COLUMNS = ("badge", "member")
 # Rows per INSERT statement: one statement of many rows instead of one per row
@@ -169,18 +174,23 @@ class MemberCache:
         self._local.conn = (key, conn)
         return conn
 
-    def lookup(self, badge: str) -> Member | None:
+    def lookup(self, *keys: str) -> Member | None:
+        """The member with a badge listed as one of `keys`."""
         conn = self._conn()
         if conn is None:
             return None
-        row = conn.execute(LOOKUP, (badge,)).fetchone()
-        if row is None:
+        sql = LOOKUP if len(keys) == 1 else _lookup_any(len(keys))
+        row = conn.execute(sql, keys).fetchone()
+        return None if row is None else _member(row)
+
+    def member(self, member_id: str) -> Member | None:
+        """The member with this id. A scan of the members (ids have no index: only
+        enrolments ask, and an index would cost every list's apply time)."""
+        conn = self._conn()
+        if conn is None:
             return None
-        member_id, name, status, expires, roles, inductions = row
-        return Member(
-            id=member_id, name=name, status=status, expires=_date(expires),
-            roles=_roles(roles), inductions=_inductions(inductions),
-        )
+        row = conn.execute(BY_ID, (member_id,)).fetchone()
+        return None if row is None else _member(row)
 
     def info(self) -> CacheInfo:
         conn = self._conn()
@@ -259,6 +269,17 @@ class MemberCache:
         if cached is not None:
             cached[1].close()
             self._local.conn = None
+
+
+def _member(row: tuple) -> Member:
+    member_id, name, status, expires, roles, inductions = row
+    return Member(id=member_id, name=name, status=status, expires=_date(expires),
+                  roles=_roles(roles), inductions=_inductions(inductions))
+
+
+@functools.lru_cache(maxsize=4)
+def _lookup_any(count: int) -> str:
+    return " UNION ALL ".join(_LOOKUP_NTH.format(n) for n in range(1, count + 1)) + " LIMIT 1"
 
 
 def _flush(conn: sqlite3.Connection, members: list, badges: list) -> None:

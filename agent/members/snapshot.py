@@ -23,9 +23,12 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from agent.core.model import (
+    EM_PREFIX,
+    EM_READ_LENGTH,
     BadBadge,
     Member,
     badge_identity,
+    em_bits,
     is_normal_list_badge,
     normalise_list_badge,
 )
@@ -197,20 +200,79 @@ def _member_json(member: Member) -> dict[str, Any]:
 
 
 class _Unique:
-    """Ids and badges seen so far: an id appears once, a badge belongs to one member."""
+    """Ids and badges seen so far: an id appears once, a badge belongs to one member, and so
+    does a tag, whether it is written as its UID or as its printed number."""
 
     def __init__(self) -> None:
         self.ids: set[str] = set()
         self.badges: dict[str, str] = {}
+        self._tags: _SameTag | None = None  # made at the first em: badge; lists without one pay nothing
 
     def add(self, member: Member) -> None:
         if member.id in self.ids:
             raise ValueError("id: appears more than once in the list")
         self.ids.add(member.id)
         for badge in member.badges:
-            owner = self.badges.setdefault(badge_identity(badge), member.id)
+            card = badge_identity(badge)
+            owner = self.badges.setdefault(card, member.id)
             if owner != member.id:
-                raise ValueError(f"badges: {badge_identity(badge)} already belongs to member {owner!r}")
+                raise ValueError(f"badges: {card} already belongs to member {owner!r}")
+            if self._tags is None and card.startswith(EM_PREFIX):
+                self._tags = _SameTag()
+                for seen, seen_owner in self.badges.items():
+                    if seen != card:
+                        self._tags.add(seen, seen_owner)
+            if self._tags is not None:
+                self._tags.add(card, member.id)
+
+
+_LOW32, _LOW24 = 0xFFFFFFFF, 0xFFFFFF
+
+
+class _SameTag:
+    """Badges that can name one EM4100 tag: a 5-byte UID, the printed number of its low 32
+    bits, and the facility code and card number of its low 24 bits. Two of them under two
+    members would make a tap's member depend on how the list was written."""
+
+    def __init__(self) -> None:
+        # low bits -> up to two (owner, badge) of distinct owners, for the badges an em: badge
+        # would match (two UIDs that differ in their first byte may have two owners)
+        self._covered32: dict[int, list[tuple[str, str]]] = {}
+        self._covered24: dict[int, list[tuple[str, str]]] = {}
+        # the em: badges by their value: (owner, badge)
+        self._em32: dict[int, tuple[str, str]] = {}
+        self._em24: dict[int, tuple[str, str]] = {}
+
+    def add(self, badge: str, owner: str) -> None:
+        """Index `badge` of `owner`; ValueError when another member has a badge of the same tag."""
+        bits = em_bits(badge)
+        if bits is None:
+            if len(badge) != EM_READ_LENGTH:
+                return
+            value = int(badge, 16)
+            self._check(badge, owner, self._em32.get(value & _LOW32), self._em24.get(value & _LOW24))
+            self._cover(self._covered32, value & _LOW32, owner, badge)
+            self._cover(self._covered24, value & _LOW24, owner, badge)
+        elif bits[1] == 32:
+            value = bits[0]
+            self._check(badge, owner, *self._covered32.get(value, ()), self._em24.get(value & _LOW24))
+            self._em32[value] = (owner, badge)
+            self._cover(self._covered24, value & _LOW24, owner, badge)
+        else:
+            self._check(badge, owner, *self._covered24.get(bits[0], ()))
+            self._em24[bits[0]] = (owner, badge)
+
+    @staticmethod
+    def _check(badge: str, owner: str, *others: tuple[str, str] | None) -> None:
+        for other in others:
+            if other is not None and other[0] != owner:
+                raise ValueError(f"badges: {badge} is the same tag as {other[1]} of member {other[0]!r}")
+
+    @staticmethod
+    def _cover(index: dict[int, list[tuple[str, str]]], bits: int, owner: str, badge: str) -> None:
+        holders = index.setdefault(bits, [])
+        if len(holders) < 2 and all(o != owner for o, _ in holders):
+            holders.append((owner, badge))
 
 
 # --- JSON -----------------------------------------------------------------------------------
@@ -574,6 +636,15 @@ def load_json(data: bytes | str, public_key: str | Ed25519PublicKey | None = Non
                 rest(end[0])
 
     return Snapshot(version, fields.get("generated_at"), None if one_pass else count, members)
+
+
+def member_names(data: bytes | str) -> dict[str, str] | None:
+    """id -> name of a JSON list's members, to show people by name (`logs tail`); None
+    for a list that cannot be read. Signatures are not checked: names decide nothing."""
+    try:
+        return {member.id: member.name for member in load_json(data, check_members=False).members() if member.name}
+    except SnapshotError:
+        return None
 
 
 def to_json(snapshot: Snapshot, sign_key: Ed25519PrivateKey | None = None) -> bytes:

@@ -262,6 +262,27 @@ def _items(cell: Any, separators: re.Pattern[str] = _LIST_ITEMS) -> list[str]:
     return [item for item in separators.split(_text(cell)) if item]
 
 
+_TEN_DIGITS = re.compile(r"[0-9]{10}")
+
+
+def _badges(cell: Any) -> list[str]:
+    """A row's badges, separated by spaces. Exactly 10 decimal digits without a prefix are
+    refused: a spreadsheet often holds the number printed on an EM4100 card, and the
+    same digits read as hex are another tag (ValueError naming both readings)."""
+    badges = _items(cell, re.compile(r"\s+"))
+    for badge in badges:
+        if not _TEN_DIGITS.fullmatch(badge):
+            continue
+        value = int(badge)
+        if value > 0xFFFFFFFF:
+            raise ValueError(f"badges: {badge} looks like the number printed on an EM4100 card, but that is at "
+                             f"most 4294967295; if it is the 5-byte UID in hex, write hex:{badge}")
+        raise ValueError(f"badges: {badge} can be read two ways: as hex, the 5-byte UID {badge} (write "
+                         f"hex:{badge}), or as the number printed on an EM4100 card, the tag's low 32 bits "
+                         f"0x{value:08X} (write em:{badge})")
+    return badges
+
+
 def member_objects(table: Table, date_order: DateOrder | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(place, member in its JSON shape) for each row: the snapshot validates them.
 
@@ -289,7 +310,7 @@ def member_objects(table: Table, date_order: DateOrder | None = None) -> list[tu
             result.append((place, {
                 "id": _text(row.get("id")), "name": _text(row.get("name")),
                 "status": _text(row.get("status")).casefold(),
-                "badges": _items(row.get("badges"), re.compile(r"\s+")),
+                "badges": _badges(row.get("badges")),
                 "expires": dates.parse(row.get("expires"), "expires"),
                 "roles": _items(row.get("roles")), "inductions": inductions,
             }))

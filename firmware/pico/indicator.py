@@ -1,11 +1,13 @@
 """What the head's LEDs and buzzer do for each signal from the agent.
 
 Steady signals (granted, warning, idle, offline) last until the next one;
-refused and ended play once, then the steady state shows again. When the
-agent has been silent for headproto.SILENCE_S the head shows offline itself.
+refused, ended, enrolled, inducted and out_of_order play once, then the steady
+state shows again (idle after ended and out_of_order: the session is over).
+When the agent has been silent for headproto.SILENCE_S the head shows offline itself.
 """
 
-TRANSIENT_MS = {"refused": 1500, "ended": 1000}
+TRANSIENT_MS = {"refused": 1500, "ended": 1000, "enrolled": 1800, "inducted": 2000, "out_of_order": 3000}
+ENDS_SESSION = ("ended", "out_of_order")
 
 
 def pattern(signal, ms):
@@ -21,6 +23,12 @@ def pattern(signal, ms):
         return (True, False, blink, ms < 3000 and ms % 1000 < 100)  # green + blinking amber, three beeps
     if signal == "offline":
         return (False, blink, False, False)  # blinking red
+    if signal == "enrolled":
+        return ((ms // 300) % 2 == 0, False, False, ms < 400)  # green blinks three times, one long beep
+    if signal == "inducted":
+        return (True, False, True, ms < 150 or 250 <= ms < 400)  # green and amber, two beeps
+    if signal == "out_of_order":
+        return (False, True, False, ms < 1000)  # red, one long beep
     return (ms % 2000 < 80, False, False, False)  # idle: a green wink every two seconds
 
 
@@ -32,7 +40,7 @@ class Indicator:
     def show(self, signal, now_ms):
         if signal in TRANSIENT_MS:
             self.transient, self.transient_ms = signal, now_ms
-            if signal == "ended":
+            if signal in ENDS_SESSION:
                 self.steady, self.steady_ms = "idle", now_ms
         else:
             self.steady, self.steady_ms = signal, now_ms

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from agent.devtools.demo import MEMBERS, run_demo
 from agent.members.snapshot import load_csv, load_json
@@ -15,10 +16,20 @@ def test_demo_prints_the_timeline_without_a_broker() -> None:
     lines: list[str] = []
     assert run_demo(lines.append) == 0
     text = "\n".join(lines)
-    assert "Ada Lovelace   taps 04A1B2C3D4E5F6  -> granted, relay ON" in text
-    assert "Alan Turing    taps CAFEBABE        -> DENIED (not_inducted)" in text
+    assert "Ada Lovelace      taps 04A1B2C3D4E5F6  -> granted, relay ON" in text
+    assert "Alan Turing       taps CAFEBABE        -> DENIED (not_inducted)" in text
     assert "staff ends Ada Lovelace's session, relay off" in text
     assert "they wait in the outbox" in text
+    # at the machine: a trainer inducts Alan, who may then use the laser; a card listed by the
+    # number printed on it; a badge enrolled for a member who had none
+    assert re.search(r"Alan Turing +taps CAFEBABE +-> inducted by trainer Katherine Johnson", text)
+    assert re.search(r"Alan Turing +taps CAFEBABE +-> granted", text)
+    assert re.search(r"Margaret Hamilton +taps 0A0045B352 +-> granted", text)
+    assert re.search(r"Mary Jackson +taps 04D00D1E +-> badge enrolled for Mary Jackson", text)
+    assert re.search(r"Mary Jackson +taps 04D00D1E +-> granted", text)
+    readme = (ROOT / "README.md").read_text().split("printed as a timeline:", 1)[1].split("```")[1]
+    shown = [line for line in readme.strip().splitlines() if line != "…"]
+    assert shown and all(line in lines for line in shown), "the README's timeline is not the demo's"
 
 
 def test_demo_with_a_broker_publishes_under_its_own_prefix(mosquitto) -> None:

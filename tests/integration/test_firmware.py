@@ -27,7 +27,7 @@ sys.path.insert(0, str(PICO))
 
 import headloop  # noqa: E402
 import iso14443a  # noqa: E402
-from indicator import Indicator  # noqa: E402
+from indicator import Indicator, pattern  # noqa: E402
 
 # -- ISO 14443 A --------------------------------------------------------------------
 
@@ -107,6 +107,26 @@ def test_firmware_indicator_plays_refused_then_returns_to_steady() -> None:
     assert ind.outputs(5010, True)[:3] == (False, False, True)
     assert ind.outputs(7000, True)[1:] == (False, False, False)  # idle
     assert ind.outputs(7000, False)[1] or ind.outputs(7500, False)[1]  # no agent: red blinks
+
+
+def test_firmware_indicator_plays_the_signals_at_the_machine_over_the_steady_state() -> None:
+    ind = Indicator()
+    ind.show("granted", 0)  # a trainer's session
+    ind.show("inducted", 1000)
+    assert ind.outputs(1010, True) == (True, False, True, True)  # green and amber, a beep
+    assert ind.outputs(3100, True)[:3] == (True, False, False)  # the training goes on: granted again
+    ind.show("enrolled", 4000)
+    greens = [ind.outputs(4000 + ms, True)[0] for ms in range(0, 1800, 100)]
+    assert greens.count(True) == 9 and greens[:6] == [True, True, True, False, False, False]  # three blinks
+    ind.show("out_of_order", 6000)
+    assert ind.outputs(6010, True) == (False, True, False, True)
+    assert ind.outputs(9500, True)[1:] == (False, False, False)  # idle after it: the session ended
+
+
+def test_firmware_knows_every_signal_the_agent_sends() -> None:
+    assert set(headproto.SIGNALS) == {s.value for s in Signal}
+    shown = {s: tuple(pattern(s, ms) for ms in (0, 200, 450, 700)) for s in headproto.SIGNALS}
+    assert len(set(shown.values())) == len(shown), "two signals look and sound the same on the head"
 
 
 # -- the head's loop ------------------------------------------------------------------

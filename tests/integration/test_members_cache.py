@@ -118,7 +118,7 @@ def test_members_cache_apply_from_json_snapshot(cache):
 def test_members_cache_apply_from_csv_snapshot(cache):
     text = ("id,name,badges,status,expires,roles,inductions\n"
             "m-1,Ada,04A1B2C3 04A1B2C3D4E5F6,active,2027-06-30,staff,laser cnc:2027-01-31\n"
-            "m-2,Bob,0102030405,suspended,,,\n")
+            "m-2,Bob,hex:0102030405,suspended,,,\n")
     assert cache.replace(load_csv(text, version=1_700_000_000)) == 2
     assert cache.lookup("04A1B2C3D4E5F6").inductions == {"laser": None, "cnc": dt.date(2027, 1, 31)}
     assert cache.lookup("0102030405").status == "suspended"
@@ -386,3 +386,24 @@ def test_members_cache_of_another_schema_version_moved_aside_with_a_reason(tmp_p
     cache.replace(Snap(1, [ADA]))
     assert cache.lookup("04A1B2C3").id == "m-ada"
     cache.close()
+
+
+# --- EM4100 printed numbers -----------------------------------------------------------------------
+
+def test_cache_a_5_byte_read_finds_the_member_listed_by_the_number_printed_on_the_card(cache):
+    from agent.core.model import printed_numbers
+
+    printed = Member(id="m-em", name="Printed", status="active", badges=("em:0004567890",))
+    pair = Member(id="m-pair", name="Pair", status="active", badges=("em:001,00002",))
+    cache.replace(Snap(1, [ADA, BOB, printed, pair]))
+    for read in ("0A0045B352", "000045B352", "FF0045B352"):  # any version byte
+        assert cache.lookup(read) is None and cache.lookup(*printed_numbers(read)).id == "m-em"
+    assert cache.lookup(*printed_numbers("0A00010002")).id == "m-pair"
+    assert cache.lookup(*printed_numbers("0AFF010002")).id == "m-pair"  # the pair fixes bits 0-23 only
+    assert cache.lookup("0102030405").id == "m-bob"  # listed in hex
+    assert cache.lookup(*printed_numbers("0A0045B353")) is None
+    assert cache.lookup("04A1B2C3", "em:0004567890").id == "m-ada"  # the first key found
+
+
+def test_cache_lookup_in_an_empty_or_missing_cache_with_several_keys(cache):
+    assert cache.lookup("0A0045B352", "em:0004567890", "em:069,45906") is None

@@ -1,13 +1,20 @@
 """The whole agent (real SQLite, mock pins, a FakeClock) under random sequences of inputs.
 
-Hypothesis drives a RunningAgent with taps by every kind of badge holder, clock
-advances, remote commands, the machine-running sensor, member list updates,
-clean restarts and crashes. After every step the invariants are checked against
-the REAL relay pin (the MockPin's level and its whole history) and the events
-in the outbox, not against the agent's own idea of its state:
+Hypothesis drives a RunningAgent with taps by every kind of badge holder (a
+trainer and members they may induct among them, and a badge nobody has),
+clock advances, remote commands (enrolments too), the machine-running sensor,
+the out-of-order button and the bypass key on their mock pins, member list
+updates (generated before or after what the machine granted), clean restarts
+and crashes. After every step the invariants are checked against the REAL
+relay pin (the MockPin's level and its whole history) and the events in the
+outbox, not against the agent's own idea of its state:
 
 - the relay is on only while a session is open whose member was entitled to
-  start it (or during the run-on after one); a refused tap never drives it on;
+  start it (or during the run-on after one), counting the inductions and
+  badges the machine granted, as the test itself accounts for them; a refused
+  tap never drives it on; an induction only during a trainer's session, to an
+  active member who lacked it, on an unlocked machine; an enrolment only of a
+  badge nobody has, within the window of an enrol command;
 - every session_started is followed by exactly one session_ended for the same
   member, before the next start, across restarts too (`agent_restart` after a
   crash, `shutdown` after a clean stop);
@@ -17,6 +24,7 @@ in the outbox, not against the agent's own idea of its state:
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -26,7 +34,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.core.timespec import parse_rfc3339
+from agent.core.timespec import parse_rfc3339, rfc3339
 from agent.link.commands import Command
 from tests.support.agents import (
     ADA,
@@ -42,23 +50,34 @@ from tests.support.agents import (
 from tests.support.helpers import wait_for
 
 BOB = "0B0B0B0B"
+TESS = "04AAAA01"
 UNKNOWN = "11223344"
-SENSOR_PIN = 27
-BADGES = {"ada": ADA, "grace": GRACE, "alan": ALAN, "hedy": HEDY, "bob": BOB, "unknown": UNKNOWN}
+FRESH = "0A0045B352"  # nobody's, until an enrolment binds it
+SENSOR_PIN, REPORT_PIN, BYPASS_PIN = 27, 22, 23
+BADGES = {"ada": ADA, "grace": GRACE, "alan": ALAN, "hedy": HEDY, "bob": BOB, "tess": TESS, "unknown": UNKNOWN,
+          "fresh": FRESH}
 START_MEMBERS = [*copy.deepcopy(MEMBERS["members"]), {
     "id": "bob", "name": "Bob", "badges": [BOB], "status": "active", "expires": None,
-    "roles": [], "inductions": {"laser": None}}]
+    "roles": [], "inductions": {"laser": None}}, {
+    "id": "tess", "name": "Tess", "badges": [TESS], "status": "active", "expires": None,
+    "roles": ["trainer:laser"], "inductions": {"laser": None}}]
 
 # Steps ---------------------------------------------------------------------------------------
 
 taps = st.tuples(st.just("tap"), st.sampled_from(sorted(BADGES)))
 advances = st.tuples(st.just("advance"), st.sampled_from([1, 5, 11, 29, 31, 120, 301, 600, 3300, 3601]))
-commands = st.tuples(st.just("command"), st.sampled_from(["lock", "lock_now", "unlock", "end_session"]))
+commands = st.tuples(st.just("command"), st.sampled_from(["lock", "lock_now", "unlock", "unlock", "end_session"]))
 sensor = st.tuples(st.just("sensor"), st.booleans())
-updates = st.tuples(st.just("update"), st.tuples(st.sampled_from(["ada", "bob", "grace"]),
-                                                  st.sampled_from(["suspend", "remove", "restore"])))
+updates = st.tuples(st.just("update"), st.tuples(st.sampled_from(["ada", "alan", "bob", "grace"]),
+                                                  st.sampled_from(["suspend", "remove", "restore"]),
+                                                  st.booleans()))  # generated now, or long ago
 restarts = st.tuples(st.just("restart"), st.sampled_from(["clean", "crash"]))
-step = st.one_of(taps, taps, taps, advances, commands, sensor, updates, restarts)
+# at the machine
+enrolments = st.tuples(st.just("enrol"), st.sampled_from(["alan", "bob", "nobody"]))
+buttons = st.tuples(st.just("button"), st.sampled_from([0.5, 1.9, 2.0, 30.0]))  # held this long
+bypasses = st.tuples(st.just("bypass"), st.booleans())
+step = st.one_of(taps, taps, taps, taps, advances, commands, sensor, updates, restarts, enrolments, buttons,
+                 bypasses)
 
 FLAVOURS = {
     # name: (machine lines, relay lines, sensor?)
@@ -75,20 +94,38 @@ class Model:
     members: dict[str, dict[str, Any]] = field(default_factory=lambda: {m["id"]: copy.deepcopy(m)
                                                                         for m in START_MEMBERS})
     version: int = 1
+    generated_at: str = "2026-11-25T08:00:00Z"
     locked: bool = False
     starts: int = 0  # taps answered "started"
+    # what the machine granted: member -> when inducted; badge -> (member, when enrolled)
+    inducted: dict[str, dt.datetime] = field(default_factory=dict)
+    enrolled: dict[str, tuple[str, dt.datetime]] = field(default_factory=dict)
+    enrolling: tuple[str, float] | None = None  # (member, until: monotonic)
 
     def member_of(self, badge: str) -> dict[str, Any] | None:
-        return next((m for m in self.members.values() if badge in m["badges"]), None)
+        listed = next((m for m in self.members.values() if badge in m["badges"]), None)
+        if listed is None and badge in self.enrolled:
+            return self.members.get(self.enrolled[badge][0])
+        return listed
+
+    def inducted_on_laser(self, m: dict[str, Any]) -> bool:
+        return "laser" in m["inductions"] or m["id"] in self.inducted
 
     def may_start(self, badge: str) -> bool:
         m = self.member_of(badge)
-        if m is None or m["status"] != "active" or "laser" not in m["inductions"]:
+        if m is None or m["status"] != "active" or not self.inducted_on_laser(m):
             return False
         return not self.locked or "staff" in m["roles"]
 
+    def new_list(self, now: dt.datetime, fresh: bool) -> None:
+        """A list generated now retires every grant (none made later); one generated long ago none."""
+        self.version += 1
+        if fresh:
+            self.generated_at = rfc3339(now)
+            self.inducted, self.enrolled = {}, {}
+
     def list_payload(self) -> bytes:
-        return json.dumps({"v": 1, "version": self.version, "generated_at": "2026-11-25T08:00:00Z",
+        return json.dumps({"v": 1, "version": self.version, "generated_at": self.generated_at,
                            "members": list(self.members.values())}).encode()
 
 
@@ -96,6 +133,7 @@ class Harness:
     def __init__(self, storage: Path, flavour: str, active_high: bool) -> None:
         machine, relay, has_sensor = FLAVOURS[flavour]
         extra = f'[sensor]\npin = {SENSOR_PIN}\nidle_timeout = "10m"\n' if has_sensor else ""
+        extra += f"[report]\npin = {REPORT_PIN}\n[bypass]\npin = {BYPASS_PIN}\n"
         self.text = config_text(storage, active_high=active_high, machine=machine, relay=relay, extra=extra)
         self.storage = storage
         self.has_sensor = has_sensor
@@ -104,6 +142,7 @@ class Harness:
         self.clock = FakeClock()
         self.model = Model()
         self.sensor_high = False
+        self.bypass_closed = False
         self.agent: RunningAgent | None = None
         self.start()
 
@@ -115,6 +154,8 @@ class Harness:
         if self.has_sensor and self.sensor_high:
             # The machine kept running across the restart: the new agent's sensor sees it.
             self.drive_sensor(True)
+        if self.bypass_closed:  # and the key stayed turned
+            self.drive(BYPASS_PIN, False, lambda: self.agent.agent.state.bypass.sensed)
 
     def relay_on(self) -> bool:
         return self.agent.relay_pin.state == self.on_level
@@ -146,6 +187,12 @@ class Harness:
         pin.drive_high() if high else pin.drive_low()
         wait_for(lambda: self.agent.agent.call(lambda: self.agent.agent.state.running) == high, 5, "the sensor input")
 
+    def drive(self, pin_number: int, high: bool, seen: Any) -> None:
+        """Drive an input pin and wait until the agent's loop has taken the change."""
+        pin = self.agent.pins.pin(pin_number)
+        pin.drive_high() if high else pin.drive_low()
+        wait_for(lambda: self.agent.agent.call(seen) == (not high), 5, f"the loop to see pin {pin_number}")
+
     # -- one step ------------------------------------------------------------------------------
 
     def do(self, kind: str, arg: Any) -> None:
@@ -154,16 +201,28 @@ class Harness:
         if kind == "tap":
             badge = BADGES[arg]
             was_on = self.relay_on()
-            idle = self.open_session() is None
+            session = self.open_session()
+            idle = session is None
+            enrolling = model.enrolling is not None and self.clock().mono < model.enrolling[1]
+            to_enrol = enrolling and model.member_of(badge) is None and not (session and session["badge"] == badge)
             answer = a.tap(badge)
-            if answer["action"] == "refused":
-                assert not answer["granted"]
-                assert not self.relay_went_on_since(mark) or was_on, f"refused tap {answer} drove the relay on"
-                assert self.relay_on() == was_on, f"a refused tap changed the relay: {answer}"
+            assert (answer["action"] == "enrolled") == to_enrol, f"{arg} during {model.enrolling}: {answer}"
+            if answer["action"] in ("refused", "enrolled", "inducted"):
+                assert answer["granted"] == (answer["action"] != "refused")
+                assert not self.relay_went_on_since(mark) or was_on, f"tap {answer} drove the relay on"
+                assert self.relay_on() == was_on, f"a tap answered {answer} changed the relay"
             if answer["action"] == "started":
                 model.starts += 1
                 assert idle, "a session started over another one"
                 assert model.may_start(badge), f"{arg} was granted a session the list does not allow: {answer}"
+            elif answer["action"] == "enrolled":
+                model.enrolled[badge] = (model.enrolling[0], self.clock().wall)
+                model.enrolling = None
+            elif answer["action"] == "inducted":
+                m = model.member_of(badge)
+                assert session is not None and session["member_id"] == "tess" != m["id"], "induction without its trainer"
+                assert m["status"] == "active" and not model.inducted_on_laser(m) and not model.locked
+                model.inducted[m["id"]] = self.clock().wall
             elif idle and answer["action"] == "refused":
                 assert not model.may_start(badge), f"{arg} may use the machine but was refused: {answer}"
         elif kind == "advance":
@@ -182,8 +241,8 @@ class Harness:
                 self.drive_sensor(arg)
                 a.tick()
         elif kind == "update":
-            who, change = arg
-            model.version += 1
+            who, change, fresh = arg
+            model.new_list(self.clock().wall, fresh)
             if change == "remove":
                 model.members.pop(who, None)
             else:
@@ -195,7 +254,34 @@ class Harness:
         elif kind == "restart":
             relay_on_at_exit = self.stop(crash=arg == "crash")
             assert not relay_on_at_exit, "a clean stop switches the relay off"
+            model.enrolling = None  # an open enrolment does not outlive its agent
             self.start()
+        elif kind == "taps":
+            for who in arg:
+                self.do("tap", who)
+        elif kind == "enrol":
+            a.agent.call(a.agent.command, Command("enrol", "tech", "", ts=self.clock.wall, member_id=arg))
+            if arg in model.members:
+                model.enrolling = (arg, self.clock().mono + 60)
+        elif kind == "button":
+            reports = len([e for e in read_events(self.storage) if e["type"] == "out_of_order_reported"])
+            self.drive(REPORT_PIN, False, lambda: a.agent.state.report.sensed)
+            self.clock.advance(arg)
+            a.tick()
+            self.drive(REPORT_PIN, True, lambda: a.agent.state.report.sensed)
+            reported = len([e for e in read_events(self.storage) if e["type"] == "out_of_order_reported"])
+            assert reported == reports + (arg >= 2.0), f"held {arg} s: {reported - reports} reports"
+            if arg >= 2.0:
+                model.locked = True
+                assert self.open_session() is None and (not self.relay_on() or self.run_on), "reported, yet on"
+            self.clock.advance(2.0)  # the release settles
+            a.tick()
+        elif kind == "bypass":
+            self.bypass_closed = arg
+            self.drive(BYPASS_PIN, not arg, lambda: a.agent.state.bypass.sensed)
+            self.clock.advance(0.5)
+            a.tick()
+            assert a.agent.call(a.agent.status)["bypass"] == arg
         self.check()
 
     # -- the invariants --------------------------------------------------------------------------
@@ -246,7 +332,7 @@ def check_event_log(events: list[dict[str, Any]]) -> tuple[dict | None, dict | N
 
 def _vanish(agent: Any) -> None:
     """Release what a killed process's kernel would release; record nothing, switch nothing."""
-    for part in (agent.reader, agent.control, agent.link, agent.sensor, agent.indicators):
+    for part in (agent.reader, agent.control, agent.link, agent.inputs, agent.indicators):
         if part is not None:
             part.close()
     agent.relay.device.close()
@@ -260,6 +346,10 @@ def _vanish(agent: Any) -> None:
 @given(flavour=st.sampled_from(sorted(FLAVOURS)), active_high=st.booleans(),
        steps=st.lists(step, min_size=1, max_size=14))
 def test_reliability_daemon_invariants_hold_under_random_inputs(flavour, active_high, steps):
+    run_steps(flavour, active_high, steps)
+
+
+def run_steps(flavour: str, active_high: bool, steps: list[tuple[str, Any]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         harness = Harness(Path(tmp), flavour, active_high)
         try:
@@ -269,6 +359,26 @@ def test_reliability_daemon_invariants_hold_under_random_inputs(flavour, active_
             harness.finish()
         finally:
             harness.agent.stop()
+
+
+# The same invariants with what happens at the machine weighing most: the trainer and the
+# members she may induct, the badge nobody has and enrolments, the button, the bypass key,
+# lists generated before and after the grants, unlocks (the button locks), restarts.
+training_taps = st.tuples(st.just("tap"), st.sampled_from(["tess", "alan", "hedy", "fresh", "ada", "grace"]))
+# the trainer taps, then someone else: the taps of an induction, or of a refusal of one
+lessons = st.tuples(st.just("taps"), st.tuples(st.just("tess"), st.sampled_from(["alan", "alan", "hedy", "fresh",
+                                                                                  "ada", "grace", "tess"])))
+unlocks = st.tuples(st.just("command"), st.just("unlock"))
+training = st.one_of(training_taps, training_taps, lessons, lessons, enrolments, buttons, bypasses,
+                     updates, unlocks, restarts, advances)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(flavour=st.sampled_from(sorted(FLAVOURS)), active_high=st.booleans(),
+       steps=st.lists(training, min_size=8, max_size=16))
+def test_reliability_daemon_invariants_hold_at_the_machine(flavour, active_high, steps):
+    run_steps(flavour, active_high, steps)
 
 
 def test_reliability_daemon_crash_mid_session_is_closed_as_agent_restart(tmp_path):

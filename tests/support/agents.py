@@ -86,6 +86,7 @@ class RunningAgent:
 
     def __init__(self, text: str, clock: Any = None, simulate: bool = True, connect: bool = False,
                  reader: Any = None) -> None:
+        """With `simulate` false, `reader` is a real backend (on a pseudo-terminal, say)."""
         config = parse(text, "test.toml")
         config = dataclasses.replace(config, hardware=HardwareConfig(simulate=simulate))
         self.pins = MockFactory(pin_class=MockPWMPin)

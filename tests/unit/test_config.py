@@ -71,6 +71,8 @@ def test_config_minimal_has_defaults(tmp_path):
     assert c.mqtt is None
     assert c.sensor.pin is None and c.sensor.idle_timeout is None
     assert c.indicators.green is None
+    assert c.machine.induction_valid is None and c.report.pin is None and c.report.hold == 2.0
+    assert c.bypass.pin is None
     assert c.members.public_key is None and c.members.max_list_age is None
     assert c.hardware.simulate is False
     assert c.path == tmp_path / "agent.toml"
@@ -143,6 +145,10 @@ def test_config_simulate_from_environment(tmp_path, monkeypatch, env, expected):
         ("machine", "hours", '["mon-sun 00:00-24:00"]', OpeningHours.parse(["mon-sun 00:00-24:00"])),
         ("reader", "type", '"mfrc522"', "mfrc522"),
         ("reader", "port", '"/dev/ttyACM0"', "/dev/ttyACM0"),
+        ("machine", "induction_valid", '"365d"', 365 * 86400.0),
+        ("report", "pin", "22", 22),
+        ("report", "hold", '"0.5s"', 0.5),
+        ("bypass", "pin", "23", 23),
     ],
 )
 def test_config_accepts(tmp_path, section, key, value, expected):
@@ -179,6 +185,10 @@ def test_config_missing_required_section(tmp_path, section):
     ({"mqtt": {"url": '"http://h"'}}, "mqtt.url"),
     ({"members": {"public_key": '"not base64!"'}}, "members.public_key"),
     ({"storage": {"dir": '""'}}, "storage.dir"),
+    ({"report": {"pin": "17"}}, "report.pin"),
+    ({"bypass": {"pin": "17"}}, "bypass.pin"),
+    ({"report": {"pin": "22"}, "bypass": {"pin": "22"}}, "bypass.pin"),
+    ({"report": {"hold": '"50ms"'}}, "report.hold"),
 ])
 def test_config_keys_that_depend_on_each_other(tmp_path, tables, key):
     sections = {name: dict(table) for name, table in MINIMAL.items()}

@@ -264,3 +264,33 @@ def test_remote_version_true_is_not_version_1():
     # obj.get("v") != 1 is False for True (and 1.0): {"v": true} passes as version 1.
     with pytest.raises(CommandError):
         parse(with_(v=True))
+
+
+# --- enrol (at the machine) ------------------------------------------------------------------------
+
+def test_remote_enrol_carries_the_member_and_round_trips():
+    command = parse(payload(v=1, command="enrol", by="giulia", member_id="m-0042"))
+    assert command == Command("enrol", "giulia", "", ts=NOW, member_id="m-0042")
+    assert parse(json.dumps(command.as_payload()).encode()) == command
+    assert command.as_payload()["member_id"] == "m-0042"
+
+
+@pytest.mark.parametrize("raw, error", [
+    (payload(v=1, command="enrol", by="giulia"), "enrol needs member_id"),
+    (payload(v=1, command="enrol", by="giulia", member_id=""), "enrol needs member_id"),
+    (payload(v=1, command="enrol", by="giulia", member_id="  "), "enrol needs member_id"),
+    (payload(v=1, command="enrol", by="giulia", member_id=42), "enrol needs member_id"),
+    (payload(v=1, command="enrol", by="giulia", member_id="m" * 201), "enrol needs member_id"),
+    (with_(member_id="m-0042"), "member_id is for enrol, not lock"),
+])
+def test_remote_enrol_without_a_member_or_a_member_elsewhere_is_refused(raw, error):
+    with pytest.raises(CommandError, match=error):
+        parse(raw)
+
+
+def test_remote_signed_enrol_covers_its_member(keys):
+    key, pub = keys
+    raw = signed(key, command="enrol", reason="", member_id="m-0042")
+    assert parse(json.dumps(raw).encode(), pub).member_id == "m-0042"
+    with pytest.raises(CommandError, match="bad signature"):  # another member in a signed enrol
+        parse(json.dumps({**raw, "member_id": "m-0666"}).encode(), pub)

@@ -14,15 +14,20 @@ from hypothesis import strategies as st
 
 from agent.core.hours import OpeningHours
 from agent.core.model import Instant, Member, Signal
-from agent.core.policy import Rules
+from agent.core.policy import Rules, decide
 from agent.core.session import (
+    BypassKey,
     EndSession,
+    Enrol,
     Indicate,
+    LastTap,
     Lock,
     Machine,
+    NewList,
     Outcome,
     Record,
     Relay,
+    ReportButton,
     Running,
     Shutdown,
     State,
@@ -608,7 +613,11 @@ def test_session_ticks_before_next_wakeup_change_nothing(m):
 # --- property test ----------------------------------------------------------------------------
 
 # Members who may use the machine weigh most, so sessions happen often.
-CAST = [ADA, ADA, ADA, BOB, BOB, STAFF, SUSPENDED, UNINDUCTED, STAFF_UNINDUCTED, None]
+TRAINER = Member(id="m-trainer", name="Tess", status="active", roles=frozenset({"trainer:laser"}),
+                 inductions={"laser": None}, badges=("04AAAA01",))
+LAPSED = person("m-lapsed", "04020202", inductions={"laser": dt.date(2026, 1, 1)})
+CAST = [ADA, ADA, ADA, BOB, BOB, STAFF, SUSPENDED, UNINDUCTED, UNINDUCTED, STAFF_UNINDUCTED, None, None,
+        TRAINER, TRAINER, TRAINER, LAPSED]
 TIMINGS = st.builds(
     dict,
     max_session=st.sampled_from([None, 60.0, 600.0]),
@@ -618,11 +627,14 @@ TIMINGS = st.builds(
     min_off=st.sampled_from([0.0, 20.0]),
     run_on=st.sampled_from([0.0, 45.0]),
     has_sensor=st.booleans(),
+    induction_valid=st.sampled_from([None, 86400.0]),
+    report_hold=st.sampled_from([2.0, 5.0]),
 )
 TAPS = st.builds(
-    lambda who, alt, stale, authentic: Tap(ADA_PHONE if alt and who is ADA else (who.badges[0] if who else UNKNOWN),
-                                           who, stale, authentic=authentic),
-    st.sampled_from(CAST), st.booleans(), st.sampled_from([False] * 7 + [True]),
+    lambda who, alt, stale, trusted, authentic: Tap(
+        ADA_PHONE if alt and who is ADA else (who.badges[0] if who else UNKNOWN), who, stale, trusted,
+        authentic=authentic),
+    st.sampled_from(CAST), st.booleans(), st.sampled_from([False] * 7 + [True]), st.sampled_from([True] * 7 + [False]),
     st.sampled_from([True] * 7 + [False]),  # secure cards: now and then a clone of the badge
 )
 OTHERS = {
@@ -631,11 +643,20 @@ OTHERS = {
     "unlock": st.builds(Unlock, st.just("tech")),
     "end": st.builds(EndSession, st.just("tech")),
     "running": st.builds(Running, st.booleans()),
+    # at the machine; a list is ("list", fresh): generated now (retiring every grant) or long ago
+    "enrol": st.builds(Enrol, st.sampled_from(["m-ada", "m-new"]), st.just("tech"), st.sampled_from([True, True, False])),
+    "button": st.builds(ReportButton, st.booleans(), st.none() | st.builds(LastTap, st.sampled_from(
+        ["m-ada", "m-bob", None]), st.sampled_from([MONO0, MONO0 + 600.0]))),
+    "bypass": st.builds(BypassKey, st.booleans()),
+    "list": st.tuples(st.just("list"), st.booleans()),
 }
-# Taps and ticks weigh most; lock and unlock equally, so the machine is not locked most of the time.
-KINDS = ["tap"] * 8 + ["tick"] * 5 + ["running"] * 2 + ["lock", "unlock", "end"]
+# Taps and ticks weigh most; unlocks outweigh locks (the button locks too), so the machine is not
+# locked most of the time.
+KINDS = (["tap"] * 10 + ["tick"] * 4 + ["running"] * 2 + ["lock", "unlock", "unlock", "end"]
+         + ["enrol", "enrol", "button", "bypass", "list"])
 INPUTS = st.sampled_from(KINDS).flatmap(lambda kind: TAPS if kind == "tap" else OTHERS[kind])
-SEQUENCES = st.lists(st.tuples(st.sampled_from([0.0, 0.5, 5.0, 15.0, 25.0, 50.0, 70.0, 400.0]), INPUTS), max_size=60)
+SEQUENCES = st.lists(st.tuples(st.sampled_from([0.0, 0.5, 2.0, 5.0, 15.0, 25.0, 50.0, 70.0, 400.0]), INPUTS),
+                     max_size=60)
 
 
 def _check_step(before: State, step: Step, physical: bool, open_session: str | None) -> tuple[bool, str | None]:
@@ -682,18 +703,76 @@ def _check_step(before: State, step: Step, physical: bool, open_session: str | N
     return physical, open_session
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(TIMINGS, SEQUENCES)
-def test_session_property_invariants(timing, sequence):
+class _Grants:
+    """What the test knows of the machine's grants, apart from the session machine: the
+    inductions it gave (member -> when) and the list version they were last held against."""
+
+    def __init__(self) -> None:
+        self.given: dict[str, dt.datetime] = {}
+        self.version: int | None = None
+
+    def entitled(self, member: Member, m: Machine, before: State, tap: Tap, local: dt.datetime) -> bool:
+        if member.id in self.given:
+            member = member._replace(inductions={**member.inductions, "laser": None})
+        # an induction given here may carry an expiry; none of them ends within a test's sequence
+        return decide(member, m.rules, tap.situation(before.locked), local).granted
+
+    def new_list(self, version: int, generated: dt.datetime) -> None:
+        if version != self.version:
+            self.given = {k: ts for k, ts in self.given.items() if ts > generated}
+            self.version = version
+
+
+def _check_at_the_machine(before: State, event: object, step: Step, now: Instant, m: Machine, grants: _Grants) -> None:
+    """Grants, enrolments, reports and the bypass key change the relay only as the rules say."""
+    idle_tap = isinstance(event, Tap) and before.session is None and event.member is not None
+    if idle_tap:  # on an idle machine a member starts a session exactly when entitled to
+        entitled = grants.entitled(event.member, m, before, event, now.local(m.tz))
+        assert (step.outcome.action == "started") == entitled, f"{event.member.id}: {step.outcome}"
+    for action in step.actions:
+        if not isinstance(action, Record):
+            continue
+        fields = action.fields
+        if action.type == "session_started":
+            assert isinstance(event, Tap) and grants.entitled(event.member, m, before, event, now.local(m.tz)), \
+                f"{event} started a session it was not entitled to"
+        elif action.type == "induction_granted":
+            session = before.session
+            assert isinstance(event, Tap) and session is not None and session.trainer, "induction without a trainer"
+            assert fields["by"] == session.member_id != fields["member_id"] == event.member.id
+            assert event.member.status == "active" and not before.locked
+            assert not event.list_stale or event.member.is_staff  # staff are served on a stale list
+            assert Relay(True) not in step.actions and step.state.session == session
+            grants.given[fields["member_id"]] = now.wall
+        elif action.type == "badge_enrolled":
+            assert isinstance(event, Tap) and event.member is None
+            assert before.enrolment is not None and now.mono < before.enrolment.until
+            assert fields["member_id"] == before.enrolment.member_id
+        elif action.type == "out_of_order_reported":
+            assert before.report.sensed and now.mono - before.report.since >= m.report_hold
+            assert fields["by"] == before.report.by
+            assert step.state.locked and step.state.session is None
+            assert before.session is None or not step.state.relay
+        elif action.type in ("bypass_on", "bypass_off"):
+            assert not any(isinstance(a, Relay) for a in step.actions)
+
+
+def _run_property(timing: dict, sequence: list) -> None:
     has_sensor = timing.pop("has_sensor")
-    m = Machine(Rules("laser"), Timing(**timing), dt.timezone.utc, has_sensor)
+    valid, hold = timing.pop("induction_valid"), timing.pop("report_hold")
+    m = Machine(Rules("laser"), Timing(**timing), dt.timezone.utc, has_sensor, valid, hold)
     state, clock, physical, open_session = State(), 0.0, False, None
+    grants, versions = _Grants(), iter(range(2, 1000))
     for advance, event in sequence:
         clock += advance
+        if isinstance(event, tuple):  # a member list, generated now or long ago
+            event = NewList(next(versions), at(clock).wall if event[1] else T0 - dt.timedelta(days=30))
+            grants.new_list(event.version, event.generated)
         step = handle(state, event, at(clock), m)
         physical, open_session = _check_step(state, step, physical, open_session)
         if isinstance(event, Tap) and not event.authentic:  # a card that did not authenticate changes nothing
             assert step.outcome.reason == "card_not_authentic" and step.state == state
+        _check_at_the_machine(state, event, step, at(clock), m, grants)
         state = step.state
         # a Tick before the next wakeup changes nothing
         wake = next_wakeup(state, m)
@@ -705,6 +784,32 @@ def test_session_property_invariants(timing, sequence):
     physical, open_session = _check_step(state, step, physical, open_session)
     assert open_session is None and not physical and not step.state.relay
     assert step.state.session is None
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(TIMINGS, SEQUENCES)
+def test_session_property_invariants(timing, sequence):
+    _run_property(timing, sequence)
+
+
+# The same invariants with the inputs at the machine weighing most: trainers and the members
+# they induct, unknown badges during enrolments, the button and the bypass key, lists.
+TRAINING_TAPS = st.builds(
+    lambda who, stale: Tap(who.badges[0] if who else UNKNOWN, who, stale),
+    st.sampled_from([TRAINER, TRAINER, UNINDUCTED, LAPSED, STAFF_UNINDUCTED, SUSPENDED, BOB, None, None]),
+    st.sampled_from([False] * 7 + [True]),
+)
+TRAINING_KINDS = ["tap"] * 8 + ["tick"] * 4 + ["enrol", "enrol", "button", "button", "bypass", "bypass", "list", "list",
+                                              "lock", "unlock", "unlock"]
+TRAINING = st.sampled_from(TRAINING_KINDS).flatmap(lambda kind: TRAINING_TAPS if kind == "tap" else OTHERS[kind])
+TRAINING_SEQUENCES = st.lists(st.tuples(st.sampled_from([0.0, 0.2, 0.5, 1.0, 2.0, 5.0, 30.0, 70.0]), TRAINING),
+                              max_size=60)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(TIMINGS, TRAINING_SEQUENCES)
+def test_session_property_invariants_at_the_machine(timing, sequence):
+    _run_property(timing, sequence)
 
 
 # --- secure cards ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from agent.members.snapshot import (
     load_csv,
     load_file,
     load_json,
+    member_names,
     to_json,
 )
 from agent.members.version import MAX_VERSION
@@ -575,6 +576,108 @@ def test_snapshot_unchecked_load_validates_each_member_as_it_is_read():
         with pytest.raises(SnapshotError, match=message) as info:
             next(reader)
         assert str(info.value).startswith("members[1]") and info.value.version == 3
+
+
+# --- EM4100 printed numbers ---------------------------------------------------------------------
+
+def test_snapshot_csv_ten_decimal_digits_without_a_prefix_is_an_error_naming_both_readings() -> None:
+    """The reproduced defect: the number printed on an EM4100 card, typed into the
+    spreadsheet, was taken as 10 hex digits without a word, and every tap refused."""
+    text = CSV_HEADER + csv_row(badges="0004567890")
+    with pytest.raises(SnapshotError) as caught:
+        load_csv(text, version=5, source="members.csv")
+    message = str(caught.value)
+    assert message.startswith("members.csv row 2 (id 'm-7'): badges: ")
+    assert "hex:0004567890" in message and "em:0004567890" in message  # both readings, and how to choose
+    assert "0045B352" in message  # what the printed number means on the tag
+
+
+def test_snapshot_csv_ten_digits_too_large_for_a_printed_number_still_asks_for_hex() -> None:
+    with pytest.raises(SnapshotError, match=r"row 2 \(id 'm-7'\): badges: 9999999999 .*at most 4294967295.*"
+                                            r"write hex:9999999999"):
+        load_csv(CSV_HEADER + csv_row(badges="9999999999"), version=5, source="members.csv")
+
+
+@pytest.mark.parametrize("cell, badge", [
+    ("em:0004567890", "em:0004567890"),
+    ("EM:4567890", "em:0004567890"),           # a spreadsheet that dropped the leading zeros
+    ('"em:069,46930"', "em:069,46930"),         # facility code, card number: quoted for the comma
+    ('"em:69,46930"', "em:069,46930"),
+    ("hex:0004567890", "0004567890"),           # the same digits, said to be hex
+    ("HEX:04:a1:b2:c3", "04A1B2C3"),
+    ("0A0045B352", "0A0045B352"),               # 10 hex digits with a letter are not ambiguous
+])
+def test_snapshot_csv_em_and_hex_badges(cell: str, badge: str) -> None:
+    (member,) = load_csv(CSV_HEADER + csv_row(badges=cell), version=5).members()
+    assert member.badges == (badge,)
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("em:4294967296", "at most 4294967295"),
+    ('"em:256,00001"', "facility code is 0-255"),
+    ('"em:001,65536"', "card number 0-65535"),
+    ("em:", "is not an EM4100 number"),
+    ("em:12345678901", "is not an EM4100 number"),
+    ("em:0x45B352", "is not an EM4100 number"),
+    ("hex:0004567", "has 7 hex digits"),
+])
+def test_snapshot_bad_em_and_hex_badges_name_the_row(cell: str, message: str) -> None:
+    with pytest.raises(SnapshotError, match=rf"members.csv row 2 \(id 'm-7'\): badges: .*{message}"):
+        load_csv(CSV_HEADER + csv_row(badges=cell), version=5, source="members.csv")
+
+
+def test_snapshot_json_em_badges_are_read_in_normal_form_and_round_trip() -> None:
+    ada = {**ADA, "badges": ["em:0004567890", "em:69,46930", "hex:0004567890"]}
+    snap = load_json(dumps(snapshot(ada)))
+    (member,) = snap.members()
+    assert member.badges == ("em:0004567890", "em:069,46930", "0004567890")
+    assert list(load_json(to_json(snap)).members()) == [member]
+    # in normal form a member takes the fast path and reads the same
+    fast = load_json(dumps(snapshot({**ada, "badges": list(member.badges)})))
+    assert list(fast.members()) == [member]
+
+
+@pytest.mark.parametrize("first, second", [
+    ("0A0045B352", "em:0004567890"),   # a hex read and the printed number of the same tag
+    ("em:0004567890", "0A0045B352"),   # in either order
+    ("em:0004567890", "em:069,45906"),  # 0x0045B352: facility 0x45 = 69, card 0xB352 = 45906
+    ("0A0045B352", "em:069,45906"),
+    ("em:069,45906", "FF0045B352"),
+    ("em:0004567890", "em:0004567890"),
+])
+def test_snapshot_one_tag_under_two_members_is_refused(first: str, second: str) -> None:
+    ada, grace = {**ADA, "badges": [first]}, {**GRACE, "badges": [second]}
+    with pytest.raises(SnapshotError, match=r"members\[1\] \(id 'm-0002'\): badges: .*(is the same tag as .* "
+                                            r"of member 'm-0001'|already belongs to member 'm-0001')"):
+        load_json(dumps(snapshot(ada, grace)))
+
+
+@pytest.mark.parametrize("first, second", [
+    ("0A0045B352", "em:0004567891"), ("em:0004567890", "em:069,45907"), ("em:0004567890", "em:4571986"),
+])
+def test_snapshot_printed_numbers_of_different_tags_may_belong_to_two_members(first: str, second: str) -> None:
+    ada, grace = {**ADA, "badges": [first]}, {**GRACE, "badges": [second]}
+    assert load_json(dumps(snapshot(ada, grace))).count == 2
+
+
+def test_snapshot_one_member_may_list_a_tag_and_its_printed_number() -> None:
+    (member,) = load_json(dumps(snapshot({**ADA, "badges": ["0A0045B352", "em:0004567890"]}))).members()
+    assert member.badges == ("0A0045B352", "em:0004567890")
+
+
+def test_snapshot_tags_that_differ_only_in_their_first_byte_may_belong_to_two_members() -> None:
+    ada, grace = {**ADA, "badges": ["0A0045B352"]}, {**GRACE, "badges": ["0B0045B352"]}
+    assert load_json(dumps(snapshot(ada, grace))).count == 2
+    # but then the printed number cannot say which of the two it means
+    carol = {**ADA, "id": "m-0003", "badges": ["em:0004567890"]}
+    with pytest.raises(SnapshotError, match="is the same tag as"):
+        load_json(dumps(snapshot(ada, grace, carol)))
+
+
+def test_snapshot_member_names_for_people_to_read() -> None:
+    assert member_names(dumps(snapshot(ADA, {**GRACE, "name": ""}))) == {"m-0001": "Ada Lovelace"}
+    assert member_names(dumps(snapshot())) == {}
+    assert member_names(b"not a list") is None and member_names(dumps(snapshot({"id": 5}))) is None
 
 
 # --- secure cards: badges accepted by their UID alone -------------------------------------------
