@@ -40,12 +40,13 @@ from agent.devtools.emulated_mfrc522 import (
 )
 from agent.devtools.emulated_ntag424 import (
     GarbageClone,
+    IsoDepCard,
     KeylessClone,
     Ntag424,
     UidClone,
 )
 from agent.hardware.cardkeys import diversify
-from agent.hardware.isodep import NoAnswer
+from agent.hardware.isodep import IsoDep, NoAnswer
 from agent.hardware.mfrc522chip import BadFrame
 from agent.hardware.securecard import SECURE_BUDGET
 from tests.support.cards import MASTER, key_file
@@ -547,6 +548,19 @@ def test_transceive_refuses_a_frame_the_fifo_cannot_hold(rig: Rig) -> None:
         chip.transceive(bytes(65), 0.01)
 
 
+def test_isodep_over_the_chip_chains_both_ways_within_the_fifo(rig: Rig) -> None:
+    """An APDU of 200 bytes and its answer of 202: each way in blocks that fit the 64-byte
+    FIFO with their CRC_A (the card takes 128, the reader announces 64)."""
+    card = IsoDepCard(UIDS[7], lambda apdu: apdu[::-1] + b"\x90\x00")
+    chip = _selected(rig, card)
+    link = IsoDep(chip, budget=1.0, clock=rig.chip.monotonic, sleep=rig.chip.sleep)
+    link.activate()
+    apdu = bytes(range(200))
+    assert link.exchange(apdu) == apdu[::-1] + b"\x90\x00"
+    assert card.apdus == [apdu]
+    assert card.frames == 4 + 3  # its four I-blocks, and an R(ACK) for each of its first three
+
+
 # Secure cards (issue 21) on the MFRC522: its NTAG 424 DNA check over this port.
 
 
@@ -573,6 +587,21 @@ def test_secure_a_card_on_the_mfrc522_is_one_tap_with_its_check(rig: Rig, tmp_pa
     taps = rig.run(reader, 3.0)  # held for 3 s: one tap, one check
     assert [(tap.badge, tap.authentic) for tap in taps] == [(UIDS[7], authentic)]
     assert reader.healthy
+
+
+@pytest.mark.parametrize("kind", ["flip", "parity", "drop"])
+@pytest.mark.parametrize("answer", [7, 8, 9, 10, 11],
+                         ids=["ISOSelectFile", "AuthenticateEV2First", "its second part", "GetCardUID",
+                              "S(DESELECT)"])
+def test_secure_rf_noise_in_a_check_is_recovered_within_the_tap(rig: Rig, tmp_path, kind: str, answer: int) -> None:
+    """One of the card's answers garbled or lost (after its ATQA, the anticollision and
+    SELECT answers and its ATS: six before): R(NAK), and the card sends it again."""
+    reader = _secure(rig, tmp_path)
+    reader.step()
+    rig.chip.place(_genuine())
+    rig.chip.inject(*[Fault("clean")] * (answer - 1), Fault(kind, 40))
+    taps = rig.run(reader, 1.0)
+    assert [tap.authentic for tap in taps] == [True] and not rig.chip.faults
 
 
 def _first_tap(rig: Rig, reader) -> tuple[object, float]:

@@ -116,6 +116,22 @@ def test_secure_cards_a_genuine_card_is_one_authentic_tap_that_switches_the_rela
     assert m.relay() == [0, 1, 0, 1] and not m.events("access_denied")
 
 
+def test_secure_cards_no_key_is_ever_logged(machine, caplog):
+    """Neither the master key nor a card's key reaches the log, at any level, through a
+    genuine tap and a clone's."""
+    with caplog.at_level(logging.DEBUG):
+        m = machine()
+        card = m.lay(genuine())
+        wait_for(lambda: m.events("session_started"), 10, "the session")
+        m.take(card)
+        m.lay(KeylessClone(ADA))
+        wait_for(lambda: m.events("access_denied"), 10, "the clone's refusal")
+    logged = caplog.text.lower()
+    assert "card_not_authentic" in logged
+    for key in (MASTER, diversify(MASTER, bytes.fromhex(ADA))):
+        assert key.hex() not in logged
+
+
 def _pulled(before: str) -> Callable[[EmulatedMFRC522], Card]:
     def make(chip: EmulatedMFRC522) -> Card:
         card = genuine()
