@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from agent.devtools.emulated_mfrc522 import HLTA, Card, crc_a, from_bits, to_bits
 
 CARRIER_HZ = 13.56e6
+COMMAND_WORK = 0.002  # seconds a card works on a command, by default (an assumption: NXP publishes none)
 NTAG424_ATS = bytes.fromhex("067777710280")  # TL T0 TA TB TC T1: FSC 128, FWI 7 (38.7 ms), SFGI 1, CID
 SIZES = (16, 24, 32, 40, 48, 64, 96, 128, 256)
 NDEF_AID_SELECT = bytes.fromhex("00A4040C07D276000085010100")
@@ -51,7 +52,7 @@ class IsoDepCard(Card):
     SAK_BY_SIZE = {4: 0x20, 7: 0x20, 10: 0x20}  # b6: ISO 14443-4 compliant
 
     def __init__(self, uid: bytes | str, app: Callable[[bytes], bytes], ats: bytes = NTAG424_ATS,
-                 wtx: tuple[int, ...] = (), wtx_after: float = 0.0, busy: float = 0.002,
+                 wtx: tuple[int, ...] = (), wtx_after: float = 0.0, busy: float = COMMAND_WORK,
                  asks_for_time: bool = True, ready_after: float = 0.0) -> None:
         super().__init__(uid, ready_after)
         self.app, self.ats, self.busy, self.asks_for_time = app, ats, busy, asks_for_time
