@@ -125,8 +125,10 @@ class MqttConfig:
     cert_file: str | None = _opt("mqtts: this machine's client certificate", None)
     key_file: str | None = _opt("mqtts: the key of the client certificate", None)
     keepalive: int = _opt("seconds, 1 to 30: the broker publishes the will within about 1.5 times this", 30)
-    outbox_limit: int = _opt("events kept for the broker at most; at the bound refusals are dropped and "
-                             "no session starts", 100_000)
+    outbox_limit: int = _opt("events kept for the broker and the logbook at most; at the bound the oldest the "
+                             "broker took make room, then refusals are dropped and no session starts", 100_000)
+    resend_after: float = _opt("events the logbook's archived mark has not covered this long after they were "
+                               "sent are sent again (then at doubling intervals, up to an hour)", 60.0, "duration")
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,8 @@ class StorageConfig:
     """Where the agent keeps its state."""
 
     dir: Path = _opt("the member cache and the event outbox live here", kind="path")
+    keep: float = _opt("events are kept until the logbook confirms them, or this long at most: without a "
+                       "logbook nothing grows without bound", 30 * 86400.0, "duration")
 
 
 @dataclass(frozen=True)
@@ -336,6 +340,8 @@ def _inconsistency(config: Config) -> str | None:
         return "sensor.idle_timeout: needs sensor.pin (the machine-running input)"
     if str(config.storage.dir) in ("", "."):
         return "storage.dir: must name a directory"
+    if config.storage.keep < 3600:
+        return "storage.keep: must be at least an hour (1h)"
     pins: dict[int, str] = {}
     named = [("relay.pin", config.relay.pin), ("sensor.pin", config.sensor.pin)]
     named += [(f"indicators.{k}", getattr(config.indicators, k)) for k in ("green", "red", "amber", "buzzer", "heartbeat")]
@@ -362,6 +368,8 @@ def _inconsistency(config: Config) -> str | None:
             return "mqtt.keepalive: must be 1 to 30 seconds (the will must fire within about 45 s)"
         if mqtt.outbox_limit < 1:
             return "mqtt.outbox_limit: must be at least 1"
+        if mqtt.resend_after < 1:
+            return "mqtt.resend_after: must be at least 1 second"
         if not mqtt.topic_prefix or any(c in mqtt.topic_prefix for c in "+#\0") or mqtt.topic_prefix.startswith("/"):
             return f"mqtt.topic_prefix: {mqtt.topic_prefix!r} cannot be used in topics (no +, #, leading /)"
     if config.commands.max_age <= 0:

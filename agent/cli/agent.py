@@ -28,6 +28,7 @@ def run(config_path: Path, simulate: bool, verbose: bool) -> None:
     """Run the machine agent (a long-running daemon)."""
     from agent import logs
     from agent.daemon.agent import Agent, link_for
+    from agent.daemon.lock import StorageInUse
     from agent.hardware.cardkeys import CardKeyError
     from agent.members.badgehash import BadgeKeyError
 
@@ -39,6 +40,8 @@ def run(config_path: Path, simulate: bool, verbose: bool) -> None:
         raise InputError(f"{config_path}: members.badge_hash_key_file: {err}") from None
     except CardKeyError as err:
         raise InputError(f"{config_path}: reader.card_key_file: {err}") from None
+    except StorageInUse as err:
+        raise RuntimeFailure(f"{config_path}: storage.dir: {err}") from None
     agent.install_signal_handlers()
     sys.exit(agent.run())
 
@@ -117,6 +120,11 @@ def status(config_path: Path | None, broker_url: str | None, password_file: str 
         f"  broker     {'connected' if result['broker'] else 'not connected'}",
         f"  clock      {clock_word(result)}"
         + (" (dated rules refuse: clock_unsynchronised; see fabpass doctor)" if not result["clock_trusted"] else ""),
+        "  logbook    " + ("no logbook has confirmed any event yet" if result["unarchived"] is None
+                            else f"{result['unarchived']} events not yet confirmed (incarnation "
+                                 f"{result['incarnation'] or '-'})"),
         f"  reader     {result['reader']['type']}, {'ok' if result['reader']['healthy'] else result['reader']['detail']}",
     ]
+    if result["conflict"]:
+        lines.append("  CONFLICT   another agent is running with this machine id: give each machine its own id")
     click.echo("\n".join(shown(line) for line in lines))

@@ -121,9 +121,11 @@ def logbook() -> None:
 @click.option("--homeassistant", "ha_prefix", is_flag=False, flag_value="homeassistant", default=None,
               metavar="[PREFIX]", help="Publish Home Assistant MQTT discovery for every machine under "
                                        "PREFIX (default homeassistant).")
+@click.option("--keep", default="30d", show_default=True, metavar="SPAN",
+              help="As the agents' [storage] keep: the marks of incarnations heard from within it are published.")
 def run(broker_url: str, password_file: str | None, topic_prefix: str, db_path: Path,
         client_id: str, session_expiry: str, notify_urls: tuple[str, ...], thresholds: Path | None,
-        ha_prefix: str | None) -> None:
+        ha_prefix: str | None, keep: str) -> None:
     """Collect every machine's events into the logbook until SIGTERM or SIGINT."""
     from agent.core.timespec import parse_duration
     from agent.link.topics import Topics
@@ -133,6 +135,10 @@ def run(broker_url: str, password_file: str | None, topic_prefix: str, db_path: 
         expiry = int(parse_duration(session_expiry))
     except ValueError as err:
         raise InputError(f"--session-expiry: {err}") from None
+    try:
+        keep_s = parse_duration(keep)
+    except ValueError as err:
+        raise InputError(f"--keep: {err}") from None
     broker = parse_broker(broker_url, password_file)
     limits = _thresholds(thresholds)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -141,7 +147,7 @@ def run(broker_url: str, password_file: str | None, topic_prefix: str, db_path: 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        collector = Collector(broker, db_path, topic_prefix, client_id, expiry)
+        collector = Collector(broker, db_path, topic_prefix, client_id, expiry, keep_s)
     except sqlite3.Error as err:
         raise InputError(f"--db: {db_path}: {err}") from None
     alerts = homeassistant = None
@@ -191,9 +197,10 @@ def sessions_command(db_path: Path, machine: str | None, member: str | None,
     if as_json:
         print_json(rows)
         return
-    _table(["MACHINE", "MEMBER", "BADGE", "START", "END", "H:MM", "ENDED"],
-           [[r["machine"], r["member_id"], r["badge"], _local(r["start"]),
-             _local(r["end"]) or "(open)", _hm(r["duration_s"]), r["end_reason"]] for r in rows])
+    _table(["MACHINE", "MEMBER", "NAME", "BADGE", "START", "END", "H:MM", "ENDED"],
+           [[r["machine"], r["member_id"], r["name"] or "", r["badge"], _local(r["start"]),
+             _local(r["end"]) or "(open)", _hm(r["duration_s"]),
+             f"{r['end_reason']} (estimated)" if r["end_estimated"] else r["end_reason"]] for r in rows])
 
 
 @logbook.command()
@@ -217,6 +224,8 @@ def report(db_path: Path, since: str | None, until: str | None, thresholds: Path
         print_json(result)
         return
     click.echo(f"Period: {_local(result['since']) or 'all time'} to {_local(result['until']) or 'now'}")
+    click.echo(f"Hours of use: {result['hours']:.2f} h, {result['estimated_hours']:.2f} h of them estimated "
+               "(sessions a crash or power cut ended at the agent's last heartbeat)")
     for title, key, group in (("Hours per machine", "machine", "machines"),
                               ("Hours per member", "member_id", "members")):
         click.echo(f"\n{title}:")
@@ -226,6 +235,11 @@ def report(db_path: Path, since: str | None, until: str | None, thresholds: Path
     _table(["MACHINE", "REASON", "COUNT"], [[r["machine"], r["reason"], r["count"]] for r in result["refusals"]])
     click.echo("\nBusiest hours of the day (local time):")
     _table(["HOUR", "HOURS OF USE"], [[f"{b['hour']:02d}:00", f"{b['hours']:.2f}"] for b in result["busiest_hours"]])
+    if result["gaps"]:
+        click.echo("\nEvents the archive will never have (their machine no longer kept them):")
+        _table(["MACHINE", "INCARNATION", "SEQ", "MISSING", "NOTED"],
+               [[g["machine"], g["incarnation"] or "-", f"{g['first_seq']}-{g['last_seq']}", g["missing"],
+                 _local(g["noted"])] for g in result["gaps"]])
     click.echo("\nMaintenance:")
     _table(["MACHINE", "HOURS SINCE SERVICE", "EVERY", "LAST SERVICE", ""],
            [[m["machine"], f"{m['hours_since_service']:.2f}", m["every_hours"] or "-",
@@ -337,6 +351,23 @@ def retention(db_path: Path, months: int, pseudonymise: bool, key_file: Path | N
     else:
         click.echo(f"{result['action']} {counts['events']} events and {counts['sessions']} sessions "
                    f"from before {_local(rfc3339(cutoff))}")
+
+
+@logbook.command("quarantine")
+@db_option
+@click.option("--limit", type=click.IntRange(min=1), help="Only the newest N.")
+@json_option
+def quarantine_command(db_path: Path, limit: int | None, as_json: bool) -> None:
+    """Messages the collector could not archive (malformed, hostile, a seq taken), and why."""
+    from agent.logbook.queries import quarantined
+
+    rows = quarantined(_open(db_path), limit)
+    if as_json:
+        print_json(rows)
+        return
+    _table(["RECEIVED", "TOPIC", "ERROR", "PAYLOAD"],
+           [[_local(r["received"]), r["topic"], r["error"],
+             r["payload"][:60] + ("…" if len(r["payload"]) > 60 else "")] for r in rows])
 
 
 @logbook.command("member-export")

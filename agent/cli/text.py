@@ -83,6 +83,7 @@ def event_line(event: dict[str, Any]) -> str:
         EventType.MEMBERS_REJECTED: f"member list REJECTED: {event.get('error')}",
         EventType.AGENT_STARTED: f"agent {event.get('agent_version')} started",
         EventType.AGENT_STOPPED: "agent stopped",
+        EventType.MACHINE_ID_CONFLICT: f"CONFLICT: another agent uses this id ({event.get('other_incarnation')})",
     }.get(kind, kind)
     return shown(f"{ts}  {event.get('machine', '?'):<12} #{event.get('seq', '?'):<6} {details}")
 

@@ -138,7 +138,7 @@ class EventType(StrEnum):
     BADGE_ENROLLED = "badge_enrolled"
     INDUCTION_GRANTED = "induction_granted"
     OUT_OF_ORDER_REPORTED = "out_of_order_reported"
-    MACHINE_ID_CONFLICT = "machine_id_conflict"
+    MACHINE_ID_CONFLICT = "machine_id_conflict"  # another live agent uses this machine id
 
 
 class Signal(str, Enum):

@@ -36,24 +36,32 @@ def parse_time(text: str, now: dt.datetime, tz: dt.tzinfo | None = None) -> dt.d
     """An aware datetime from an ISO date or date-time, or a span back from `now` (`7d`, `12h`).
 
     A bare date is its midnight, and naive date-times are taken in `tz` (default UTC).
+    ValueError for anything else, and for a moment the calendar cannot hold in UTC
+    (before year 1 or after 9999).
     """
     tz = tz or dt.timezone.utc
     text = text.strip()
     try:
-        return now - dt.timedelta(seconds=parse_duration(text))
+        span = parse_duration(text)
     except ValueError:
-        pass
+        span = None
     try:
-        if len(text) == 10:
-            day = dt.date.fromisoformat(text)
-            return dt.datetime.combine(day, dt.time(), tzinfo=tz)
-        moment = dt.datetime.fromisoformat(text)
+        if span is not None:
+            moment = now - dt.timedelta(seconds=span)
+        elif len(text) == 10:
+            moment = dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), tzinfo=tz)
+        else:
+            moment = dt.datetime.fromisoformat(text)
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=tz)
+        moment.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range (years 1 to 9999)") from None
     except ValueError:
         raise ValueError(
             f"{text!r} is not a time; write an ISO date (2026-11-24), a date-time "
             "(2026-11-24T14:00) or a span back from now (7d, 12h)"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=tz)
+    return moment
 
 
 class MissingOffset(ValueError):

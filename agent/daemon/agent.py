@@ -39,6 +39,7 @@ from agent.daemon.clock import SystemClock
 from agent.daemon.clock import now as system_now
 from agent.daemon.control import ControlError, ControlServer
 from agent.daemon.listsync import ListOutcome
+from agent.daemon.lock import StorageLock
 from agent.daemon.nonces import Nonces
 from agent.daemon.outbox import StorageError
 from agent.daemon.storage import Storage
@@ -57,6 +58,10 @@ log = logging.getLogger("fabpass.agent")
 
 MAX_IDLE_WAIT = 1.0  # the loop wakes at least this often (heartbeat, watchdog)
 CLOCK_CHECK_S = 10.0  # how often the loop looks whether the clock's state changed
+# An open session notes that the agent is alive at least this often (plus one loop turn: under
+# 60 s), so that a power cut ends it there, not at the restart. One small SD write each.
+HEARTBEAT_S = 55.0
+PRUNE_EVERY_S = 3600.0  # events older than [storage] keep are looked for this often
 
 
 def link_for(config: Config, drain_s: float = 5.0) -> AgentLink | None:
@@ -70,7 +75,7 @@ def link_for(config: Config, drain_s: float = 5.0) -> AgentLink | None:
     broker = Broker.parse(mc.url).with_credentials(mc.username, mc.password_file, mc.ca_file, mc.cert_file,
                                                    mc.key_file)
     return AgentLink(LinkSettings(broker, config.machine.id, mc.topic_prefix, mc.keepalive,
-                                  config.members.public_key, config.simulate, drain_s))
+                                  config.members.public_key, config.simulate, drain_s, mc.resend_after))
 
 
 class _FromLink:
@@ -94,6 +99,12 @@ class _FromLink:
     def simulated_tap(self, badge: str) -> None:
         self.agent.submit(self.agent.tap, badge)
 
+    def twin_alive(self, incarnation: str) -> None:
+        self.agent.submit(self.agent.twin_alive, incarnation)
+
+    def twin_gone(self, incarnation: str) -> None:
+        self.agent.submit(self.agent.twin_gone, incarnation)
+
 
 class Agent:
     """The machine agent of `config`. `link` (see link_for) connects it to a broker."""
@@ -103,6 +114,8 @@ class Agent:
                  clock_status: SystemClock | None = None) -> None:
         self.config = config
         self.id = config.machine.id
+        # Before anything else: a second agent on this storage touches nothing (StorageInUse).
+        self.lock = StorageLock(config.storage.dir)
         self.clock = clock
         self.simulated = config.simulate
         self.pins = pins if pins is not None else pin_factory(self.simulated)
@@ -139,6 +152,9 @@ class Agent:
         self.started = threading.Event()
         self.notifier = Notifier.from_env()
         self._last_ping = float("-inf")
+        self._alive_at = float("-inf")  # monotonic: the last heartbeat written
+        self._pruned_at = float("-inf")
+        self._twins: set[str] = set()  # incarnations of other live agents with this machine id
 
     # -- calls onto the loop ------------------------------------------------
 
@@ -201,18 +217,22 @@ class Agent:
         self.status_changed()
 
     def _recover(self, now: Instant) -> None:
-        """A session left open by a crash or power cut is closed as ended at restart."""
+        """A session left open by a crash or power cut is closed at its last heartbeat: the
+        last moment the agent was known alive (not the restart, maybe days later)."""
         open_session = self.outbox.get("session")
         if not open_session:
             return
-        started = parse_rfc3339(open_session["started"])
-        duration = round(max(0.0, (now.wall - started).total_seconds()), 3)
-        log.warning("closing session of %s left open by an unclean stop (%.0f s, end estimated)",
-                    open_session["member_id"], duration)
+        if "alive" in open_session:
+            end, duration = parse_rfc3339(open_session["alive"]), open_session["duration_s"]
+        else:  # noted by an agent without heartbeats: the restart is all there is
+            end = now.wall
+            duration = round(max(0.0, (now.wall - parse_rfc3339(open_session["started"])).total_seconds()), 3)
+        log.warning("closing the session of %s left open by an unclean stop, at its last heartbeat %s "
+                    "(%.0f s; the end is estimated)", open_session["member_id"], rfc3339(end), duration)
         self._commit([(EventType.SESSION_ENDED, {
             "member_id": open_session["member_id"], "duration_s": duration,
             "reason": EndReason.AGENT_RESTART.value, "end_estimated": True,
-        })], now, {"session": None})
+        })], Instant(end, now.mono), {"session": None})
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -233,7 +253,31 @@ class Agent:
             self.handle(session.Tick())
             self._retry_unwritten()
             self._watch_clock()
+            self._heartbeat()
+            self._keep_bounded()
             self._alive()
+
+    def _heartbeat(self) -> None:
+        """While a session is open, note at least every HEARTBEAT_S that the agent is alive
+        (every step's commit notes it too)."""
+        now = self.clock()
+        if self.state.session is None or now.mono - self._alive_at < HEARTBEAT_S:
+            return
+        try:
+            self._commit([], now, self._persisted(self.state, now))
+        except StorageError as err:
+            self._alive_at = now.mono  # tried: again in HEARTBEAT_S, not at every turn
+            log.error("cannot note the session's heartbeat: %s", err)
+
+    def _keep_bounded(self) -> None:
+        """Delete what the logbook's mark covers (after a quiet while) and, every hour, what
+        is older than [storage] keep."""
+        now = self.clock()
+        self.outbox.tidy(now.mono)
+        if now.mono - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now.mono
+            if self.outbox.prune(now.wall - dt.timedelta(seconds=self.config.storage.keep)):
+                self.status_changed()
 
     def _alive(self) -> None:
         """Tell the watchdogs the loop is alive, but only while the reader answers too:
@@ -263,7 +307,9 @@ class Agent:
                         part.close()
                     except Exception:
                         log.exception("error while closing %s", part)
+            self.outbox.tidy(self.clock().mono, force=True)
             self.storage.close()
+            self.lock.release()
             log.info("stopped; relay off")
 
     # -- the machine ------------------------------------------------------------
@@ -306,7 +352,7 @@ class Agent:
                 self.relay.switch(False)  # never waits for I/O
         records = [(a.type, a.fields) for a in step.actions if isinstance(a, Record)]
         try:
-            self._commit(records, now, self._persisted(step.state))
+            self._commit(records, now, self._persisted(step.state, now))
         except StorageError as err:
             if isinstance(event, Tap) and step.outcome is not None and step.outcome.action == "started":
                 # Fail closed: no session starts without its event on disk.
@@ -333,17 +379,21 @@ class Agent:
         self.indicators.show(sig)
         self.reader.indicate(sig)
 
-    def _persisted(self, state: session.State) -> dict[str, Any]:
-        """What must survive a crash: the lock, and the open session so a restart can close it."""
+    def _persisted(self, state: session.State, now: Instant) -> dict[str, Any]:
+        """What must survive a crash: the lock, and the open session so a restart can close it,
+        with `now` as its heartbeat (`alive`, and the session's duration then)."""
         s = state.session
         return {"locked": state.locked,
-                "session": {"member_id": s.member_id, "badge": s.badge, "started": rfc3339(s.started)} if s else None}
+                "session": {"member_id": s.member_id, "badge": s.badge, "started": rfc3339(s.started),
+                            "alive": rfc3339(now.wall), "duration_s": round(max(0.0, now.mono - s.started_mono), 3)}
+                if s else None}
 
     def _retry_unwritten(self) -> None:
         """Events kept in memory by a full or failing disk go to disk as soon as it takes them."""
         if self._unwritten:
+            now = self.clock()
             try:
-                self._commit([], self.clock(), self._persisted(self.state))
+                self._commit([], now, self._persisted(self.state, now))
             except StorageError:
                 pass
             else:
@@ -359,6 +409,8 @@ class Agent:
         events = self.outbox.commit(backlog, now.wall, changed)
         self._saved.update(changed)
         self._unwritten = []
+        if changed.get("session"):
+            self._alive_at = now.mono
         if events and self.link is not None:
             self.link.wake()
 
@@ -456,6 +508,23 @@ class Agent:
         if seen != self._clock_seen:
             self._clock_seen = seen
             log.info("%s", self._clock_words())
+    # -- the archive ----------------------------------------------------------------------------
+
+    def twin_alive(self, incarnation: str) -> None:
+        """Another live agent uses this machine id (a copied config): say so, once per agent."""
+        if incarnation in self._twins:
+            return
+        self._twins.add(incarnation)
+        log.error("another agent is running with machine id %s (incarnation %s; this one is %s): give each "
+                  "machine its own id. The logbook keeps both agents' events.", self.id, incarnation,
+                  self.outbox.incarnation or "(none)")
+        self._commit([(EventType.MACHINE_ID_CONFLICT, {"other_incarnation": incarnation})], self.clock())
+        self.status_changed()  # the other agent sees this one live too
+
+    def twin_gone(self, incarnation: str) -> None:
+        if incarnation in self._twins:
+            self._twins.discard(incarnation)
+            log.warning("the other agent with machine id %s (incarnation %s) is offline", self.id, incarnation)
             self.status_changed()
 
     # -- status and control --------------------------------------------------------------
@@ -471,9 +540,12 @@ class Agent:
             "since": rfc3339(state.since) if state.since else None,
             "members_version": info.version,
             "members_age_s": round(age, 1) if age is not None else None,
-            "outbox": self.outbox.depth, "last_seq": self.outbox.last_seq,
+            "outbox": self.outbox.unacknowledged, "last_seq": self.outbox.last_seq,
             "broker": bool(self.link and self.link.connected),
             "agent_version": __version__,
+            # the archive
+            "incarnation": self.outbox.incarnation, "unarchived": self.outbox.unarchived,
+            "kept_from": self.outbox.kept_from, "conflict": bool(self._twins),
             "name": self.config.machine.name, "members_count": info.count,
             "previous_member_id": state.previous_member,
             "reader": {"type": self.config.reader.type if not self.simulated else "simulated",

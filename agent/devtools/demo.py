@@ -129,7 +129,7 @@ def run_demo(echo: Callable[[str], None], broker_url: str | None = None, prefix:
                 echo(f"{stamp()}  technician {kind}s the machine{': ' + arg if arg else ''}")
         if broker_url:
             with contextlib.suppress(TimeoutError):
-                wait_for(lambda: not agent.outbox.depth, 10, "the broker", step=0.05)
+                wait_for(lambda: not agent.outbox.unacknowledged, 10, "the broker", step=0.05)
         status = agent.call(agent.status)
         agent.stop()
         loop.join(10)

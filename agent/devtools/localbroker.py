@@ -114,6 +114,14 @@ class LocalBroker:
                 self.proc.wait(5)
         self.proc = None
 
+    def restart(self, forget: bool = False) -> None:
+        """Stop and start again on the same port; `forget` drops what it saved (its
+        sessions, queued and retained messages), as a broker without persistence does."""
+        self.stop()
+        if forget:
+            (self.workdir / "mosquitto.db").unlink(missing_ok=True)
+        self.start()
+
     def __enter__(self) -> LocalBroker:
         self.start()
         return self

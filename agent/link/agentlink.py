@@ -1,10 +1,19 @@
-"""The agent's MQTT link: drains the outbox, publishes status, receives lists and commands.
+"""The agent's MQTT link: sends the outbox, publishes status, receives lists, commands,
+the logbook's archived mark, and other agents' statuses under its machine id.
 
 paho's network thread only hands messages over: callbacks never block and
 never touch SQLite. A publisher thread of our own sends the outbox in `seq`
-order with QoS 1 and deletes an event only once the broker has acknowledged
-it. paho keeps unacknowledged messages in memory and resends them after a
-reconnect; after a restart, the outbox sends them again (same `event_id`).
+order with QoS 1. The broker's acknowledgement is not the end of an event:
+the outbox keeps it until the logbook's archived mark covers it, and this
+link sends again what the mark does not cover when it connects, when the
+logbook asks (`resend`), and when the mark stays behind what was sent for
+`resend_after` (then at doubling intervals, up to an hour, while a logbook
+stays away). Resent events keep their `event_id`.
+
+The client id carries the storage's incarnation, so that two agents given
+the same machine id (a copied config) do not throw each other off the
+broker; each sees the other's live status on its own status topic and says
+so (`machine_id_conflict`).
 """
 
 from __future__ import annotations
@@ -14,7 +23,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,17 +56,25 @@ RECONNECT_MAX_S = 5
 SESSION_EXPIRY_S = 7 * 24 * 3600  # commands sent while the Pi was unreachable wait this long
 WINDOW = 200  # events published and not yet acknowledged
 BATCH = 100
+RESEND_MAX_S = 3600.0  # a logbook that stays away gets the backlog again at most this rarely
 
 
 class EventSource(Protocol):
-    """The agent's outbox, as the link drains it."""
+    """The agent's outbox, as the link sends it."""
+
+    incarnation: str
 
     def pending(self, after_seq: int = 0, limit: int = 500) -> list[tuple[int, str]]: ...
 
-    def acknowledge(self, seqs: Iterable[int]) -> None: ...
+    def acknowledged(self, seq: int) -> None: ...
+
+    def archived(self, seq: int) -> bool: ...
 
     @property
-    def depth(self) -> int: ...
+    def mark(self) -> int | None: ...
+
+    @property
+    def unacknowledged(self) -> int: ...
 
 
 class LinkHandler(Protocol):
@@ -69,6 +85,12 @@ class LinkHandler(Protocol):
     """
 
     def connected(self) -> None: ...
+
+    def twin_alive(self, incarnation: str) -> None:
+        """Another live agent, of that incarnation, uses this machine id."""
+
+    def twin_gone(self, incarnation: str) -> None:
+        """That other agent went offline."""
 
     def list_arrived(self, payload: bytes) -> None: ...
 
@@ -90,10 +112,36 @@ class LinkSettings:
     public_key: str | None = None  # commands must be signed by its private key
     simulated: bool = False  # taps on sim/tap are accepted
     drain_s: float = 5.0  # at close, while connected, the outbox may drain this long
+    resend_after: float = 60.0  # the mark stays behind what was sent this long: send it again
 
 
-def offline_status(machine: str) -> bytes:
-    return json.dumps({"v": 1, "machine": machine, "state": "offline"}).encode()
+def offline_status(machine: str, incarnation: str) -> bytes:
+    return json.dumps({"v": 1, "machine": machine, "state": "offline", "incarnation": incarnation}).encode()
+
+
+def client_id(machine: str, incarnation: str) -> str:
+    """One per storage: two agents given the same machine id never take each other's session.
+    An agent of the empty incarnation (an outbox older than incarnations) keeps its old id."""
+    return f"fabpass-{machine}-{incarnation}" if incarnation else f"fabpass-{machine}"
+
+
+def own_mark(payload: bytes, machine: str, incarnation: str) -> tuple[int | None, bool]:
+    """(this incarnation's seq, whether a resend is asked) from a message on the archived
+    topic; (None, False) when it says nothing of this incarnation or is not a mark."""
+    try:
+        mark = json.loads(payload)
+    except ValueError:
+        return None, False
+    if not isinstance(mark, dict) or mark.get("v") != 1 or mark.get("machine") != machine:
+        return None, False
+    marks = mark.get("marks")
+    if isinstance(marks, dict) and incarnation in marks:
+        seq = marks[incarnation]
+    else:
+        seq = mark.get("seq") if mark.get("incarnation") == incarnation else None
+    if type(seq) is not int or seq < 0:
+        return None, False
+    return seq, mark.get("resend") is True
 
 
 class AgentLink:
@@ -104,15 +152,20 @@ class AgentLink:
         self.broker = settings.broker
         self.topics = Topics(settings.prefix)
         self._outage = Outage(log, self.broker, f"retrying every {RECONNECT_MAX_S} s at most, events wait in the outbox")
-        self.client = self._new_client(mqtt.MQTTv5)
+        self.client: mqtt.Client | None = None  # made at start(), once the incarnation is known
         self._downgrade = threading.Event()
         self.connected = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
         self._lists: queue.Queue[bytes] = queue.Queue(maxsize=1)
+        self._marks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()  # (seq, resend asked)
         self._inflight: dict[int, int] = {}  # mid -> seq
         self._sent_up_to = 0
+        self._acked_up_to = 0  # the highest seq the broker has acknowledged
+        self._send_again = threading.Event()  # from the mark on: at a connection, or asked
+        self._behind_since: float | None = None  # monotonic: the mark has stayed behind what was sent since
+        self._resend_wait = settings.resend_after
         self._threads = [threading.Thread(target=self._publisher, name="mqtt-publisher", daemon=True),
                          threading.Thread(target=self._list_worker, name="members-sync", daemon=True)]
         self._outbox: EventSource | None = None
@@ -123,13 +176,14 @@ class AgentLink:
 
             self._public_key = load_public_key(settings.public_key)
 
+    @property
+    def incarnation(self) -> str:
+        return self._outbox.incarnation if self._outbox is not None else ""
+
     def _new_client(self, protocol: int) -> mqtt.Client:
         machine = self.settings.machine
-        # The client id must not collide with a real agent's (the broker would throw one off):
-        # an agent under another prefix (the demo's) is another client.
-        owner = "fabpass" if self.settings.prefix == DEFAULT_PREFIX else self.settings.prefix
-        client = make_client(self.broker, f"{owner}-{machine}", protocol, persistent=True)
-        client.will_set(self.topics.status(machine), offline_status(machine), qos=1, retain=True)
+        client = make_client(self.broker, client_id(machine, self.incarnation), protocol, persistent=True)
+        client.will_set(self.topics.status(machine), offline_status(machine, self.incarnation), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         client.max_inflight_messages_set(WINDOW)
         client.on_connect = self._on_connect
@@ -143,6 +197,7 @@ class AgentLink:
 
     def start(self, outbox: EventSource, handler: LinkHandler) -> None:
         self._outbox, self._handler = outbox, handler
+        self.client = self._new_client(mqtt.MQTTv5)
         self._connect()
         for thread in self._threads:
             thread.start()
@@ -163,26 +218,30 @@ class AgentLink:
         log.warning("broker %s does not speak MQTT 5; using MQTT 3.1.1", self.broker)
         self.client.loop_stop()
         self._inflight.clear()  # the old client's queue goes with it; the outbox still has them
-        self._sent_up_to = 0
         self.client = self._new_client(mqtt.MQTTv311)
         self._connect()
 
     def close(self) -> None:
         """Give the outbox up to `drain_s` to reach a connected broker (the shutdown's own
-        `session_ended` and `agent_stopped`), then disconnect; what is left waits in the
-        outbox for the next start."""
+        `session_ended` and `agent_stopped`), then disconnect; what the logbook has not
+        archived waits in the outbox for the next start."""
+        if self.client is None:
+            return
         deadline = time.monotonic() + self.settings.drain_s
-        while self.connected and self._outbox is not None and self._outbox.depth and time.monotonic() < deadline:
+        while (self.connected and self._outbox is not None and self._outbox.unacknowledged
+               and time.monotonic() < deadline):
             self._wake.set()
             self._stop.wait(0.02)
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
-            thread.join(timeout=5)
+            if thread.is_alive():
+                thread.join(timeout=5)
         if self.connected:
             # A clean stop: say so ourselves (the will is only for vanishing).
             machine = self.settings.machine
-            info = self.client.publish(self.topics.status(machine), offline_status(machine), qos=1, retain=True)
+            info = self.client.publish(self.topics.status(machine), offline_status(machine, self.incarnation),
+                                       qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
@@ -195,7 +254,8 @@ class AgentLink:
         self._wake.set()
 
     def publish_status(self, status: dict[str, Any]) -> None:
-        self.client.publish(self.topics.status(self.settings.machine), json.dumps(status), qos=1, retain=True)
+        if self.client is not None:
+            self.client.publish(self.topics.status(self.settings.machine), json.dumps(status), qos=1, retain=True)
 
     # -- paho callbacks (network thread): hand over, never block ------------------
 
@@ -211,10 +271,12 @@ class AgentLink:
         self._outage.ended()
         log.info("connected to %s", self.broker)
         machine = self.settings.machine
-        subscriptions = [(self.topics.members, 1), (self.topics.commands(machine), 1)]
+        subscriptions = [(self.topics.members, 1), (self.topics.commands(machine), 1),
+                         (self.topics.archived(machine), 1), (self.topics.status(machine), 1)]
         if self.settings.simulated:
             subscriptions.append((self.topics.sim_tap(machine), 1))
         client.subscribe(subscriptions)
+        self._send_again.set()  # what the mark does not cover, from the start
         self._handler.connected()
         self._wake.set()
 
@@ -237,6 +299,13 @@ class AgentLink:
             self._lists.put_nowait(payload)
         elif topic == self.topics.commands(machine):
             self._command(payload)
+        elif topic == self.topics.archived(machine):
+            seq, resend = own_mark(payload, machine, self.incarnation)
+            if seq is not None:
+                self._marks.put((seq, resend))
+                self._wake.set()
+        elif topic == self.topics.status(machine):
+            self._status(payload, message.retain)
         elif topic == self.topics.sim_tap(machine) and self.settings.simulated:
             try:
                 badge = normalise_badge(payload.decode("utf-8", "replace").strip())
@@ -244,6 +313,22 @@ class AgentLink:
                 log.warning("sim/tap ignored: %s", err)
                 return
             self._handler.simulated_tap(badge)
+
+    def _status(self, payload: bytes, retained: bool) -> None:
+        """A status on this machine's topic: another incarnation's is another agent with this id.
+        Only a live one counts (not retained: published while we listen); its offline, retained
+        or not, ends it."""
+        try:
+            status = json.loads(payload)
+        except ValueError:
+            return
+        other = status.get("incarnation") if isinstance(status, dict) else None
+        if not isinstance(other, str) or other == self.incarnation:
+            return
+        if status.get("state") == "offline":
+            self._handler.twin_gone(other)
+        elif not retained:
+            self._handler.twin_alive(other)
 
     def _command(self, payload: bytes) -> None:
         try:
@@ -277,9 +362,12 @@ class AgentLink:
                 self._downgrade.clear()
                 self._fall_back_to_v311()
             self._settle_acks(outbox)
+            self._take_marks(outbox)
             if not self.connected:
                 continue
+            self._maybe_send_again(outbox, time.monotonic())
             while len(self._inflight) < WINDOW and not self._stop.is_set():
+                self._sent_up_to = max(self._sent_up_to, outbox.mark or 0)  # what is archived stays home
                 batch = outbox.pending(self._sent_up_to, min(BATCH, WINDOW - len(self._inflight)))
                 if not batch:
                     break
@@ -293,7 +381,6 @@ class AgentLink:
                 self._settle_acks(outbox)
 
     def _settle_acks(self, outbox: EventSource) -> None:
-        done = []
         while True:
             try:
                 mid, ok = self._acks.get_nowait()
@@ -303,8 +390,41 @@ class AgentLink:
             if seq is None:
                 continue  # a status message
             if ok:
-                done.append(seq)
+                self._acked_up_to = max(self._acked_up_to, seq)
             else:
                 log.error("broker refused event %d (not authorised?); it stays in the outbox", seq)
-        if done:
-            outbox.acknowledge(done)
+        # Events are sent in seq order: all sent before the oldest still in flight were taken.
+        oldest = min(self._inflight.values(), default=None)
+        outbox.acknowledged(self._acked_up_to if oldest is None else min(oldest - 1, self._acked_up_to))
+
+    def _take_marks(self, outbox: EventSource) -> None:
+        """The logbook's marks for this incarnation, oldest first: forget what they cover."""
+        while True:
+            try:
+                seq, resend = self._marks.get_nowait()
+            except queue.Empty:
+                return
+            if outbox.archived(seq):
+                self._behind_since, self._resend_wait = None, self.settings.resend_after
+            if resend:
+                log.info("the logbook asks for every event after seq %d", seq)
+                self._send_again.set()
+
+    def _maybe_send_again(self, outbox: EventSource, now: float) -> None:
+        """Start again from the mark: at a connection, when the logbook asks, or when the mark has
+        stayed behind what was sent for resend_after (doubling, up to RESEND_MAX_S, while it stays)."""
+        mark = outbox.mark
+        if mark is not None and self._sent_up_to > mark:
+            if self._behind_since is None:
+                self._behind_since = now
+            elif now - self._behind_since >= self._resend_wait:
+                log.warning("the logbook has not confirmed events %d to %d for %.0f s; sending them again",
+                            mark + 1, self._sent_up_to, now - self._behind_since)
+                self._send_again.set()
+                self._behind_since = now
+                self._resend_wait = min(2 * self._resend_wait, RESEND_MAX_S)
+        else:
+            self._behind_since = None
+        if self._send_again.is_set():
+            self._send_again.clear()
+            self._sent_up_to = mark or 0

@@ -9,6 +9,7 @@
 | `P/machines/ID/events` | the machine's agent | usage events, QoS 1 |
 | `P/machines/ID/commands` | technicians | lock, unlock, end_session |
 | `P/machines/ID/sim/tap` | tests, demos | a badge, for a simulated agent |
+| `P/machines/ID/archived` | the logbook | what it has archived of the machine's events, retained |
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Topics:
 
     def sim_tap(self, machine: str) -> str:
         return self.machine(machine, "sim/tap")
+
+    def archived(self, machine: str) -> str:
+        return self.machine(machine, "archived")
 
     def parse(self, topic: str) -> tuple[str, str] | None:
         """(machine, kind) of a topic under `P/machines/`, or None for any other topic."""

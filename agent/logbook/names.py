@@ -7,24 +7,18 @@ logbook host's SD card about 11 MB a time (measured; see docs/logbook.md).
 
 from __future__ import annotations
 
-import json
-
 from sqlite_utils import Database
 
-from agent.logbook.events import MalformedEvent
+from agent.logbook.events import parse_names
+
+MAX_MEMBER_LIST = 32 * 1024 * 1024  # as the agents: a larger list is refused unread
 
 
 def record_names(db: Database, payload: bytes) -> int:
     """Keep the names of the list in `payload` (a member snapshot) unless it is older than
-    the list they came from; how many names changed (added, renamed or removed)."""
-    try:
-        snapshot = json.loads(payload)
-        version = snapshot["version"]
-        new = {m["id"]: m.get("name") or None for m in snapshot["members"]}
-    except (ValueError, TypeError, KeyError, AttributeError) as err:
-        raise MalformedEvent(f"not a member list: {err!r}") from None
-    if not isinstance(version, int) or not all(isinstance(i, str) for i in new):
-        raise MalformedEvent("not a member list: no integer version or a member id that is not text")
+    the list they came from; how many names changed (added, renamed or removed).
+    MalformedEvent for a payload that is not a member list."""
+    version, new = parse_names(payload, MAX_MEMBER_LIST)
     with db.atomic():
         kept = db.execute("SELECT version FROM member_list WHERE id = 1").fetchone()
         if kept is not None and version < kept[0]:

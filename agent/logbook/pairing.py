@@ -1,6 +1,6 @@
 """Sessions from session_started/session_ended events, whatever order they arrived in (pure).
 
-A machine's events, ordered by `seq`, fall into segments that each begin at a
+An incarnation's events (one machine's storage), ordered by `seq`, fall into segments that each begin at a
 session_started. The first session_ended in a segment closes that segment's
 session; any other end in it (or before the first start) is an *orphan*: its
 start has not arrived yet. An orphan is still listed, with its start estimated
@@ -23,7 +23,7 @@ from agent.core.timespec import parse_rfc3339, rfc3339
 
 def _from_start(start: dict[str, Any]) -> dict[str, Any]:
     return {
-        "machine": start["machine"], "anchor_seq": start["seq"],
+        "machine": start["machine"], "incarnation": start.get("incarnation", ""), "anchor_seq": start["seq"],
         "start_seq": start["seq"], "end_seq": None,
         "member_id": start["member_id"], "badge": start["badge"],
         "start": start["ts"], "end": None, "duration_s": None, "end_reason": None,
@@ -41,7 +41,8 @@ def _close(row: dict[str, Any], end: dict[str, Any]) -> None:
 def _orphan(end: dict[str, Any]) -> dict[str, Any]:
     start = parse_rfc3339(end["ts"]) - dt.timedelta(seconds=end["duration_s"])
     row = {
-        "machine": end["machine"], "anchor_seq": end["seq"], "start_seq": None,
+        "machine": end["machine"], "incarnation": end.get("incarnation", ""), "anchor_seq": end["seq"],
+        "start_seq": None,
         "member_id": end["member_id"], "badge": None, "start": rfc3339(start),
         "start_estimated": True,
     }
@@ -50,7 +51,7 @@ def _orphan(end: dict[str, Any]) -> dict[str, Any]:
 
 
 def pair(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Session rows from one machine's session events (any order, no duplicate seq)."""
+    """Session rows from one incarnation's session events (any order, no duplicate seq)."""
     rows: list[dict[str, Any]] = []
     open_row: dict[str, Any] | None = None
     for event in sorted(events, key=lambda e: e["seq"]):

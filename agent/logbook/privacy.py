@@ -26,7 +26,8 @@ from agent.logbook.queries import SESSION_KEYS, sessions
 PSEUDONYM_PREFIX = "anon-"
 
 _OLD_EVENTS = """ts < :cutoff AND NOT (type = 'session_started' AND EXISTS (
-    SELECT 1 FROM sessions s WHERE s.machine = events.machine AND s.start_seq = events.seq
+    SELECT 1 FROM sessions s WHERE s.machine = events.machine AND s.incarnation = events.incarnation
+    AND s.start_seq = events.seq
     AND (s."end" IS NULL OR s."end" >= :cutoff)))"""
 _OLD_SESSIONS = '"end" IS NOT NULL AND "end" < :cutoff'
 

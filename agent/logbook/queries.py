@@ -19,7 +19,7 @@ from sqlite_utils import Database
 from agent.core.model import EventType
 from agent.core.timespec import parse_rfc3339, rfc3339
 
-SESSION_KEYS = ("machine", "member_id", "badge", "start", "end", "duration_s", "end_reason")
+SESSION_KEYS = ("machine", "member_id", "badge", "start", "end", "duration_s", "end_reason", "end_estimated", "name")
 
 
 def sessions(db: Database, now: dt.datetime, *, machine: str | None = None,
@@ -30,28 +30,32 @@ def sessions(db: Database, now: dt.datetime, *, machine: str | None = None,
     By default a session matches a period when it overlaps it (who was on the
     laser between 14:00 and 18:00?); with `by_start`, when it started in it
     (each session billed in exactly one period). An open session has `end`
-    None and `duration_s` the seconds so far.
+    None and `duration_s` the seconds so far. `end_estimated` is true for a
+    session a crash or power cut ended (its end is the agent's last heartbeat);
+    `name` is the member's in the newest member list the logbook has seen.
     """
     where, params = ["1 = 1"], {}
     if machine:
-        where.append("machine = :machine")
+        where.append("s.machine = :machine")
         params["machine"] = machine
     if member:
-        where.append("member_id = :member")
+        where.append("s.member_id = :member")
         params["member"] = member
     if since:
-        where.append("start >= :since" if by_start else '("end" IS NULL OR "end" >= :since)')
+        where.append("s.start >= :since" if by_start else '(s."end" IS NULL OR s."end" >= :since)')
         params["since"] = rfc3339(since)
     if until:
-        where.append("start < :until")
+        where.append("s.start < :until")
         params["until"] = rfc3339(until)
     rows = db.query(
-        f'SELECT machine, member_id, badge, start, "end", duration_s, end_reason FROM sessions'
-        f" WHERE {' AND '.join(where)} ORDER BY start, machine", params)
-    return [_with_duration(row, now) for row in rows]
+        f'SELECT s.machine, s.member_id, s.badge, s.start, s."end", s.duration_s, s.end_reason,'
+        f" s.end_estimated, n.name FROM sessions s LEFT JOIN member_names n ON n.member_id = s.member_id"
+        f" WHERE {' AND '.join(where)} ORDER BY s.start, s.machine", params)
+    return [_completed(row, now) for row in rows]
 
 
-def _with_duration(row: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+def _completed(row: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    row["end_estimated"] = bool(row["end_estimated"])
     if row["end"] is None:
         row["duration_s"] = round(max(0.0, (now - parse_rfc3339(row["start"])).total_seconds()), 3)
     return row
@@ -97,15 +101,16 @@ def _seconds_by_hour_of_day(start: dt.datetime, end: dt.datetime, tz: dt.tzinfo)
 
 def report(db: Database, now: dt.datetime, tz: dt.tzinfo, *, since: dt.datetime | None = None,
            until: dt.datetime | None = None) -> dict[str, Any]:
-    """Hours per machine and per member (sessions started in the period), refusals by
-    machine and reason, and hours of use by hour of the day in `tz`."""
+    """Hours per machine and per member (sessions started in the period), of them the
+    hours whose end is estimated (a crash or power cut ended the session at its last
+    heartbeat), refusals by machine and reason, and hours of use by hour of the day in `tz`."""
     rows = sessions(db, now, since=since, until=until, by_start=True)
-    per_machine: dict[str, list[float]] = defaultdict(list)
-    per_member: dict[str, list[float]] = defaultdict(list)
+    per_machine: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    per_member: dict[str, list[tuple[float, bool]]] = defaultdict(list)
     by_hour = [0.0] * 24
     for row in rows:
-        per_machine[row["machine"]].append(row["duration_s"])
-        per_member[row["member_id"]].append(row["duration_s"])
+        per_machine[row["machine"]].append((row["duration_s"], row["end_estimated"]))
+        per_member[row["member_id"]].append((row["duration_s"], row["end_estimated"]))
         start = parse_rfc3339(row["start"])
         end = start + dt.timedelta(seconds=row["duration_s"])
         for hour, seconds in _seconds_by_hour_of_day(start, end, tz):
@@ -114,26 +119,50 @@ def report(db: Database, now: dt.datetime, tz: dt.tzinfo, *, since: dt.datetime 
     for refusal in refusals(db, since=since, until=until):
         refused[refusal["machine"], refusal["reason"]] += 1
 
-    def usage(groups: dict[str, list[float]], key: str) -> list[dict[str, Any]]:
-        return sorted(({key: name, "hours": _hours(sum(d)), "sessions": len(d)}
-                       for name, d in groups.items()), key=lambda u: (-u["hours"], u[key]))
+    def usage(groups: dict[str, list[tuple[float, bool]]], key: str) -> list[dict[str, Any]]:
+        return sorted(({key: name, "hours": _hours(sum(d for d, _ in done)), "sessions": len(done),
+                        "estimated_hours": _hours(sum(d for d, estimated in done if estimated))}
+                       for name, done in groups.items()), key=lambda u: (-u["hours"], u[key]))
 
     return {
         "since": rfc3339(since) if since else None,
         "until": rfc3339(until) if until else None,
+        "hours": _hours(sum(row["duration_s"] for row in rows)),
+        "estimated_hours": _hours(sum(row["duration_s"] for row in rows if row["end_estimated"])),
         "machines": usage(per_machine, "machine"),
         "members": usage(per_member, "member_id"),
         "refusals": [{"machine": m, "reason": r, "count": n} for (m, r), n in
                      sorted(refused.items(), key=lambda item: (-item[1], item[0]))],
         "busiest_hours": sorted(({"hour": h, "hours": _hours(s)} for h, s in enumerate(by_hour) if s),
                                 key=lambda b: (-b["hours"], b["hour"])),
+        "gaps": gaps(db, since=since, until=until),
     }
+
+
+def gaps(db: Database, *, since: dt.datetime | None = None, until: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Events the logbook knows it will never have (noted in the period): their agent no longer
+    kept them when it first reported (a logbook away for longer than the agents' `keep`)."""
+    rows = db.query("SELECT machine, incarnation, first_seq, last_seq, missing, noted FROM gaps"
+                    " WHERE noted >= :since AND noted < :until ORDER BY noted",
+                    {"since": rfc3339(since) if since else "", "until": rfc3339(until) if until else "~"})
+    return list(rows)
+
+
+QUARANTINE_KEYS = ("topic", "payload", "error", "received")
+
+
+def quarantined(db: Database, limit: int | None = None) -> list[dict[str, Any]]:
+    """What the collector could not archive, oldest first (the newest `limit`)."""
+    rows = list(db.query("SELECT topic, payload, error, received FROM quarantine ORDER BY id DESC"
+                         + (f" LIMIT {int(limit)}" if limit else "")))
+    return rows[::-1]
 
 
 def weekly_hours(db: Database, now: dt.datetime, tz: dt.tzinfo, weeks: int,
                  machine: str | None = None) -> dict[str, dict[str, float]]:
     """Hours per machine (or only `machine`) for each of the last `weeks` weeks (Monday first,
-    in `tz`), by start."""
+    in `tz`), by start; sessions dated after this week (a Pi whose clock runs ahead) are in
+    none of them."""
     today = now.astimezone(tz).date()
     monday = today - dt.timedelta(days=today.weekday() + 7 * (weeks - 1))
     since = dt.datetime.combine(monday, dt.time(), tzinfo=tz)
@@ -141,8 +170,9 @@ def weekly_hours(db: Database, now: dt.datetime, tz: dt.tzinfo, weeks: int,
         (monday + dt.timedelta(weeks=i)).isoformat(): {} for i in range(weeks)}
     for row in sessions(db, now, machine=machine, since=since, by_start=True):
         day = parse_rfc3339(row["start"]).astimezone(tz).date()
-        week = (day - dt.timedelta(days=day.weekday())).isoformat()
-        hours = result[week]
+        hours = result.get((day - dt.timedelta(days=day.weekday())).isoformat())
+        if hours is None:
+            continue
         hours[row["machine"]] = hours.get(row["machine"], 0.0) + row["duration_s"] / 3600
     return result
 
@@ -159,11 +189,14 @@ def spreadsheet_cell(value: Any) -> Any:
 
 def to_csv(rows: Iterable[dict[str, Any]]) -> str:
     """The sessions as CSV for a spreadsheet (RFC 4180: CRLF between rows, so that a
-    cell holding a lone CR is quoted too), every cell through spreadsheet_cell."""
+    cell holding a lone CR is quoted too), every cell through spreadsheet_cell;
+    `end_estimated` is `true` or `false`."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=SESSION_KEYS, lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows({k: spreadsheet_cell(v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: spreadsheet_cell(v) for k, v in
+                      {**row, "end_estimated": "true" if row["end_estimated"] else "false"}.items()}
+                     for row in rows)
     return out.getvalue()
 
 

@@ -175,6 +175,8 @@ def test_broker_acl_machine_reads_members_and_its_own_commands(lab: Lab, admin: 
     "fabpass/members",                    # publishing a member list
     "fabpass/machines/cnc-1/commands",    # commanding another machine
     "fabpass/machines/laser-1/commands",  # or itself
+    "fabpass/machines/laser-1/archived",  # saying its own events are archived (they would be forgotten)
+    "fabpass/machines/cnc-1/archived",
 ])
 def test_broker_acl_machine_cannot_publish_outside_its_own_topics(lab: Lab, admin: Session, topic: str) -> None:
     laser = lab.connect("laser-1")
@@ -198,12 +200,14 @@ def test_broker_acl_machine_cannot_command_another_machine(lab: Lab, admin: Sess
     "fabpass/machines/cnc-1/commands",
     "fabpass/machines/cnc-1/events",
     "fabpass/machines/cnc-1/status",
+    "fabpass/machines/cnc-1/archived",
 ])
 def test_broker_acl_machine_cannot_read_another_machines_topics(lab: Lab, admin: Session, topic: str) -> None:
     laser = lab.connect("laser-1")
     assert laser.subscribe("fabpass/machines/laser-1/commands") == 1
     laser.subscribe(topic)  # mosquitto may grant it; what matters is what is delivered
-    publisher = admin if topic.endswith("/commands") else lab.connect("cnc-1")
+    publisher = {"commands": admin, "archived": lab.connect("fabpass-logbook")}.get(
+        topic.rsplit("/", 1)[1]) or lab.connect("cnc-1")
     assert publisher.publish(topic, "secret", retain=True) == 0
     assert admin.publish("fabpass/machines/laser-1/commands", "marker", retain=True) == 0
     laser.wait_for_message("fabpass/machines/laser-1/commands", "marker")
@@ -247,7 +251,7 @@ def test_broker_acl_admin_publishes_members_and_commands(lab: Lab, admin: Sessio
     "fabpass/members",
     "fabpass/machines/laser-1/commands",
 ])
-def test_broker_acl_logbook_cannot_publish(lab: Lab, admin: Session, topic: str) -> None:
+def test_broker_acl_logbook_publishes_nothing_but_marks(lab: Lab, admin: Session, topic: str) -> None:
     logbook = lab.connect("fabpass-logbook")
     assert logbook.publish(topic, "forged") == NOT_AUTHORISED
     assert admin.publish("fabpass/machines/laser-1/commands", "marker") == 0
@@ -257,10 +261,10 @@ def test_broker_acl_logbook_cannot_publish(lab: Lab, admin: Session, topic: str)
 
 def test_broker_acl_logbook_reads_members_but_not_commands(lab: Lab, admin: Session) -> None:
     """The logbook reads the member list for names (and its retained copy), never the commands."""
-    logbook = lab.connect("fabpass-logbook")
     assert admin.publish("fabpass/members", "snapshot", retain=True) == 0
-    logbook.subscribe("fabpass/machines/laser-1/commands")
+    logbook = lab.connect("fabpass-logbook")
     assert logbook.subscribe("fabpass/members") == 1
+    logbook.subscribe("fabpass/machines/laser-1/commands")
     assert logbook.subscribe("fabpass/machines/+/events") == 1
     logbook.wait_for_message("fabpass/members", "snapshot")
     assert admin.publish("fabpass/machines/laser-1/commands", "lock") == 0
@@ -308,6 +312,23 @@ def test_broker_acl_home_assistant_reads_machines_but_never_the_member_list(lab:
     assert ha.payloads("fabpass/members") == []
     for topic in ("fabpass/members", "fabpass/machines/laser-1/commands", "fabpass/machines/laser-1/status"):
         assert ha.publish(topic, "forged") == NOT_AUTHORISED
+
+
+def test_broker_acl_the_logbook_marks_and_each_machine_reads_its_own(lab: Lab, admin: Session) -> None:
+    """The archived mark: only the logbook writes it; a machine reads its own (retained), and
+    its own status, where another live agent with its id shows."""
+    logbook = lab.connect("fabpass-logbook")
+    assert logbook.publish("fabpass/machines/laser-1/archived", "mark-laser", retain=True) == 0
+    assert logbook.publish("fabpass/machines/cnc-1/archived", "mark-cnc", retain=True) == 0
+    assert admin.publish("fabpass/machines/laser-1/archived", "forged") == NOT_AUTHORISED
+    laser = lab.connect("laser-1")
+    assert laser.subscribe("fabpass/machines/laser-1/archived") == 1
+    assert laser.subscribe("fabpass/machines/laser-1/status") == 1
+    laser.wait_for_message("fabpass/machines/laser-1/archived", "mark-laser")
+    twin = lab.connect("laser-1")
+    assert twin.publish("fabpass/machines/laser-1/status", "twin-alive", retain=True) == 0
+    laser.wait_for_message("fabpass/machines/laser-1/status", "twin-alive")
+    assert laser.payloads("fabpass/machines/laser-1/archived") == [b"mark-laser"]
 
 
 @pytest.mark.parametrize("username,password", [

@@ -311,3 +311,47 @@ def test_daemon_every_status_key_is_in_the_mqtt_reference(tmp_path, agents):
     status = a.agent.call(a.agent.status)
     missing = [key for key in status if f"| `{key}` |" not in reference]
     assert not missing, f"docs/reference/mqtt.md does not describe these status keys: {missing}"
+
+
+def test_daemon_an_open_session_notes_a_heartbeat_at_least_every_minute_and_no_more(agents, tmp_path, mocker):
+    """Each heartbeat is an SD write: one every 55 s of a session (the loop wakes every
+    second), none while idle."""
+    from agent.core.timespec import parse_rfc3339
+
+    clock = FakeClock()
+    a = agents(config_text(tmp_path), clock=clock)
+    a.apply(members_json())
+    writes = mocker.spy(a.agent.outbox, "commit")
+
+    def run_for(seconds: int) -> None:
+        for _ in range(seconds):
+            clock.advance(1)
+            a.tick()
+
+    run_for(300)
+    assert writes.call_count == 0, "idle: nothing to write"
+    assert a.tap(ADA)["action"] == "started"
+    run_for(600)
+    beats = [call.args[2]["session"]["alive"] for call in writes.call_args_list]
+    assert len(beats) == 1 + 600 // 55, beats
+    gaps = [(parse_rfc3339(b) - parse_rfc3339(a)).total_seconds() for a, b in zip(beats, beats[1:])]
+    assert max(gaps) <= 60
+    assert a.tap(ADA)["action"] == "ended"
+    run_for(300)
+    assert writes.call_count == len(beats) + 1, "the end, then nothing more"
+
+
+def test_daemon_without_a_logbook_events_are_kept_no_longer_than_keep(agents, tmp_path, caplog):
+    clock = FakeClock()
+    a = agents(config_text(tmp_path).replace("[storage]\n", '[storage]\nkeep = "2h"\n'), clock=clock)
+    a.apply(members_json())
+    a.tap(ADA)
+    a.tap(ADA)
+    held = a.agent.outbox.depth
+    assert held >= 4 and a.agent.call(a.agent.status)["kept_from"] == 1
+    clock.advance(3 * 3600)
+    a.tick()
+    wait_for(lambda: a.agent.outbox.depth == 0, 5, "the hourly look for old events")
+    status = a.agent.call(a.agent.status)
+    assert status["kept_from"] == status["last_seq"] + 1 and status["unarchived"] is None
+    assert f"deleted {held} events older than" in caplog.text

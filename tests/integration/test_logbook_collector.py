@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sqlite3
 import subprocess
@@ -117,7 +118,7 @@ def test_logbook_out_of_order_pairs_resolve_over_mqtt(mosquitto, tmp_path):
         ("m-1", "04A1B2C3", 1800.0), ("m-2", "04A1B2C4", 3600.0)]
 
 
-def test_logbook_malformed_events_are_skipped_without_stopping(mosquitto, tmp_path):
+def test_logbook_malformed_events_are_quarantined_without_stopping(mosquitto, tmp_path):
     db_path = tmp_path / "logbook.db"
     laser = FakeMachine("laser-1")
     good = laser.event("agent_started", MONDAY, agent_version="0.1.0")
@@ -128,8 +129,13 @@ def test_logbook_malformed_events_are_skipped_without_stopping(mosquitto, tmp_pa
         publish(mosquitto.url, [("fabpass/machines/laser-1/events", p) for p in bad]
                 + [events_topic(good)])
         wait_for(lambda: collector.counts["stored"] == 1, what="the good event after the bad ones")
-        assert collector.counts["malformed"] == len(bad)
+        assert collector.counts["quarantined"] == len(bad)
     assert _archived(db_path) == 1
+    assert [row["payload"] for row in quarantined(db_path)][:2] == ["not json", "[1, 2]"]
+    assert [row["error"] for row in quarantined(db_path)][2:] == [
+        "'seq' is missing or not an integer from 1 to 4611686018427387904",
+        "machine 'cnc-1' does not match its topic's 'laser-1'",
+        "session_ended without 'duration_s'"]
 
 
 def test_logbook_run_stops_cleanly_on_sigterm(mosquitto, tmp_path):
@@ -156,14 +162,14 @@ def test_logbook_event_not_committed_is_not_acknowledged_and_comes_back(mosquitt
     db_path = tmp_path / "logbook.db"
     laser = FakeMachine("laser-1")
     broker = Broker.parse(mosquitto.url)
-    with open_db(db_path, create=True) as db:  # a failing disk, as far as the collector can tell
-        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk'); END")
     with Collector(broker, db_path) as collector:
         wait_for(collector.connected.is_set, what="the collector to connect")
+        # The file system went read-only under the collector (an SD card's last act): SQLite's own error.
+        collector.db.execute("PRAGMA query_only = ON")
         publish(mosquitto.url, [events_topic(laser.event("agent_started", MONDAY, agent_version="1"))])
         wait_for(collector.failed.is_set, what="the collector to notice the failure")
+        assert collector.counts["quarantined"] == 0, "a failing database is not the message's fault"
     with open_db(db_path) as db:
-        db.execute("DROP TRIGGER refuse")
         assert db["events"].count == 0
     with Collector(broker, db_path) as collector:
         wait_for(lambda: collector.counts["stored"] == 1, what="the unacknowledged event again")
@@ -194,3 +200,126 @@ def test_logbook_an_unreachable_broker_is_one_warning_per_outage(mosquitto, tmp_
         wait_for(collector.connected.is_set, 40, "the connection once the broker is up")
         mosquitto.stop()
         wait_for(lambda: len(told()) == 2, 40, "the second outage told")
+
+
+def quarantined(db_path) -> list[dict]:
+    with open_db(db_path) as db:
+        return list(db.query("SELECT topic, payload, error FROM quarantine ORDER BY id"))
+
+
+def test_logbook_a_reason_that_is_a_list_is_quarantined_and_the_collector_goes_on(mosquitto, tmp_path):
+    """Issue scenario 1: `"reason": ["a"]` on any machine's events made the collector exit
+    (sqlite3.ProgrammingError) and, never acknowledged, kill every restart too."""
+    db_path = tmp_path / "logbook.db"
+    laser, cnc = FakeMachine("laser-1"), FakeMachine("cnc-1")
+    hostile = laser.event("machine_locked", MONDAY, by="mallory", reason=["a"])
+    good = cnc.event("agent_started", MONDAY, agent_version="1")
+    broker = Broker.parse(mosquitto.url)
+    with Collector(broker, db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [events_topic(hostile), events_topic(good)])
+        wait_for(lambda: collector.counts["stored"] == 1 or collector.failed.is_set(), what="the good event")
+        assert not collector.failed.is_set()
+    with Collector(broker, db_path) as collector:  # and nothing comes back to kill a restart
+        wait_for(collector.connected.is_set, what="the collector to connect again")
+        publish(mosquitto.url, [events_topic(cnc.event("agent_stopped", MONDAY, agent_version="1"))])
+        wait_for(lambda: collector.counts["stored"] == 1 or collector.failed.is_set(), what="the next event")
+        assert not collector.failed.is_set()
+    (row,) = quarantined(db_path)
+    assert row["topic"] == "fabpass/machines/laser-1/events" and "reason" in row["error"]
+    assert json.loads(row["payload"]) == hostile
+
+
+def test_logbook_a_huge_duration_does_not_stop_the_network_thread(mosquitto, tmp_path):
+    """Issue scenario 1: a session_ended with no start and `"duration_s": 1e300` raised
+    OverflowError in paho's network thread; the process lived on and archived nothing more."""
+    db_path = tmp_path / "logbook.db"
+    laser, cnc = FakeMachine("laser-1"), FakeMachine("cnc-1")
+    hostile = laser.event("session_ended", MONDAY, member_id="m-1", duration_s=1e300, reason="badge_off")
+    good = cnc.session("m-2", "04A1B2C4", MONDAY, 30)
+    with Collector(Broker.parse(mosquitto.url), db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [events_topic(hostile)] + [events_topic(e) for e in good])
+        wait_for(lambda: collector.counts["stored"] == 2, 10, "the good session after the hostile end")
+    assert [(r["machine"], r["duration_s"]) for r in _sessions(db_path)] == [("cnc-1", 1800.0)]
+    assert [json.loads(r["payload"]) for r in quarantined(db_path)] == [hostile]
+
+
+def test_logbook_names_come_from_the_newest_member_list_on_the_broker(mosquitto, tmp_path):
+    db_path = tmp_path / "logbook.db"
+    laser = FakeMachine("laser-1")
+
+    def members(version: int, name: str) -> dict:
+        return {"v": 1, "version": version, "generated_at": "2026-11-25T08:00:00Z",
+                "members": [{"id": "m-1", "name": name, "badges": ["04A1B2C3"], "status": "active",
+                             "expires": None, "roles": [], "inductions": {"laser": None}}]}
+
+    publish(mosquitto.url, [("fabpass/members", members(5, "Ada Lovelace"))], retain=True)
+    with Collector(Broker.parse(mosquitto.url), db_path) as collector:
+        wait_for(lambda: collector.counts["member_lists"] == 1, what="the retained list")
+        publish(mosquitto.url, [events_topic(e) for e in laser.session("m-1", "04A1B2C3", MONDAY, 30)])
+        wait_for(lambda: collector.counts["stored"] == 2, what="the session")
+        assert [r["name"] for r in _sessions(db_path)] == ["Ada Lovelace"]
+        publish(mosquitto.url, [("fabpass/members", members(4, "An older list"))], retain=True)
+        publish(mosquitto.url, [("fabpass/members", members(6, "Ada King"))], retain=True)
+        wait_for(lambda: collector.counts["member_lists"] == 3, what="both lists")
+    assert [r["name"] for r in _sessions(db_path)] == ["Ada King"]
+
+
+def test_logbook_publishes_its_marks_and_asks_a_new_incarnation_for_everything(mosquitto, tmp_path):
+    """`P/machines/ID/archived`, retained: every event of the incarnation up to `seq` is in the
+    archive; an incarnation the logbook never heard of (its status tells) is asked to resend."""
+    from tests.support.helpers import Collector as Subscriber
+
+    marks = Subscriber(mosquitto.port, "fabpass/machines/+/archived")
+    laser = FakeMachine("laser-1", incarnation="a" * 16)
+    events = [laser.event("agent_started", MONDAY, agent_version="1") for _ in range(4)]
+    try:
+        with Collector(Broker.parse(mosquitto.url), tmp_path / "logbook.db") as collector:
+            wait_for(collector.connected.is_set, what="the collector to connect")
+            publish(mosquitto.url, [events_topic(e) for e in (events[0], events[1], events[3])])
+            wait_for(lambda: collector.counts["stored"] == 3, what="three events")
+            wait_for(lambda: marks.payloads() and marks.payloads()[-1]["seq"] == 2, what="the mark at seq 2")
+            publish(mosquitto.url, [events_topic(events[2])])
+            wait_for(lambda: marks.payloads()[-1]["seq"] == 4, what="the gap filled: the mark at seq 4")
+            assert marks.payloads()[-1] == {"v": 1, "machine": "laser-1", "incarnation": "a" * 16, "seq": 4}
+            status = {"v": 1, "machine": "laser-1", "state": "idle", "incarnation": "b" * 16, "kept_from": 1}
+            publish(mosquitto.url, [("fabpass/machines/laser-1/status", status)], retain=True)
+            wait_for(lambda: marks.payloads()[-1].get("resend"), what="a resend asked of the new incarnation")
+            assert marks.payloads()[-1] == {"v": 1, "machine": "laser-1", "incarnation": "b" * 16, "seq": 0,
+                                            "marks": {"a" * 16: 4, "b" * 16: 0}, "resend": True}
+    finally:
+        marks.close()
+    late = Subscriber(mosquitto.port, "fabpass/machines/+/archived")  # retained for agents that connect later
+    try:
+        wait_for(lambda: late.payloads(), what="the retained mark")
+        assert late.payloads()[-1]["marks"] == {"a" * 16: 4, "b" * 16: 0}
+    finally:
+        late.close()
+
+
+def test_logbook_a_mark_lost_with_a_crash_is_published_again(mosquitto, tmp_path):
+    """A mark due when the logbook was killed never went out: at its next connection, and
+    whenever an agent sends again what the mark covers, the logbook publishes it again."""
+    from tests.support.helpers import Collector as Subscriber
+
+    db_path = tmp_path / "logbook.db"
+    laser = FakeMachine("laser-1", incarnation="a" * 16)
+    events = [laser.event("agent_started", MONDAY, agent_version="1") for _ in range(3)]
+    broker = Broker.parse(mosquitto.url)
+    with Collector(broker, db_path) as collector:
+        wait_for(collector.connected.is_set, what="the collector to connect")
+        publish(mosquitto.url, [events_topic(e) for e in events])
+        wait_for(lambda: collector.counts["stored"] == 3, what="three events")
+    publish(mosquitto.url, [("fabpass/machines/laser-1/archived", b"")], retain=True)  # as if never sent
+    marks = Subscriber(mosquitto.port, "fabpass/machines/laser-1/archived")
+    try:
+        with Collector(broker, db_path) as collector:  # the session is resumed: no resend asked
+            wait_for(lambda: marks.payloads(), what="the mark published again at the connection")
+            assert marks.payloads()[-1] == {"v": 1, "machine": "laser-1", "incarnation": "a" * 16, "seq": 3}
+            count = len(marks.payloads())
+            publish(mosquitto.url, [events_topic(events[1])])  # the agent has not seen it
+            wait_for(lambda: len(marks.payloads()) > count, what="the mark again after a duplicate")
+            assert collector.counts["duplicate"] == 1
+    finally:
+        marks.close()

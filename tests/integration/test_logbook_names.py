@@ -17,7 +17,8 @@ from tests.support.logbook import publish
 
 def members(version: int, **named: str | None) -> bytes:
     return json.dumps({"v": 1, "version": version,
-                       "members": [{"id": i, "name": n, "status": "active"} for i, n in named.items()]}).encode()
+                       "members": [{"id": i, "status": "active", **({"name": n} if n else {})}
+                                   for i, n in named.items()]}).encode()
 
 
 def test_logbook_names_follow_the_newest_list_and_write_only_changes(tmp_path) -> None:

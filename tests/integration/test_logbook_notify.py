@@ -75,7 +75,7 @@ def test_logbook_notify_offline_for_long_and_back_but_not_a_blip(mosquitto, tmp_
         wait_for(lambda: inbox.titles() == ["laser-1 is offline"], timeout=15, what="the offline message")
         publish(mosquitto.url, [("fabpass/machines/laser-1/status", {**offline, "state": "idle"})])
         wait_for(lambda: len(inbox.titles()) == 2, what="the return")
-        assert collector.counts["malformed"] == 0
+        assert collector.counts["quarantined"] == 0
     assert inbox.titles() == ["laser-1 is offline", "laser-1 is back online"]
 
 

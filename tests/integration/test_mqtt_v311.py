@@ -41,9 +41,11 @@ class V311OnlyRelay:
     def _serve(self, client: socket.socket) -> None:
         try:
             first = client.recv(4096)
-            # CONNECT: fixed header, remaining length (1 byte for these small packets),
-            # protocol name (2-byte length + "MQTT"), then the protocol level.
-            if first[:1] == b"\x10" and len(first) > 8 and first[8] == MQTT5:
+            # CONNECT: fixed header, remaining length (1 to 4 bytes, 7 bits each, the top bit
+            # says another follows), protocol name (2-byte length + "MQTT"), then the level.
+            length_bytes = next((i for i, byte in enumerate(first[1:5], 1) if byte < 0x80), 1)
+            level = 1 + length_bytes + 6
+            if first[:1] == b"\x10" and len(first) > level and first[level] == MQTT5:
                 self.refused += 1
                 client.sendall(b"\x20\x02\x00\x01")
                 client.close()

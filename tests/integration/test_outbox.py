@@ -1,16 +1,18 @@
-"""agent.daemon.outbox.Outbox on real SQLite files: seq, atomic commits, acknowledge, the bound."""
+"""agent.daemon.outbox.Outbox on real SQLite files: seq and incarnation, atomic commits, the
+archived mark and what it lets go, keep, the bound."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sqlite3
 import threading
 import uuid
 
 import pytest
 
-from agent.daemon.outbox import Outbox, StorageError
+from agent.daemon.outbox import TIDY_EVENTS, TIDY_S, Outbox, StorageError
 
 NOW = dt.datetime(2026, 11, 25, 9, 0, 0, 123456, tzinfo=dt.timezone.utc)
 STARTED = ("session_started", {"member_id": "m-1", "badge": "04A1B2C3"})
@@ -37,6 +39,7 @@ def test_outbox_first_event_is_seq_1(box):
     event = events[0]
     assert event["seq"] == 1 and event["v"] == 1 and event["type"] == "session_started"
     assert event["machine"] == "laser-1" and event["ts"] == "2026-11-25T09:00:00.123Z"
+    assert event["incarnation"] == box.incarnation
     assert event["member_id"] == "m-1" and event["badge"] == "04A1B2C3"
     assert uuid.UUID(event["event_id"]).version == 4
     assert box.last_seq == 1 and box.depth == 1
@@ -66,34 +69,50 @@ def test_outbox_event_ids_unique(box):
     assert len({e["event_id"] for e in events}) == 100
 
 
-def test_outbox_seq_never_reused_after_acknowledge_all(box):
+def test_outbox_seq_never_reused_after_everything_is_archived(box):
     box.commit([STARTED, ENDED, LOCKED], NOW)
-    box.acknowledge([1, 2, 3])
+    assert box.archived(3) and box.tidy(0.0, force=True) == 3
     assert box.depth == 0 and box.pending() == []
     assert box.commit([DENIED], NOW)[0]["seq"] == 4
     assert box.last_seq == 4
 
 
-def test_outbox_reopened_file_continues_seq(tmp_path):
+def test_outbox_reopened_file_continues_seq_and_incarnation(tmp_path):
     path = tmp_path / "agent.db"
     first = Outbox(path, "laser-1")
     first.commit([STARTED, ENDED], NOW)
-    first.acknowledge([1, 2])
+    first.archived(2)
+    first.tidy(0.0, force=True)
+    incarnation = first.incarnation
     first.close()
     again = Outbox(path, "laser-1")
-    assert again.last_seq == 2
+    assert again.last_seq == 2 and again.mark == 2 and again.incarnation == incarnation
     assert again.commit([LOCKED], NOW)[0]["seq"] == 3
     again.close()
 
 
-def test_outbox_reopened_file_keeps_unacknowledged_events(tmp_path):
+def test_outbox_a_new_storage_is_a_new_incarnation(tmp_path):
+    """64 random bits made when the storage is first created: a wiped card counts from 1 again."""
+    first, second = Outbox(tmp_path / "a.db", "laser-1"), Outbox(tmp_path / "b.db", "laser-1")
+    try:
+        assert re.fullmatch("[0-9a-f]{16}", first.incarnation) and first.incarnation != second.incarnation
+        assert first.commit([LOCKED], NOW)[0]["seq"] == second.commit([LOCKED], NOW)[0]["seq"] == 1
+    finally:
+        first.close()
+        second.close()
+
+
+def test_outbox_reopened_file_keeps_what_the_logbook_has_not_archived(tmp_path):
     path = tmp_path / "agent.db"
     first = Outbox(path, "laser-1")
     events = first.commit([STARTED, ENDED, LOCKED], NOW)
-    first.acknowledge([2])
+    first.acknowledged(3)  # the broker took them all: that alone forgets nothing
+    first.archived(1)
+    first.tidy(0.0, force=True)
     first.close()
     again = Outbox(path, "laser-1")
-    assert [json.loads(p) for _, p in again.pending()] == [events[0], events[2]]
+    assert [json.loads(p) for _, p in again.pending()] == events[1:]
+    assert (again.mark, again.unarchived, again.unacknowledged, again.kept_from) == (1, 2, 2, 2)
     again.close()
 
 
@@ -113,20 +132,54 @@ def test_outbox_written_by_an_older_agent_keeps_its_events_and_counter(tmp_path)
     box = Outbox(path, "laser-1")
     assert box.pending() == [(6, '{"seq":6}'), (7, '{"seq":7}')]
     assert box.last_seq == 7 and box.get("locked") is True
+    assert box.incarnation == "", "its events were archived under the empty incarnation: its seq goes on"
     assert box.commit([LOCKED], NOW)[0]["seq"] == 8
     box.close()
     check = sqlite3.connect(path)
     assert [row[1] for row in check.execute("PRAGMA table_info(events)")] == ["seq", "payload"]
-    assert [row[0] for row in check.execute("SELECT id FROM migrations ORDER BY id")] == [1, 2, 3]
+    assert [row[0] for row in check.execute("SELECT id FROM migrations ORDER BY id")] == [1, 2, 3, 4]
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     check.close()
 
 
-def test_outbox_acknowledge_some_and_unknown(box):
+def test_outbox_marks_go_forward_only_and_count_what_is_left(box):
+    assert (box.mark, box.unarchived, box.kept_from) == (None, None, 1), "no logbook yet"
     box.commit([STARTED, ENDED, LOCKED, DENIED], NOW)
-    box.acknowledge([2, 4, 99])
-    box.acknowledge([2])  # twice: harmless
-    assert seqs(box) == [1, 3]
+    assert (box.unacknowledged, box.unarchived, box.kept_from) == (4, None, 1)
+    box.acknowledged(3)
+    assert box.unacknowledged == 1
+    assert box.archived(2) and not box.archived(2) and not box.archived(1)
+    assert (box.mark, box.unarchived, box.kept_from, box.depth) == (2, 2, 3, 4), "deleted later, many at once"
+    box.archived(4)
+    assert (box.unarchived, box.unacknowledged, box.kept_from) == (0, 0, 5)
+
+
+def test_outbox_covered_events_go_with_the_next_event_in_the_same_transaction(box):
+    """No transaction of its own for a mark: the next commit deletes what it covers."""
+    box.commit([STARTED, ENDED], NOW)
+    box.archived(2)
+    changes = box._conn().total_changes
+    box.commit([LOCKED], NOW)
+    assert seqs(box) == [3] and box.get("archived_seq") == 2
+    assert box._conn().total_changes - changes == 2 + 2 + 1, "2 deletes, 2 meta rows, 1 insert"
+
+
+def test_outbox_tidy_writes_only_after_a_quiet_hour_or_many_covered(box):
+    box.commit([LOCKED] * 3, NOW)
+    box.archived(3)
+    assert box.tidy(100.0) == 0 and box.tidy(100.0 + TIDY_S - 1) == 0 and box.depth == 3
+    assert box.tidy(100.0 + TIDY_S) == 3 and box.depth == 0
+    box.commit([LOCKED] * TIDY_EVENTS, NOW)
+    box.archived(3 + TIDY_EVENTS)
+    assert box.tidy(0.0) == TIDY_EVENTS, "many covered: at once"
+
+
+def test_outbox_prune_deletes_what_is_older_than_keep_archived_or_not(box):
+    box.commit([LOCKED, LOCKED], NOW - dt.timedelta(days=31))
+    box.commit([LOCKED], NOW)
+    box.archived(1)
+    assert box.prune(NOW - dt.timedelta(days=30)) == 1, "seq 2: never confirmed, gone"
+    assert seqs(box) == [3] and box.kept_from == 3
 
 
 def test_outbox_pending_after_and_limit(box):
@@ -250,12 +303,21 @@ def test_outbox_below_bound_but_commit_would_cross_it(tmp_path):
     box.close()
 
 
-def test_outbox_bound_lifts_after_acknowledge(full):
+def test_outbox_bound_lifts_after_a_mark(full):
     with pytest.raises(StorageError):
         full.commit([STARTED], NOW)
-    full.acknowledge([1])
+    full.archived(1)
     assert full.commit([STARTED], NOW)[0]["seq"] == 4
     assert full.commit([DENIED], NOW) == []  # full again
+
+
+def test_outbox_at_bound_what_the_broker_took_makes_room_first(full, caplog):
+    """A logbook gone for long: the oldest events the broker has taken give way before any
+    session is refused (the logbook may still have them; no one else has the rest)."""
+    full.acknowledged(2)
+    assert full.commit([STARTED], NOW)[0]["seq"] == 4
+    assert seqs(full) == [2, 3, 4]
+    assert "gave up the 1 oldest the broker took" in caplog.text
 
 
 # --- concurrency ---------------------------------------------------------------------------------

@@ -252,6 +252,7 @@ def _vanish(agent: Any) -> None:
     agent.relay.device.close()
     agent.cache.close()
     agent.outbox.close()
+    agent.lock.release()
 
 
 @settings(max_examples=25, deadline=None, derandomize=True,

@@ -35,6 +35,7 @@ class Collector:
         from paho.mqtt.properties import Properties
 
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each message
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -49,14 +50,24 @@ class Collector:
         wait_for(self.subscribed.is_set, 10, f"subscription to {topic}")
 
     def _on_message(self, client, userdata, message) -> None:
+        import time
+
         with self._lock:
             self.messages.append((message.topic, message.payload, message.retain))
+            self.arrivals.append(time.monotonic())
 
     def payloads(self) -> list[dict]:
         import json
 
         with self._lock:
             return [json.loads(p) for _, p, _ in self.messages if p]
+
+    def timed(self) -> list[tuple[float, dict]]:
+        """(arrival, payload as JSON) of each message."""
+        import json
+
+        with self._lock:
+            return [(t, json.loads(p)) for t, (_, p, _) in zip(self.arrivals, self.messages) if p]
 
     def close(self) -> None:
         disconnect(self.client)

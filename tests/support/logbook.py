@@ -18,15 +18,18 @@ MONDAY = dt.datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
 
 class FakeMachine:
-    """Numbers its events like an agent's outbox: seq 1, 2, 3…, each with a fresh event_id."""
+    """Numbers its events like an agent's outbox: seq 1, 2, 3…, each with a fresh event_id.
+    Without an `incarnation` its events are those of an agent that predates incarnations."""
 
-    def __init__(self, machine: str) -> None:
+    def __init__(self, machine: str, incarnation: str | None = None) -> None:
         self.machine = machine
+        self.incarnation = incarnation
         self.seq = 0
 
     def event(self, type: str, at: dt.datetime, **fields: Any) -> dict[str, Any]:
         self.seq += 1
-        return {"v": 1, "event_id": str(uuid.uuid4()), "seq": self.seq, "type": type,
+        named = {} if self.incarnation is None else {"incarnation": self.incarnation}
+        return {"v": 1, "event_id": str(uuid.uuid4()), "seq": self.seq, **named, "type": type,
                 "machine": self.machine, "ts": rfc3339(at), **fields}
 
     def session(self, member_id: str, badge: str, start: dt.datetime, minutes: float,

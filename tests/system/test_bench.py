@@ -55,11 +55,37 @@ def test_bench_quick_json_has_every_contract_figure_as_a_number() -> None:
     assert _number(figures["machine"]["calibration_start_ms"]) and figures["machine"]["calibration_end_ms"] > 0
     assert figures["members_apply_members"] == 100_000
     assert figures["outbox_replay_events"] >= 2_000
+    for key in ARCHIVE_KEYS:
+        assert _number(figures[key]), (key, figures[key])
+
+
+ARCHIVE_KEYS = ("outbox_bytes_per_event", "heartbeat_bytes_per_hour", "archive_catch_up_events_per_s")
 
 
 def test_bench_figures_cover_the_contract() -> None:
-    assert set(FIGURES) == set(CONTRACT_KEYS + MORE_KEYS)
+    assert set(FIGURES) == set(CONTRACT_KEYS) | set(MORE_KEYS) | set(ARCHIVE_KEYS)
     assert set(TARGETS) <= set(FIGURES)
+
+
+def test_bench_bytes_written_are_counted_on_a_real_disk_per_event_and_per_heartbeat() -> None:
+    """The SD card figures: /proc/PID/io of a real `fabpass run` whose events a real logbook
+    confirms, one tap at a time; a heartbeat's commit in this process."""
+    from agent.devtools.bench import archive
+
+    per_event = archive.outbox_bytes(taps=6)
+    assert per_event["outbox_bytes_events"] == 6 and per_event["outbox_bytes_fs"] not in ("tmpfs", "ramfs")
+    assert 0 < per_event["outbox_wchar_per_event"] and 0 < per_event["outbox_bytes_per_event"]
+    beat = archive.heartbeat_bytes(commits=20)
+    assert 0 < beat["heartbeat_bytes"] and beat["heartbeat_bytes_per_hour"] == pytest.approx(
+        beat["heartbeat_bytes"] * 3600 / 55, rel=0.01)
+
+
+def test_bench_catch_up_counts_every_event_of_a_late_logbook() -> None:
+    from agent.devtools.bench import archive
+
+    result = archive.archive_catch_up(machines=2, events=30)
+    assert result["archive_catch_up_events"] == 2 * (30 + 1), "each agent's agent_started too"
+    assert result["archive_catch_up_events_per_s"] > 0
 
 
 def test_bench_percentile_is_nearest_rank() -> None:

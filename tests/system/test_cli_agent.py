@@ -141,3 +141,24 @@ def test_cli_real_serial_reader_on_mock_pins_drives_the_relay(tmp_path):
         device.close()
     started = [e for e in read_events(storage) if e["type"] == "session_started"]
     assert [e["badge"] for e in started] == ["0A1B2C3D4E"], "five frames of a held card are one tap"
+
+
+def test_cli_status_says_what_the_logbook_has_confirmed_and_a_conflict(tmp_path):
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text(tmp_path / "state"))
+    agent = RunningAgent(config.read_text())
+    try:
+        assert "no logbook has confirmed any event yet" in run("status", "--config", str(config)).output
+        incarnation = agent.agent.outbox.incarnation
+        agent.agent.outbox.archived(agent.agent.outbox.last_seq - 1)
+        assert f"1 events not yet confirmed (incarnation {incarnation})" in run("status", "--config", str(config)).output
+        agent.agent.call(agent.agent.twin_alive, "0123456789abcdef")
+        shown = run("status", "--config", str(config)).output
+        assert "CONFLICT" in shown and agent.agent.call(agent.agent.status)["conflict"] is True
+        (conflict,) = [e for e in agent.events() if e["type"] == "machine_id_conflict"]
+        assert conflict["other_incarnation"] == "0123456789abcdef"
+        from agent.cli.text import event_line
+
+        assert "CONFLICT: another agent uses this id (0123456789abcdef)" in event_line(conflict)
+    finally:
+        agent.stop()

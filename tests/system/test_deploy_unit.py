@@ -237,3 +237,14 @@ def test_deploy_refresh_runs_members_refresh_daily_with_its_secrets_as_credentia
     assert command[:3] == ["/opt/fabpass/bin/fabpass", "members", "refresh"]
     assert "--password-file" in command and "--sign-key" in command, "no secret on the command line"
     assert sorted(c.split(":")[0] for c in service["LoadCredential"]) == ["mqtt-password", "signing.key"]
+
+
+def test_deploy_logbook_unit_passes_verify_and_restarts_whatever_the_exit(tmp_path: Path) -> None:
+    """deploy/fabpass-logbook.service: the collector exits 1 when its database fails, and
+    must come back to take what the broker kept for it."""
+    text = (ROOT / "deploy" / "fabpass-logbook.service").read_text()
+    done = verify(text, tmp_path)
+    assert (done.returncode, done.stderr) == (0, "")
+    unit = settings(text)
+    assert unit["Restart"] == ["always"] and unit["StartLimitIntervalSec"] == ["0"]
+    assert unit["ExecStart"][0].startswith("/opt/fabpass/bin/fabpass logbook run ")

@@ -14,6 +14,7 @@ from agent.cli import main
 from agent.devtools.bench.capacity import capacity
 from agent.devtools.fleet import FleetOptions, RelayFault, check, run_fleet
 from agent.devtools.fleet import population as pop
+from agent.devtools.fleet.check import Happening
 
 # -- the whole fleet -------------------------------------------------------------------
 
@@ -28,7 +29,23 @@ def test_fleet_twenty_machines_for_thirty_seconds_are_consistent() -> None:
     assert report["machines"] == 20
     assert report["refused"] > 0 and len(report["refused_by_reason"]) >= 3
     assert report["actions"]["started"] > 0 and report["actions"]["ended"] > 0
-    assert report["sessions_open"] == 0 and report["relay_faults"] == 0 and report["outbox_left"] == 0
+    assert report["sessions_open"] == 0 and report["relay_faults"] == 0
+    assert report["incarnations"] == 20 and report["chaos"] == []
+
+
+def test_fleet_chaos_still_archives_every_event_of_every_incarnation_exactly_once() -> None:
+    """kill -9 of agents and of the logbook, a broker that forgets, a wiped SD card, a logbook
+    started late, two agents sharing an id: the archive holds exactly what each made."""
+    result = CliRunner().invoke(main, ["fleet", "--machines", "4", "--duration", "40", "--chaos", "--seed", "2",
+                                       "--json"])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.exit_code == 0 and report["consistent"] is True, report["problems"]
+    assert {h["scenario"] for h in report["chaos"]} == {
+        "late_logbook", "kill_agent", "kill_logbook", "broker_forgets", "wipe_storage", "twin"}
+    assert not [h for h in report["chaos"] if h["failure"]]
+    assert report["incarnations"] == 4 + 1 + 1, "a wiped card and a twin: two more incarnations"
+    assert report["lost"] == report["duplicated"] == report["conflicting"] == report["unexpected"] == 0
+    assert report["events_sent"] == report["events_archived"] > 0
 
 
 def test_fleet_broker_outages_lose_nothing() -> None:
@@ -54,50 +71,64 @@ def test_fleet_outages_need_the_local_broker() -> None:
 
 # -- the check on planted data ------------------------------------------------------------
 
-SENT = {"sim-01": 3, "sim-02": 2}
-GOOD = [("sim-01", 1, "a1"), ("sim-01", 2, "a2"), ("sim-01", 3, "a3"), ("sim-02", 1, "b1"), ("sim-02", 2, "b2")]
+MADE = {("sim-01", "a"): 3, ("sim-02", "b"): 1, ("sim-02", "c"): 1}  # sim-02: a wiped card, two incarnations
+GOOD = [("sim-01", "a", 1, "a1"), ("sim-01", "a", 2, "a2"), ("sim-01", "a", 3, "a3"),
+        ("sim-02", "b", 1, "b1"), ("sim-02", "c", 1, "c1")]
 
 
 def test_fleet_check_passes_complete_data() -> None:
-    result = check(SENT, GOOD, observed=GOOD + [("sim-01", 2, "a2")])  # a redelivery is fine
+    result = check(MADE, GOOD, observed=GOOD + [("sim-01", "a", 2, "a2")])  # a redelivery is fine
     assert result.consistent
     assert result.as_dict()["events_sent"] == result.as_dict()["events_archived"] == 5
+    assert result.as_dict()["incarnations"] == 3
     assert result.problems() == []
 
 
-def test_fleet_check_finds_a_missing_seq() -> None:
-    result = check(SENT, [r for r in GOOD if r[:2] != ("sim-01", 2)])
+def test_fleet_check_finds_a_missing_seq_of_any_incarnation() -> None:
+    result = check(MADE, [r for r in GOOD if r[:2] != ("sim-02", "c")])
     assert not result.consistent
-    assert result.lost == [("sim-01", 2)]
-    assert result.as_dict()["lost"] == 1
+    assert result.lost == [("sim-02", "c", 1)]
+    assert result.as_dict()["lost"] == 1 and result.problems() == ["lost: sim-02 seq 1 (incarnation c)"]
 
 
 def test_fleet_check_finds_a_duplicated_event_id() -> None:
-    result = check(SENT, GOOD + [("sim-01", 3, "a3")])
+    result = check(MADE, GOOD + [("sim-01", "a", 3, "a3")])
     assert not result.consistent
     assert result.duplicated == ["a3"] and result.as_dict()["duplicated"] == 1
 
 
 def test_fleet_check_finds_a_seq_under_two_event_ids() -> None:
-    in_archive = check(SENT, GOOD + [("sim-02", 2, "b2-again")])
-    on_the_wire = check(SENT, GOOD, observed=[("sim-02", 2, "b2-again")])
+    in_archive = check(MADE, GOOD + [("sim-02", "b", 1, "b1-again")])
+    on_the_wire = check(MADE, GOOD, observed=[("sim-02", "b", 1, "b1-again")])
     for result in (in_archive, on_the_wire):
         assert not result.consistent
-        assert result.conflicting == [("sim-02", 2)]
+        assert result.conflicting == [("sim-02", "b", 1)]
 
 
-def test_fleet_check_finds_an_event_never_sent() -> None:
-    result = check(SENT, GOOD + [("sim-02", 3, "b3"), ("sim-99", 1, "z1")])
-    assert result.unexpected == [("sim-02", 3), ("sim-99", 1)]
+def test_fleet_check_finds_an_event_never_made() -> None:
+    result = check(MADE, GOOD + [("sim-02", "c", 2, "c2"), ("sim-99", "z", 1, "z1")])
+    assert result.unexpected == [("sim-02", "c", 2), ("sim-99", "z", 1)]
     assert not result.consistent
 
 
-def test_fleet_check_finds_an_open_session_a_relay_fault_and_a_full_outbox() -> None:
-    assert not check(SENT, GOOD, open_sessions=[("sim-01", "m-0001")]).consistent
+def test_fleet_check_finds_an_open_session_a_relay_fault_and_a_failed_scenario() -> None:
+    assert not check(MADE, GOOD, open_sessions=[("sim-01", "m-0001")]).consistent
     fault = RelayFault("sim-02", relay_on=True, in_session=False, when="sweep")
-    assert check(SENT, GOOD, relay_faults=[fault]).problems() == ["sim-02: relay on without a session (sweep)"]
-    left = check(SENT, GOOD, outbox_left={"sim-01": 0, "sim-02": 4})
-    assert left.outbox_left == {"sim-02": 4} and not left.consistent
+    assert check(MADE, GOOD, relay_faults=[fault]).problems() == ["sim-02: relay on without a session (sweep)"]
+    twin = Happening("twin", "sim-01", 10.0, 20.0, failure="neither agent reported the conflict")
+    failed = check(MADE, GOOD, happenings=[twin])
+    assert not failed.consistent and failed.problems() == ["twin sim-01 at 10.0 s: neither agent reported the conflict"]
+
+
+def test_fleet_check_says_which_scenario_was_under_way_when_an_event_went_missing() -> None:
+    happenings = [Happening("kill_logbook", None, 30.0, 32.0), Happening("wipe_storage", "sim-02", 50.0, 55.0),
+                  Happening("kill_agent", "sim-03", 80.0, 81.0)]
+    made_at = {("sim-01", "a", 1): 5.0, ("sim-01", "a", 3): 35.0}  # seq 2's neighbour: made at 35 s
+    result = check(MADE, [r for r in GOOD if r[2:3] != (2,) and r[1] != "b"], happenings=happenings,
+                   made_at=made_at)
+    assert result.problems() == [
+        "lost: sim-01 seq 2 (incarnation a); during kill_logbook at 30.0 s",
+        "lost: sim-02 seq 1 (incarnation b); during wipe_storage sim-02 at 50.0 s"]
 
 
 # -- the generated lab --------------------------------------------------------------------

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from agent.cli import main
 from agent.cli.logbook import logbook
 from agent.core.timespec import rfc3339
-from agent.logbook import queries
+from agent.logbook import queries, store
+from agent.logbook.names import record_names
 from agent.logbook.store import ingest, open_db
 from tests.support import ROOT
 from tests.support.logbook import UTC, FakeMachine
@@ -61,8 +62,9 @@ def sessions_json(db_path, *args: str) -> list[dict]:
 def test_logbook_sessions_json_has_exactly_the_contract_keys(db_path):
     rows = sessions_json(db_path)
     assert len(rows) == 5
-    assert all(list(r) == ["machine", "member_id", "badge", "start", "end", "duration_s", "end_reason"]
-               for r in rows)
+    assert all(list(r) == ["machine", "member_id", "badge", "start", "end", "duration_s", "end_reason",
+                           "end_estimated", "name"] for r in rows)
+    assert {(r["end_estimated"], r["name"]) for r in rows} == {(False, None)}, "no crash, no member list seen"
     (open_row,) = [r for r in rows if r["end"] is None]
     assert open_row["member_id"] == "m-3" and open_row["end_reason"] is None
     assert open_row["duration_s"] / 3600 == pytest.approx(open_hours(), abs=0.01)
@@ -84,7 +86,7 @@ def test_logbook_sessions_filters(db_path, args, expected):
 def test_logbook_sessions_table_shows_open_sessions(db_path):
     result = invoke("sessions", "--db", str(db_path), "--machine", "cnc-1")
     lines = result.output.splitlines()
-    assert lines[0].split() == ["MACHINE", "MEMBER", "BADGE", "START", "END", "H:MM", "ENDED"]
+    assert lines[0].split() == ["MACHINE", "MEMBER", "NAME", "BADGE", "START", "END", "H:MM", "ENDED"]
     assert "2:00" in lines[1] and "timeout" in lines[1]
     assert "m-3" in lines[2] and "(open)" in lines[2]
 
@@ -110,8 +112,8 @@ def test_logbook_report_hours_refusals_and_busiest_hours(db_path):
     result = invoke("report", "--db", str(db_path), "--since", "7d", "--json")
     report = json.loads(result.output)
     assert report["machines"][0] == {"machine": "cnc-1", "hours": pytest.approx(2 + open_hours(), abs=0.01),
-                                     "sessions": 2}
-    assert report["machines"][1] == {"machine": "laser-1", "hours": 0.75, "sessions": 2}
+                                     "sessions": 2, "estimated_hours": 0.0}
+    assert report["machines"][1] == {"machine": "laser-1", "hours": 0.75, "sessions": 2, "estimated_hours": 0.0}
     assert {m["member_id"]: m["hours"] for m in report["members"]} == {
         "m-2": 2.5, "m-3": pytest.approx(open_hours(), abs=0.01), "m-1": 0.25}
     assert report["refusals"] == [{"machine": "laser-1", "reason": "not_inducted", "count": 1}]
@@ -230,3 +232,73 @@ def test_logbook_busiest_hours_keep_every_second_across_a_dst_change(tmp_path):
             ingest(db, event)
         busiest = queries.report(db, dt.datetime(2026, 10, 26, tzinfo=UTC), rome)["busiest_hours"]
     assert sorted((b["hour"], b["hours"]) for b in busiest) == [(1, 0.5), (2, 2.0)]  # 02:xx twice
+
+
+@pytest.mark.parametrize("command", [
+    ["sessions", "--since", "99999999d"], ["sessions", "--until", "9999-12-31T23:59:59-12:00"],
+    ["report", "--since", "0001-01-01T00:00:00+14:00"], ["export", "--format", "csv", "--until", "99999999999w"],
+])
+def test_logbook_times_out_of_range_exit_2(db_path, command):
+    """Issue scenario 7: a time the calendar cannot hold was a traceback (OverflowError)."""
+    result = CliRunner().invoke(main, ["logbook", *command, "--db", str(db_path)])
+    assert result.exit_code == 2, result.output
+    assert command[-2] in result.output and "out of range" in result.output
+
+
+def test_logbook_future_dated_sessions_never_break_a_query(tmp_path):
+    """Issue scenario 7: a Pi whose clock runs ahead; its sessions are archived like any other."""
+    laser = FakeMachine("laser-1")
+    path = tmp_path / "future.db"
+    with open_db(path, create=True) as db:
+        for event in (laser.session("m-1", "04A1B2C3", NOW + 9 * DAY, 30)
+                      + laser.session("m-2", "04A1B2C4", NOW - DAY, 30)
+                      + laser.session("m-3", "04A1B2C5", NOW + 400 * 7 * DAY, 60)):
+            ingest(db, event)
+        weeks = queries.weekly_hours(db, NOW, UTC, 12)
+    assert len(weeks) == 12 and sum(sum(w.values()) for w in weeks.values()) == 0.5
+    assert len(sessions_json(path)) == 3
+    report = json.loads(invoke("report", "--db", str(path), "--json").output)
+    assert [(m["machine"], m["hours"], m["sessions"]) for m in report["machines"]] == [("laser-1", 2.0, 3)]
+
+
+def test_logbook_estimated_ends_and_names_in_sessions_export_and_report(tmp_path):
+    """Issue scenario 5: a session a power cut ended (at the agent's last heartbeat) says so
+    in sessions, in the billing export (true/false in CSV) and in the report's hours."""
+    laser = FakeMachine("laser-1", incarnation="0123456789abcdef")
+    start = NOW - 3 * HOUR
+    events = [laser.event("session_started", start, member_id="m-1", badge="04A1B2C3"),
+              laser.event("session_ended", start + dt.timedelta(minutes=45), member_id="m-1",
+                          duration_s=2700.0, reason="agent_restart", end_estimated=True)]
+    events += laser.session("m-2", "04A1B2C4", NOW - HOUR, 30)
+    path = tmp_path / "logbook.db"
+    with open_db(path, create=True) as db:
+        for event in events:
+            ingest(db, event)
+        record_names(db, json.dumps({"v": 1, "version": 7, "members": [{"id": "m-1", "name": "Ada Lovelace"}]}).encode())
+    rows = sessions_json(path)
+    assert [(r["member_id"], r["name"], r["end_estimated"]) for r in rows] == [
+        ("m-1", "Ada Lovelace", True), ("m-2", None, False)]
+    exported = list(csv.DictReader(io.StringIO(invoke("export", "--db", str(path), "--format", "csv").output)))
+    assert [(r["name"], r["end_estimated"]) for r in exported] == [("Ada Lovelace", "true"), ("", "false")]
+    report = json.loads(invoke("report", "--db", str(path), "--json").output)
+    assert (report["hours"], report["estimated_hours"]) == (1.25, 0.75)
+    assert report["machines"] == [{"machine": "laser-1", "hours": 1.25, "sessions": 2, "estimated_hours": 0.75}]
+    text = invoke("report", "--db", str(path)).output
+    assert "0.75 h of them estimated" in text
+    table = invoke("sessions", "--db", str(path)).output
+    assert "Ada Lovelace" in table and "(estimated)" in table
+
+
+def test_logbook_quarantine_lists_what_could_not_be_archived(tmp_path):
+    path = tmp_path / "logbook.db"
+    with open_db(path, create=True) as db:
+        store.quarantine(db, "fabpass/machines/laser-1/events", b'{"reason": ["a"]}',
+                         "machine_locked: 'reason' must be a string of at most 1000 characters")
+        store.quarantine(db, "fabpass/machines/laser-1/events", b"\xff" + b"x" * 70_000, "event is not JSON")
+    rows = json.loads(invoke("quarantine", "--db", str(path), "--json").output)
+    assert [list(r) for r in rows] == [["topic", "payload", "error", "received"]] * 2
+    assert rows[0]["payload"] == '{"reason": ["a"]}' and rows[1]["payload"].startswith("\\xffxxx")
+    assert "payload cut to 65536 of 70004 characters" in rows[1]["error"]
+    assert [r["error"] for r in json.loads(invoke("quarantine", "--db", str(path), "--json", "--limit", "1").output)
+            ] == [rows[1]["error"]]
+    assert "must be a string" in invoke("quarantine", "--db", str(path)).output

@@ -131,3 +131,36 @@ def test_logbook_web_command_serves_and_stops_on_sigterm(tmp_path):
             assert page.status == 200 and b'<table id="sessions">' in page.read()
     finally:
         stop_cleanly(proc)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as page:
+            return page.status, page.read().decode()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.read().decode()
+
+
+def test_logbook_web_a_future_dated_session_or_a_wild_since_never_takes_it_down(tmp_path):
+    """Issue scenario 7: one session dated ahead (a Pi whose clock runs fast) took the page
+    down with a KeyError in weekly_hours; a `since` out of range was a traceback."""
+    laser = FakeMachine("laser-1")
+    db_path = tmp_path / "logbook.db"
+    with open_db(db_path, create=True) as db:
+        for event in laser.session("m-ada", "04A1B2C3", dt.datetime.now(UTC) + dt.timedelta(days=9), 50):
+            ingest(db, event)
+    server = make_server(db_path, "127.0.0.1", 0, None, UTC)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        status, page = _get(url + "?since=")
+        assert status == 200 and "m-ada" in page
+        for since in ("99999999d", "9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00%2B14:00"):
+            status, page = _get(url + f"?since={since}")
+            assert status == 400 and "out of range" in page, since
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

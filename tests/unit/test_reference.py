@@ -33,7 +33,7 @@ def test_reference_every_event_type_has_its_section(kind: EventType) -> None:
 def test_reference_every_topic_is_in_the_table() -> None:
     topics = Topics("P")
     for topic in (topics.members, topics.status("ID"), topics.events("ID"), topics.commands("ID"),
-                  topics.sim_tap("ID")):
+                  topics.sim_tap("ID"), topics.archived("ID")):
         assert f"| `{topic}` |" in MQTT, topic
 
 

@@ -6,9 +6,10 @@ reader's cost with no card),
 `serial` (a serial reader's frame to relay), `cli` (the command line's cold
 start), `apply` (a 100,000-member list into the cache, time and peak memory),
 `outbox` (a durable commit on disk, replaying a backlog to a broker),
-`idle` (a quiet agent's CPU and memory, and the memory of one with secure
-cards), `fleet` (agents per broker) and `peers` (the decision paths of
-makerspace-auth and RATT beside fabpass's).
+`archive` (an agent's bytes written per event and per heartbeat, a logbook
+started late catching up), `idle` (a quiet agent's CPU and memory, and the
+memory of one with secure cards), `fleet` (agents per broker) and `peers`
+(the decision paths of makerspace-auth and RATT beside fabpass's).
 `run(quick)` measures them all and returns one flat dict of figures.
 """
 
@@ -39,16 +40,21 @@ class Sizes:
     idle_s: float
     commits: int
     fleet_quick: bool
+    bytes_taps: int
+    catch_up_machines: int
+    catch_up_events: int
 
 
 FULL = Sizes(tap_members=100_000, taps=10_000, cards=400, secure_cards=200, reader_idle_s=20.0, serial_frames=200,
              cli_runs=20, peer_rounds=1_000,
              apply_members=100_000, apply_runs=3, apply_taps_members=100_000,
-             replay_events=10_000, idle_s=30.0, commits=1_000, fleet_quick=False)
+             replay_events=10_000, idle_s=30.0, commits=1_000, fleet_quick=False,
+             bytes_taps=200, catch_up_machines=20, catch_up_events=1_000)
 QUICK = Sizes(tap_members=20_000, taps=1_000, cards=60, secure_cards=20, reader_idle_s=3.0, serial_frames=20,
               cli_runs=5, peer_rounds=100,
               apply_members=100_000, apply_runs=1, apply_taps_members=20_000,
-              replay_events=2_000, idle_s=5.0, commits=200, fleet_quick=True)
+              replay_events=2_000, idle_s=5.0, commits=200, fleet_quick=True,
+              bytes_taps=30, catch_up_machines=5, catch_up_events=200)
 
 # figure -> ("<", "<=" or ">=", target): the issues' targets (2-core x86 dev machine)
 TARGETS: dict[str, tuple[str, float]] = {
@@ -73,13 +79,14 @@ FIGURES = ("tap_to_relay_p50_ms", "tap_to_relay_p99_ms", "card_to_relay_p50_ms",
            "serial_frame_end_to_relay_p99_ms", "cli_cold_start_ms",
            "members_apply_100k_s", "members_apply_100k_peak_mb",
            "lookup_during_apply_p99_ms", "outbox_replay_events_per_s", "idle_cpu_percent", "idle_rss_mb",
-           "idle_rss_secure_mb",
-           "outbox_commit_p99_ms", "fleet_agents_per_broker")
+           "idle_rss_secure_mb", "outbox_commit_p99_ms", "outbox_bytes_per_event", "heartbeat_bytes_per_hour",
+           "archive_catch_up_events_per_s", "fleet_agents_per_broker")
 
 
 def _families(sizes: Sizes) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
     from agent.devtools.bench import (
         apply,
+        archive,
         capacity,
         card,
         cli,
@@ -100,6 +107,8 @@ def _families(sizes: Sizes) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         ("taps during apply", lambda: tap.lookup_during_apply(sizes.apply_taps_members)),
         ("outbox commit", lambda: outbox.outbox_commit(sizes.commits)),
         ("outbox replay", lambda: outbox.outbox_replay(sizes.replay_events)),
+        ("outbox bytes", lambda: {**archive.outbox_bytes(sizes.bytes_taps), **archive.heartbeat_bytes()}),
+        ("archive catch-up", lambda: archive.archive_catch_up(sizes.catch_up_machines, sizes.catch_up_events)),
         ("idle agent", lambda: idle.idle(sizes.idle_s)),
         ("idle agent, secure cards", idle.idle_secure_rss),
         ("fleet", lambda: capacity.agents_per_broker(sizes.fleet_quick)),

@@ -82,13 +82,13 @@ def config_text(storage: Path, machine_id: str = "bench-1", broker_url: str | No
     return machine_toml(machine_id, storage, machine={"name": "Benchmark laser"}, **sections)
 
 
-def load_config(storage: Path, broker_url: str | None = None, simulate: bool = True,
+def load_config(storage: Path, broker_url: str | None = None, simulate: bool = True, machine_id: str = "bench-1",
                 reader: dict[str, object] | None = None):
     import dataclasses
 
     from agent.config import HardwareConfig, parse
 
-    config = parse(config_text(storage, broker_url=broker_url, reader=reader), "bench.toml")
+    config = parse(config_text(storage, machine_id, broker_url=broker_url, reader=reader), "bench.toml")
     return dataclasses.replace(config, hardware=HardwareConfig(simulate=simulate))
 
 

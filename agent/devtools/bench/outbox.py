@@ -86,16 +86,6 @@ def outbox_replay(events: int) -> dict[str, Any]:
         broker = LocalBroker(storage)
         config = load_config(storage, broker_url=broker.url)
         agent = Agent(config, pins=MockFactory(), reader=SimulatedReader(), link=link_for(config))
-        connected = threading.Event()
-        link = agent.link
-        on_connect = link.client.on_connect
-
-        def hooked(*args: Any) -> None:
-            on_connect(*args)
-            if link.connected:
-                connected.set()
-
-        link.client.on_connect = hooked
         thread = threading.Thread(target=agent.run, name="bench-replay-agent", daemon=True)
         try:
             with _planned_outage():
@@ -108,13 +98,12 @@ def outbox_replay(events: int) -> dict[str, Any]:
                     agent.outbox.commit([(EventType.ACCESS_DENIED, {"badge": f"{0xA0000000 + i:08X}",
                                                             "reason": "unknown_badge"})
                                          for i in range(first, min(events, first + batch))], now)
-                queued = agent.outbox.depth
+                queued = agent.outbox.unacknowledged
                 started = time.perf_counter()
                 broker.start()
-                if not connected.wait(30):
-                    raise RuntimeError("the agent did not connect to the broker")
+                wait_for(lambda: agent.link.connected, 30, "the agent to connect to the broker", step=0.001)
             up = time.perf_counter()
-            wait_for(lambda: agent.outbox.depth == 0, 300, "the outbox to empty", step=0.02)
+            wait_for(lambda: agent.outbox.unacknowledged == 0, 300, "the broker to take every event", step=0.02)
             drained = time.perf_counter()
             return {
                 "outbox_replay_events_per_s": round(queued / (drained - up)),

@@ -11,9 +11,8 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.config import HardwareConfig, parse
 from agent.daemon.agent import Agent, link_for
-from agent.daemon.outbox import Outbox
-from agent.daemon.storage import OUTBOX_FILE
 from agent.devtools.fleet.check import RelayFault
+from agent.devtools.fleet.proc import made_by
 from agent.devtools.machines import machine_toml
 
 # How many agents one process can host: paho waits on its socket with select(), which
@@ -30,10 +29,11 @@ class SimMachine:
     """`start()` runs the agent's loop in a thread; `stop()` stops it (idempotent)."""
 
     def __init__(self, machine_id: str, induction: str, storage: Path, broker_url: str, prefix: str,
-                 password_file: str | None = None) -> None:
-        self.id = machine_id
+                 password_file: str | None = None, resend_after: str = "60s") -> None:
+        self.id = self.name = machine_id
         self.storage = storage
-        mqtt = {"url": broker_url, "topic_prefix": prefix, **({"password_file": password_file} if password_file else {})}
+        mqtt = {"url": broker_url, "topic_prefix": prefix, "resend_after": resend_after,
+                **({"password_file": password_file} if password_file else {})}
         text = machine_toml(machine_id, storage, induction=induction, mqtt=mqtt)
         config = dataclasses.replace(parse(text, f"{machine_id}.toml"), hardware=HardwareConfig(simulate=True))
         self.config = config
@@ -43,6 +43,10 @@ class SimMachine:
         self.relay_pin = self.pins.pin(config.relay.pin)
         self.agent = Agent(config, pins=self.pins, link=link_for(config, drain_s=DRAIN_S))
         self.thread = threading.Thread(target=self.agent.run, name=f"agent-{machine_id}", daemon=True)
+
+    @property
+    def incarnation(self) -> str:
+        return self.agent.outbox.incarnation
 
     def start(self, timeout: float = 15.0) -> None:
         self.thread.start()
@@ -87,10 +91,6 @@ class SimMachine:
     def status(self) -> dict[str, Any]:
         return self.agent.call(self.agent.status)
 
-    def outbox_after_stop(self) -> tuple[int, int]:
-        """(last_seq, events left) from the stopped agent's outbox file."""
-        outbox = Outbox(self.storage / OUTBOX_FILE, self.id)
-        try:
-            return outbox.last_seq, outbox.depth
-        finally:
-            outbox.close()
+    def made(self) -> tuple[str, int]:
+        """(incarnation, last_seq) from the outbox on disk."""
+        return made_by(self.storage)

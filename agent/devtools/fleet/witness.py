@@ -11,7 +11,7 @@ from collections import defaultdict
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.devtools.fleet.check import Row
+from agent.devtools.fleet.check import Key, Row
 from agent.link.broker import Broker, disconnect, make_client
 from agent.link.topics import Topics
 
@@ -19,7 +19,8 @@ from agent.link.topics import Topics
 class Witness:
     """QoS 1 with a persistent session (it also gets what arrives during a broker restart).
 
-    `first_seen[(machine, seq)]` is the monotonic time of the first delivery.
+    `first_seen[(machine, seq)]` is the monotonic time of the first delivery (of any incarnation:
+    for timing), `distinct` how many events it received.
     """
 
     def __init__(self, broker: Broker, prefix: str, session_expiry_s: int = 300) -> None:
@@ -28,7 +29,7 @@ class Witness:
         self.session_expiry_s = session_expiry_s
         self.first_seen: dict[tuple[str, int], float] = {}
         self.deliveries = 0
-        self._ids: dict[tuple[str, int], set[str]] = defaultdict(set)
+        self._ids: dict[Key, set[str]] = defaultdict(set)
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
         self._client = make_client(broker, f"fabpass-fleet-witness-{uuid.uuid4().hex[:12]}")
@@ -57,14 +58,20 @@ class Witness:
         now = time.monotonic()
         try:
             event = json.loads(message.payload)
-            key, event_id = (str(event["machine"]), int(event["seq"])), str(event["event_id"])
+            key = (str(event["machine"]), str(event.get("incarnation", "")), int(event["seq"]))
+            event_id = str(event["event_id"])
         except (ValueError, KeyError, TypeError):
             return
         with self._lock:
             self.deliveries += 1
-            self.first_seen.setdefault(key, now)
+            self.first_seen.setdefault((key[0], key[2]), now)
             self._ids[key].add(event_id)
+
+    @property
+    def distinct(self) -> int:
+        with self._lock:
+            return len(self._ids)
 
     def rows(self) -> list[Row]:
         with self._lock:
-            return [(m, s, e) for (m, s), ids in self._ids.items() for e in ids]
+            return [(m, i, s, e) for (m, i, s), ids in self._ids.items() for e in ids]
