@@ -28,15 +28,19 @@ thread's CPU (its transfers' 30 us included) and the whole process's.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from agent.config import ReaderConfig
-from agent.devtools.bench.common import badges_of, member_list, percentile, ram_dir
+from agent.devtools.bench.common import (
+    badges_of,
+    master_key_file,
+    member_list,
+    percentile,
+    ram_dir,
+)
 from agent.devtools.bench.tap import TimedAgent, _apply
 from agent.devtools.emulated_mfrc522 import (
     ISO_READY_AFTER,
@@ -66,15 +70,6 @@ def require_driver() -> None:
 KEY_NO = 2  # the card key a secure tap authenticates (the config's default)
 
 
-def _key_file(storage: Path) -> tuple[Path, bytes]:
-    """A fresh master key for the run, in a file as a lab keeps it (mode 0600)."""
-    master = os.urandom(16)
-    path = storage / "card.key"
-    path.touch(0o600)
-    path.write_text(master.hex().upper() + "\n")
-    return path, master
-
-
 @contextlib.contextmanager
 def mfrc522_agent(members: int, secure: bool = False) -> Iterator[tuple[TimedAgent, EmulatedMFRC522, bytes | None]]:
     """A TimedAgent whose reader is the MFRC522 backend on an emulated chip in real time;
@@ -87,7 +82,7 @@ def mfrc522_agent(members: int, secure: bool = False) -> Iterator[tuple[TimedAge
         keys: dict[str, object] = {"type": "mfrc522", "rearm": f"{REARM}s"}
         master = None
         if secure:
-            key, master = _key_file(storage)
+            key, master = master_key_file(storage)
             keys.update(secure="ntag424", card_key_file=str(key), card_key_no=KEY_NO)
         config = load_config(storage, reader=keys).reader
         with TimedAgent(storage, lambda pins: MFRC522Reader(config, pins), reader=keys) as timed:

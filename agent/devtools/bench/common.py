@@ -92,6 +92,16 @@ def load_config(storage: Path, broker_url: str | None = None, simulate: bool = T
     return dataclasses.replace(config, hardware=HardwareConfig(simulate=simulate))
 
 
+def master_key_file(directory: Path) -> tuple[Path, bytes]:
+    """Secure cards: a fresh master key in `directory`, in a file as a lab keeps it (mode
+    0600); its path and the key."""
+    master = os.urandom(16)
+    path = directory / "card.key"
+    path.touch(0o600)
+    path.write_text(master.hex().upper() + "\n")
+    return path, master
+
+
 # --- a member list ------------------------------------------------------------------
 
 def badges_of(index: int) -> tuple[str, str]:

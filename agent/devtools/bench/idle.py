@@ -21,7 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.devtools.bench.common import config_text, member_list, ram_dir
+from agent.devtools.bench.common import (
+    config_text,
+    master_key_file,
+    member_list,
+    ram_dir,
+)
 from agent.devtools.localbroker import LocalBroker
 from agent.devtools.wait import wait_for
 
@@ -67,9 +72,7 @@ def _running(storage: Path, broker: LocalBroker, members: int, secure: bool) -> 
     """An agent process, connected to `broker`, holding `members` members, settled."""
     config = storage / "agent.toml"
     if secure:
-        key = storage / "card.key"
-        key.touch(0o600)
-        key.write_text(os.urandom(16).hex() + "\n")
+        key, _ = master_key_file(storage)
         reader = {"type": "mfrc522", "secure": "ntag424", "card_key_file": str(key)}
         command = [sys.executable, "-c", SECURE_RUN, str(config)]
         env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
