@@ -14,8 +14,10 @@ to do fails loudly.
 
 Frames take their time on the air (106 kbit/s: 128 carrier cycles a bit, a
 parity bit per byte, start and end of frame), and a card answers a frame delay
-(ISO 14443-3 FDT, 1172/fc) after the reader's frame ends: RxIRq is set when the
-answer's last bit is in. A card placed on the reader answers only once
+(ISO 14443-3 FDT, 1172/fc) after the reader's frame ends, later by the time it
+works on its answer (`Card.answer_delay`; deaf meanwhile): RxIRq is set when
+the answer's last bit is in. `pull_after` takes a card away after an exact
+number of frames (a card pulled in the middle of an exchange). A card placed on the reader answers only once
 `ready_after` seconds have passed in the field (ISO 14443-3 bounds it at 5 ms).
 `Noise` corrupts a share of the cards' answers at random, from a seed.
 
@@ -143,7 +145,8 @@ class Card:
 
     `ready_after`: seconds in the field before it answers anything (0: at once).
     `answer_delay`: seconds beyond the frame delay time its last answer takes; a
-    card that computes (an ISO 14443-4 card, say) sets it as it answers.
+    card that computes (an ISO 14443-4 card, say) sets it as it answers, and
+    hears no frame until it begins to send that answer.
     """
 
     answer_delay = 0.0
@@ -286,6 +289,7 @@ class EmulatedMFRC522:
         self.plugged = True
         self.floating = 0x00  # what MISO reads while unplugged
         self.cards: list[Card] = []
+        self.leaving: dict[Card, int] = {}  # a card pulled away after it hears that many more frames
         self.faults: deque[Fault] = deque()
         self._lock = threading.RLock()
         self.power_on_reset()
@@ -318,7 +322,14 @@ class EmulatedMFRC522:
     def remove(self, card: Card) -> None:
         with self._lock:
             self.cards.remove(card)
+            self.leaving.pop(card, None)
             card.power(False)
+
+    def pull_after(self, card: Card, frames: int) -> None:
+        """Take `card` away once it has heard `frames` more of the reader's frames: a
+        card pulled from the reader in the middle of an exchange, at an exact point."""
+        with self._lock:
+            self.leaving[card] = frames
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
@@ -485,9 +496,16 @@ class EmulatedMFRC522:
         self.pending = None
         now = self.now
         awake = [card for card in self.cards if now >= card.ready_at] if self.field_on else []
+        for card in [card for card in awake if card in self.leaving]:
+            self.leaving[card] -= 1
+            if self.leaving[card] < 0:
+                self.remove(card)
+                awake.remove(card)
         answering = [(a, card) for card in awake if (a := card.receive(bits)) is not None]
         answer, collision = self._superpose([a for a, _ in answering])
         delay = max((card.answer_delay for _, card in answering), default=0.0)
+        for _, card in answering:  # a card working on its answer hears nothing until it sends it
+            card.ready_at = max(card.ready_at, sent + FRAME_DELAY + card.answer_delay)
         fault = None
         if answer:
             if self.faults:

@@ -4,7 +4,7 @@ Pure protocol logic over a narrow port, `Transceiver.transceive(frame, timeout)`
 the reader chip sends one frame (the chip adds CRC_A), and returns the card's
 answer (CRC_A checked and removed), raises NoAnswer when none comes within
 `timeout` seconds, or BadFrame for a CRC, parity or framing error. The
-MFRC522's transceive (agent/hardware/mfrc522.py) and the tests' emulated
+MFRC522's transceive (agent/hardware/mfrc522chip.py) and the tests' emulated
 field (tests/support/emulated_ntag424.py) both speak it.
 
 What the standard asks of the reader (PCD), ISO/IEC 14443-4 §5 and §7:

@@ -15,8 +15,8 @@ list names its badge `uid:` (accepted by UID alone). A check never takes the
 reader's thread for longer than SECURE_BUDGET, so a slow or silent card
 delays only that reader, never the agent's loop (which runs on its own thread).
 
-A card held on the reader is one tap (`SecureTaps`): it is checked when it
-arrives, not at every poll.
+A card held on the reader is one tap: the reader (agent.hardware.mfrc522)
+checks a card when it arrives, not at every look.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from agent.core.model import badge_from_bytes
 from agent.hardware.cardkeys import diversify, load_master_key
 from agent.hardware.isodep import IsoDep, IsoDepError, Transceiver
 from agent.hardware.ntag424 import CardError, NotGenuine, Ntag424
-from agent.hardware.reader import TapDebouncer
 
 SECURE_BUDGET = 0.5  # seconds a check may take: a genuine card needs 20 to 50 ms
 ISO14443_4 = 0x20  # SAK bit 6: the card speaks ISO 14443-4
@@ -103,25 +102,3 @@ class CardVerifier:
         finally:
             with contextlib.suppress(IsoDepError):
                 link.deselect()
-
-
-class SecureTaps:
-    """A card held on the reader is one tap: the reader's thread hands over each card it
-    sees (`sighting`), and gets a CardCheck only when the card has just arrived."""
-
-    def __init__(self, verifier: CardVerifier, rearm: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.verifier = verifier
-        self._debouncer = TapDebouncer(rearm)
-        self._clock = clock
-
-    def sighting(self, port: Transceiver, uid: bytes, sak: int) -> CardCheck | None:
-        badge = badge_from_bytes(uid)
-        if not self._debouncer.seen(badge, self._clock()):
-            return None
-        try:
-            check = self.verifier.check(port, uid, sak)
-        except Exception:  # the reader failed (SPI): not a sighting, so the card is checked again
-            self._debouncer = TapDebouncer(self._debouncer.rearm)
-            raise
-        self._debouncer.seen(badge, self._clock())  # the check's own time is not time away
-        return check

@@ -38,11 +38,18 @@ from agent.devtools.emulated_mfrc522 import (
     installed,
     to_bits,
 )
+from agent.devtools.emulated_ntag424 import (
+    GarbageClone,
+    IsoDepCard,
+    KeylessClone,
+    Ntag424,
+    UidClone,
+)
 from agent.hardware.cardkeys import diversify
-from agent.hardware.isodep import NoAnswer
+from agent.hardware.isodep import IsoDep, NoAnswer
 from agent.hardware.mfrc522chip import BadFrame
+from agent.hardware.securecard import SECURE_BUDGET
 from tests.support.cards import MASTER, key_file
-from tests.support.emulated_ntag424 import KeylessClone, Ntag424, UidClone
 from tests.support.helpers import wait_for
 
 UIDS = {4: "C1A2B3D4", 7: "04A1B2C3D4E5F6", 10: "04A1B2C3D4E5F6071829"}
@@ -541,26 +548,122 @@ def test_transceive_refuses_a_frame_the_fifo_cannot_hold(rig: Rig) -> None:
         chip.transceive(bytes(65), 0.01)
 
 
+def test_isodep_over_the_chip_chains_both_ways_within_the_fifo(rig: Rig) -> None:
+    """An APDU of 200 bytes and its answer of 202: each way in blocks that fit the 64-byte
+    FIFO with their CRC_A (the card takes 128, the reader announces 64)."""
+    card = IsoDepCard(UIDS[7], lambda apdu: apdu[::-1] + b"\x90\x00")
+    chip = _selected(rig, card)
+    link = IsoDep(chip, budget=1.0, clock=rig.chip.monotonic, sleep=rig.chip.sleep)
+    link.activate()
+    apdu = bytes(range(200))
+    assert link.exchange(apdu) == apdu[::-1] + b"\x90\x00"
+    assert card.apdus == [apdu]
+    assert card.frames == 4 + 3  # its four I-blocks, and an R(ACK) for each of its first three
+
+
 # Secure cards (issue 21) on the MFRC522: its NTAG 424 DNA check over this port.
 
 
-def _genuine(uid: str = UIDS[7]) -> Ntag424:
-    return Ntag424(uid, {2: diversify(MASTER, bytes.fromhex(uid))})
+def _genuine(uid: str = UIDS[7], **iso: object) -> Ntag424:
+    return Ntag424(uid, {2: diversify(MASTER, bytes.fromhex(uid))}, **iso)
+
+
+def _secure(rig: Rig, tmp_path, **config: object):
+    return rig.reader(secure="ntag424", card_key_file=str(key_file(tmp_path)), **config)
 
 
 @pytest.mark.parametrize(("card", "authentic"), [
     (_genuine, True),
     (lambda: UidClone(UIDS[7]), False),  # a copied UID: no ISO 14443-4 at all
+    (lambda: GarbageClone(UIDS[7]), False),  # answers RATS and all after it with noise
     (lambda: KeylessClone(UIDS[7]), False),  # frames perfectly, holds no key
     (lambda: Ntag424(UIDS[7]), False),  # genuine, but not provisioned by this lab
-])
+    (lambda: Ntag424(UIDS[7], {2: diversify(bytes(16), bytes.fromhex(UIDS[7]))}), False),  # another lab's
+], ids=["genuine", "uid clone", "garbage clone", "keyless clone", "unprovisioned", "another lab's"])
 def test_secure_a_card_on_the_mfrc522_is_one_tap_with_its_check(rig: Rig, tmp_path, card, authentic: bool) -> None:
-    reader = rig.reader(secure="ntag424", card_key_file=str(key_file(tmp_path)))
+    reader = _secure(rig, tmp_path)
     assert reader.authenticates
     rig.chip.place(card())
     taps = rig.run(reader, 3.0)  # held for 3 s: one tap, one check
     assert [(tap.badge, tap.authentic) for tap in taps] == [(UIDS[7], authentic)]
     assert reader.healthy
+
+
+@pytest.mark.parametrize("kind", ["flip", "parity", "drop"])
+@pytest.mark.parametrize("answer", [7, 8, 9, 10, 11],
+                         ids=["ISOSelectFile", "AuthenticateEV2First", "its second part", "GetCardUID",
+                              "S(DESELECT)"])
+def test_secure_rf_noise_in_a_check_is_recovered_within_the_tap(rig: Rig, tmp_path, kind: str, answer: int) -> None:
+    """One of the card's answers garbled or lost (after its ATQA, the anticollision and
+    SELECT answers and its ATS: six before): R(NAK), and the card sends it again."""
+    reader = _secure(rig, tmp_path)
+    reader.step()
+    rig.chip.place(_genuine())
+    rig.chip.inject(*[Fault("clean")] * (answer - 1), Fault(kind, 40))
+    taps = rig.run(reader, 1.0)
+    assert [tap.authentic for tap in taps] == [True] and not rig.chip.faults
+
+
+def _first_tap(rig: Rig, reader) -> tuple[object, float]:
+    """Polls until a tap; the tap and the emulated seconds the look that made it took."""
+    while True:
+        start = rig.chip.now
+        tap, delay = reader.step()
+        if tap is not None:
+            return tap, rig.chip.now - start
+        rig.chip.sleep(delay)
+
+
+@pytest.mark.parametrize("card", [
+    lambda chip: _genuine(wtx=(59,) * 10_000, wtx_after=0.03),  # S(WTX) for ever
+    lambda chip: _genuine(busy=0.3, asks_for_time=False),  # slower than its frame waiting time
+    lambda chip: _pulled(chip, _genuine(), 6),  # gone right after its ATS: silence
+], ids=["wtx for ever", "too slow", "silent after RATS"])
+def test_secure_a_check_never_takes_the_reader_longer_than_its_budget(rig: Rig, tmp_path, card) -> None:
+    reader = _secure(rig, tmp_path)
+    reader.step()
+    rig.chip.place(card(rig.chip))
+    tap, took = _first_tap(rig, reader)
+    assert not tap.authentic
+    assert took <= SECURE_BUDGET + 0.02  # the read (7 ms) and the chip's last look (2 ms) beside the budget
+
+
+def _pulled(chip: EmulatedMFRC522, card: Card, heard: int) -> Card:
+    chip.pull_after(card, heard)
+    return card
+
+
+def test_secure_a_slow_check_is_not_time_away(rig: Rig, tmp_path) -> None:
+    """A check longer than `rearm` (a card asking for time) must not make the next look's
+    sighting of the same card a second tap."""
+    reader = _secure(rig, tmp_path, rearm=0.2)
+    card = rig.chip.place(_genuine(busy=0.08))  # four commands, each with an S(WTX): 0.33 s
+    taps = rig.run(reader, 3.0)
+    assert [tap.authentic for tap in taps] == [True]
+    assert card.extensions == 4 and sum(1 for apdu in card.apdus if apdu[:2] == b"\x90\x71") == 1
+
+
+def test_secure_a_reader_fault_mid_check_is_not_a_sighting(rig: Rig, tmp_path) -> None:
+    """The SPI fails in the middle of a check: the reader reports it (unhealthy), comes
+    back, and checks the card still on it at once, rather than count it as seen."""
+    reader = _secure(rig, tmp_path)
+    card = rig.chip.place(_genuine())
+    application, failed = card.app, []
+
+    def failing(apdu: bytes) -> bytes:
+        if apdu[:2] == b"\x90\x71" and not failed:  # the first authentication
+            failed.append(apdu)
+            rig.chip.spi_error = OSError(5, "Input/output error")  # from the next transfer on
+        return application(apdu)
+
+    card.app = failing
+    health: list[bool] = []
+    reader._on_health = lambda ok, detail: health.append(ok)
+    taps = rig.poll(reader, 1)  # bring-up, and the look that fails mid-check
+    assert taps == [] and health == [True, False] and not reader.healthy
+    rig.chip.spi_error = None  # back before `rearm` has passed
+    taps = rig.run(reader, 2.0)
+    assert [tap.authentic for tap in taps] == [True] and reader.healthy and failed
 
 
 def test_secure_the_agents_tap_handler_gets_the_check(rig: Rig, tmp_path) -> None:

@@ -82,16 +82,20 @@ class FakeClock:
 
 
 class RunningAgent:
-    """An Agent on mock pins, its loop in a thread; `stop()` is idempotent."""
+    """An Agent on mock pins, its loop in a thread; `stop()` is idempotent.
+
+    Not simulated, its reader is `reader`, a SimulatedReader, or with
+    `config_reader` the one its config names, built on its pins as `fabpass run`
+    builds it (the MFRC522 over an emulated chip whose doubles are installed).
+    """
 
     def __init__(self, text: str, clock: Any = None, simulate: bool = True, connect: bool = False,
-                 reader: Any = None) -> None:
-        """With `simulate` false, `reader` is a real backend (on a pseudo-terminal, say)."""
+                 reader: Any = None, config_reader: bool = False) -> None:
         config = parse(text, "test.toml")
         config = dataclasses.replace(config, hardware=HardwareConfig(simulate=simulate))
         self.pins = MockFactory(pin_class=MockPWMPin)
         kwargs = {"clock": clock} if clock else {}
-        if not simulate:
+        if not simulate and not config_reader:
             from agent.hardware.simulated import SimulatedReader
 
             kwargs["reader"] = reader or SimulatedReader()

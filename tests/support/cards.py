@@ -17,8 +17,9 @@ def key_file(tmp_path: Path, mode: int = 0o600, text: str = MASTER.hex().upper()
     return path
 
 
-def secure_text(tmp_path: Path, key: Path | None = None) -> str:
-    """The config of an MFRC522 machine with secure cards, its storage in tmp_path/state."""
+def secure_text(tmp_path: Path, key: Path | None = None, reader: str = "", machine: str = "") -> str:
+    """The config of an MFRC522 machine with secure cards, its storage in tmp_path/state;
+    `reader` and `machine` are TOML lines added to those sections."""
     key = key or key_file(tmp_path)
-    return config_text(tmp_path / "state").replace(
-        'type = "simulated"', f'type = "mfrc522"\nsecure = "ntag424"\ncard_key_file = "{key}"')
+    return config_text(tmp_path / "state", machine=machine).replace(
+        'type = "simulated"', f'type = "mfrc522"\nsecure = "ntag424"\ncard_key_file = "{key}"\n{reader}'.rstrip())

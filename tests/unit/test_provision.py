@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from agent.devtools.emulated_ntag424 import KeylessClone, Ntag424, UidClone
 from agent.hardware.cardkeys import diversify
 from agent.hardware.provision import ProvisionError, provision
 from agent.hardware.securecard import CardVerifier
-from tests.support.emulated_ntag424 import CardField, KeylessClone, Ntag424, UidClone
+from tests.support.emulated_ntag424 import CardField
 
 MASTER = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
 UID = bytes.fromhex("04A1B2C3D4E5F6")

@@ -73,18 +73,33 @@ def disk_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def config_text(storage: Path, machine_id: str = "bench-1", broker_url: str | None = None) -> str:
-    mqtt = {"mqtt": {"url": broker_url}} if broker_url else {}
-    return machine_toml(machine_id, storage, machine={"name": "Benchmark laser"}, **mqtt)
+def config_text(storage: Path, machine_id: str = "bench-1", broker_url: str | None = None,
+                reader: dict[str, object] | None = None) -> str:
+    """The bench's machine; `reader` adds keys to its [reader] section."""
+    sections: dict[str, dict[str, object]] = {"mqtt": {"url": broker_url}} if broker_url else {}
+    if reader:
+        sections["reader"] = reader
+    return machine_toml(machine_id, storage, machine={"name": "Benchmark laser"}, **sections)
 
 
-def load_config(storage: Path, broker_url: str | None = None, simulate: bool = True, machine_id: str = "bench-1"):
+def load_config(storage: Path, broker_url: str | None = None, simulate: bool = True, machine_id: str = "bench-1",
+                reader: dict[str, object] | None = None):
     import dataclasses
 
     from agent.config import HardwareConfig, parse
 
-    config = parse(config_text(storage, machine_id, broker_url=broker_url), "bench.toml")
+    config = parse(config_text(storage, machine_id, broker_url=broker_url, reader=reader), "bench.toml")
     return dataclasses.replace(config, hardware=HardwareConfig(simulate=simulate))
+
+
+def master_key_file(directory: Path) -> tuple[Path, bytes]:
+    """Secure cards: a fresh master key in `directory`, in a file as a lab keeps it (mode
+    0600); its path and the key."""
+    master = os.urandom(16)
+    path = directory / "card.key"
+    path.touch(0o600)
+    path.write_text(master.hex().upper() + "\n")
+    return path, master
 
 
 # --- a member list ------------------------------------------------------------------

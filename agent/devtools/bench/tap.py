@@ -39,16 +39,18 @@ if TYPE_CHECKING:
 class TimedAgent:
     """An Agent on mock pins in a thread, its relay pin hooked to time every change.
 
-    Its reader is the simulated one, or what `make_reader(pins)` builds.
+    Its reader is the simulated one, or what `make_reader(pins)` builds; its config
+    the bench's machine (`load_config`), with `reader` keys added to [reader].
     """
 
-    def __init__(self, storage: Path, make_reader: Callable[[Factory], Reader] | None = None) -> None:
+    def __init__(self, storage: Path, make_reader: Callable[[Factory], Reader] | None = None,
+                 reader: dict[str, object] | None = None) -> None:
         from gpiozero.pins.mock import MockFactory
 
         from agent.daemon.agent import Agent
         from agent.hardware.simulated import SimulatedReader
 
-        self.config = load_config(storage)
+        self.config = load_config(storage, reader=reader)
         self.pins = MockFactory()
         self.reader = make_reader(self.pins) if make_reader else SimulatedReader()
         self.agent = Agent(self.config, pins=self.pins, reader=self.reader)
