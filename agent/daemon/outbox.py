@@ -28,7 +28,8 @@ import secrets
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,20 @@ class StorageError(RuntimeError):
     """An event could not be made durable (full or failing disk, full outbox)."""
 
 
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken at once: committed, or rolled back on any error
+    (SQLite may have rolled back by itself: SQLITE_FULL)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class Outbox:
     """One agent's outbox in `path`. Safe to use from several threads (one connection each).
 
@@ -109,18 +124,12 @@ class Outbox:
         done = {row[0] for row in conn.execute("SELECT id FROM migrations").fetchall()}
         for number, statements in enumerate(MIGRATIONS, 1):
             if number not in done:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     if conn.execute("SELECT 1 FROM migrations WHERE id = ?", (number,)).fetchone() is None:
                         for statement in statements:
                             conn.execute(statement)
                         conn.execute("INSERT INTO migrations VALUES (?, ?)",
                                      (number, rfc3339(dt.datetime.now(dt.timezone.utc))))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
 
     def _incarnation(self) -> str:
         """This storage's incarnation, made on first use. An outbox made by an agent older than
@@ -130,18 +139,12 @@ class Outbox:
         if incarnation is not None:
             return incarnation
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             incarnation = self._get(conn, "incarnation")
             if incarnation is None:
                 legacy = self._get(conn, "last_seq") is not None
                 incarnation = "" if legacy else secrets.token_hex(INCARNATION_BYTES)
                 conn.execute("INSERT INTO meta VALUES ('incarnation', ?)", (json.dumps(incarnation),))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return incarnation
 
     def commit(self, records: Iterable[tuple[str, dict[str, Any]]], now: dt.datetime,
@@ -156,8 +159,7 @@ class Outbox:
         ts = rfc3339(now)
         with self._write_lock:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     updates = dict(meta or {})
                     forgotten = self._forget_archived(conn)
                     if forgotten is not None:
@@ -178,11 +180,6 @@ class Outbox:
                     if updates:
                         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                          [(key, json.dumps(value)) for key, value in updates.items()])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:  # SQLite may have rolled back itself (SQLITE_FULL)
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as err:
                 raise StorageError(f"cannot write the outbox {self.path}: {err}") from err
             if forgotten is not None:
@@ -224,14 +221,11 @@ class Outbox:
         conn = self._conn()
         with self._write_lock:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                count = conn.execute("SELECT count(*) FROM events WHERE seq <= ?", (mark,)).fetchone()[0]
-                self._forget_archived(conn)
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('archived_seq', ?)", (json.dumps(mark),))
-                conn.execute("COMMIT")
+                with _transaction(conn):
+                    count = conn.execute("SELECT count(*) FROM events WHERE seq <= ?", (mark,)).fetchone()[0]
+                    self._forget_archived(conn)
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('archived_seq', ?)", (json.dumps(mark),))
             except sqlite3.Error as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
                 log.error("cannot remove archived events from the outbox: %s", err)
                 return 0
         self._deleted_to, self._covered_since = mark, None
@@ -245,14 +239,12 @@ class Outbox:
         conn = self._conn()
         with self._write_lock:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                old = "json_extract(payload, '$.ts') < ?"
-                lost = conn.execute(f"SELECT count(*) FROM events WHERE seq > ? AND {old}", (mark, cutoff)).fetchone()[0]
-                conn.execute(f"DELETE FROM events WHERE {old}", (cutoff,))
-                conn.execute("COMMIT")
+                with _transaction(conn):
+                    old = "json_extract(payload, '$.ts') < ?"
+                    lost = conn.execute(f"SELECT count(*) FROM events WHERE seq > ? AND {old}",
+                                        (mark, cutoff)).fetchone()[0]
+                    conn.execute(f"DELETE FROM events WHERE {old}", (cutoff,))
             except sqlite3.Error as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
                 log.error("cannot remove old events from the outbox: %s", err)
                 return 0
         if lost:
