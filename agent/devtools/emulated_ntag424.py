@@ -198,15 +198,6 @@ def _cbc(key: bytes, iv: bytes, data: bytes, encrypt: bool) -> bytes:
     return op.update(data) + op.finalize()
 
 
-def _mact(key: bytes, data: bytes) -> bytes:
-    from cryptography.hazmat.primitives import cmac
-    from cryptography.hazmat.primitives.ciphers import algorithms
-
-    mac = cmac.CMAC(algorithms.AES(key))
-    mac.update(data)
-    return mac.finalize()[1::2]
-
-
 def _full_cmac(key: bytes, data: bytes) -> bytes:
     from cryptography.hazmat.primitives import cmac
     from cryptography.hazmat.primitives.ciphers import algorithms
@@ -214,6 +205,11 @@ def _full_cmac(key: bytes, data: bytes) -> bytes:
     mac = cmac.CMAC(algorithms.AES(key))
     mac.update(data)
     return mac.finalize()
+
+
+def _mact(key: bytes, data: bytes) -> bytes:
+    """The 8-byte MAC the card sends and checks: the odd bytes of the CMAC."""
+    return _full_cmac(key, data)[1::2]
 
 
 @dataclass
