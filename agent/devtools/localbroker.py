@@ -16,6 +16,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from agent.devtools.processes import stop_process
 from agent.devtools.wait import wait_for
 from agent.link.broker import Broker
 
@@ -105,13 +106,8 @@ class LocalBroker:
 
     def stop(self) -> None:
         """SIGTERM (mosquitto saves its persistence file), SIGKILL after 5 s; idempotent."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, 5)
         self.proc = None
 
     def restart(self, forget: bool = False) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from agent.devtools.bench.common import (
     ram_dir,
 )
 from agent.devtools.localbroker import LocalBroker
+from agent.devtools.processes import stop_process
 from agent.devtools.wait import wait_for
 
 
@@ -104,13 +104,7 @@ def outbox_bytes(taps: int, code: Path | None = None) -> dict[str, Any]:
                 "outbox_bytes_fs": fs_type(storage),
             }
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc, 20)
             logbook.stop()
 
 

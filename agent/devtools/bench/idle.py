@@ -12,7 +12,6 @@ MFRC522 on the project's emulated chip.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from agent.devtools.bench.common import (
     ram_dir,
 )
 from agent.devtools.localbroker import LocalBroker
+from agent.devtools.processes import stop_process
 from agent.devtools.wait import wait_for
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -100,13 +100,7 @@ def _running(storage: Path, broker: LocalBroker, members: int, secure: bool) -> 
         time.sleep(1.0)  # let the start-up and the import settle
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, 15)
         log.close()
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from agent.daemon.storage import OUTBOX_FILE
 from agent.devtools.fleet.check import RelayFault
 from agent.devtools.machines import machine_toml
+from agent.devtools.processes import stop_process
 from agent.devtools.wait import wait_for
 
 START_S = 30.0
@@ -144,10 +145,5 @@ class LogbookProc:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.running:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, 20)
