@@ -133,8 +133,8 @@ class IsoDep:
                 why = str(err)
                 continue
             self.ats = Ats.parse(answer)
-            if self.ats.sfgt:
-                self._sleep(self.ats.sfgt)
+            if self.ats.sfgt:  # the guard time the card asks for, never past the deadline
+                self._sleep(min(self.ats.sfgt, max(0.0, self._deadline - self._clock())))
             return self.ats
         raise IsoDepError(f"no ATS: the card does not speak ISO 14443-4 ({why})")
 

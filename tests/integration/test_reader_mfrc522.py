@@ -618,7 +618,8 @@ def _first_tap(rig: Rig, reader) -> tuple[object, float]:
     lambda chip: _genuine(wtx=(59,) * 10_000, wtx_after=0.03),  # S(WTX) for ever
     lambda chip: _genuine(busy=0.3, asks_for_time=False),  # slower than its frame waiting time
     lambda chip: _pulled(chip, _genuine(), 6),  # gone right after its ATS: silence
-], ids=["wtx for ever", "too slow", "silent after RATS"])
+    lambda chip: _genuine(ats=bytes.fromhex("03284E")),  # SFGI 14: a 4.9 s guard time asked for
+], ids=["wtx for ever", "too slow", "silent after RATS", "guard time of seconds"])
 def test_secure_a_check_never_takes_the_reader_longer_than_its_budget(rig: Rig, tmp_path, card) -> None:
     reader = _secure(rig, tmp_path)
     reader.step()
