@@ -301,7 +301,8 @@ def check(badge: str, config_path: Path, as_json: bool) -> None:
     if as_json:
         print_json(result)
     elif result["granted"]:
-        click.echo(shown(f"granted: {result['member_id']}"))
+        inducted = " (a tap now: inducted by the trainer whose session is open)" if result.get("action") == "inducted" else ""
+        click.echo(shown(f"granted: {result['member_id']}{inducted}"))
     else:
         who = f" ({result['member_id']})" if result["member_id"] else ""
         click.echo(shown(f"refused{who}: {result['reason']}"))

@@ -90,6 +90,12 @@ def may_end_others(member: Member | None, situation: Situation, now: dt.datetime
     return GRANT if member.is_staff else Decision.refuse(Reason.IN_USE)
 
 
+def may_train(trainer: Member, induction: str, situation: Situation, now: dt.datetime) -> bool:
+    """Whether `trainer` may give `induction` to others now: they train it, and their own
+    membership holds (active, not expired, judged as any tap of theirs would be)."""
+    return trainer.trains(induction) and _membership(trainer, situation, now.date()) is None
+
+
 def _membership(member: Member | None, situation: Situation, today: dt.date) -> Decision | None:
     """The refusals about the member alone, before anything about the machine."""
     if not situation.card_authentic:

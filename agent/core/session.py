@@ -22,7 +22,7 @@ from agent.core.model import (
     Reason,
     Signal,
 )
-from agent.core.policy import Rules, Situation, decide, may_end_others
+from agent.core.policy import Rules, Situation, decide, may_end_others, may_train
 
 # at the machine
 ENROL_WINDOW = 60.0  # an enrolment binds the next unknown badge tapped within this many seconds
@@ -53,7 +53,9 @@ class Session:
     deadline: float | None = None  # monotonic; max_session
     warned: bool = False
     name: str = ""
-    trainer: bool = False  # the member may give this machine's induction to others
+    # The member, as the list in force gives them, when they train this machine's induction:
+    # re-judged at each induction they give (policy.may_train), and replaced by each list.
+    trainer: Member | None = None
 
 
 # at the machine
@@ -241,10 +243,13 @@ class BypassKey:
 
 @dataclass(frozen=True, slots=True)
 class NewList:
-    """A member list in force: `generated` is its generated_at, or when this machine took a list without one."""
+    """A member list in force: `generated` is its generated_at, or when this machine took a list
+    without one. `holder` is the open session's member as this list gives them (None: no
+    session, or the list no longer has them)."""
 
     version: int | None
     generated: dt.datetime
+    holder: Member | None = None
 
 
 Input = Tap | Tick | Lock | Unlock | EndSession | Running | Shutdown | Enrol | ReportButton | BypassKey | NewList
@@ -346,7 +351,13 @@ def handle(state: State, event: Input, now: Instant, machine: Machine) -> Step:
     if isinstance(event, BypassKey):
         return _tick(_at(state, bypass=state.bypass.sense(event.closed, now.mono)), now, machine)
     if isinstance(event, NewList):
-        return Step(_at(state, grants=state.grants.held_against(event.version, event.generated)))
+        held = _at(state, grants=state.grants.held_against(event.version, event.generated))
+        session = state.session
+        if session is not None and session.trainer is not None:
+            holder = event.holder if event.holder is not None and event.holder.id == session.member_id else None
+            trainer = holder if holder is not None and holder.trains(machine.rules.induction) else None
+            held = replace(held, session=replace(session, trainer=trainer))
+        return Step(held)
     raise TypeError(f"unknown input {event!r}")
 
 
@@ -403,7 +414,7 @@ def _serve(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
         if session.warned:
             return _extend(state, tap, now, machine, local)
         return _end(state, now, machine, EndReason.BADGE_OFF)
-    if session.trainer:
+    if session.trainer is not None:
         inducted = _induct(state, tap, now, machine, local)
         if inducted is not None:
             return inducted
@@ -426,7 +437,7 @@ def _start(state: State, tap: Tap, now: Instant, machine: Machine) -> Step:
         member_id=member.id, badge=tap.badge, staff=member.is_staff,
         started=now.wall, started_mono=now.mono,
         deadline=now.mono + timing.max_session if timing.max_session else None,
-        name=member.name, trainer=member.trains(machine.rules.induction),
+        name=member.name, trainer=member if member.trains(machine.rules.induction) else None,
     )
     ready = state.last_off + timing.min_off
     relay_now = state.relay or now.mono >= ready
@@ -546,6 +557,8 @@ def _enrol(state: State, tap: Tap, now: Instant) -> Step:
     """An unknown badge tapped while an enrolment is open: it is bound to the member."""
     enrolment = state.enrolment
     assert enrolment is not None and tap.member is None
+    if not tap.clock_trusted:  # a grant is held against lists by its date: a wrong clock would keep it
+        return _refuse(state, tap, Reason.CLOCK_UNSYNCHRONISED)
     fields: dict[str, Any] = {"member_id": enrolment.member_id, "badge": tap.badge, "by": enrolment.by}
     grant = BadgeGrant(tap.badge, enrolment.member_id, enrolment.by, now.wall)
     enrolled = _at(state, enrolment=None, grants=state.grants.with_badge(grant))
@@ -560,21 +573,25 @@ _TRAINABLE = (Reason.NOT_INDUCTED, Reason.INDUCTION_EXPIRED)
 def _induct(state: State, tap: Tap, now: Instant, machine: Machine, local: dt.datetime) -> Step | None:
     """During a trainer's session, a member who lacks this machine's induction (or whose
     induction expired) is given it; None when the tap is not one for an induction.
-    Never past a lock, a suspension or a lapsed membership, never to the trainer."""
+    Never past a lock, a suspension or a lapsed membership, never to the trainer, never
+    by a trainer whose own membership or role has lapsed since their session began."""
     session, member = state.session, tap.member
-    assert session is not None and session.trainer
+    assert session is not None and session.trainer is not None
     if member is None or member.id == session.member_id:
         return None
-    if decide(member, machine.rules, tap.situation(state.locked, True), local).reason not in _TRAINABLE:
+    situation = tap.situation(state.locked, True)
+    induction = machine.rules.induction
+    if not may_train(session.trainer, induction, situation, local):
+        return None
+    if decide(member, machine.rules, situation, local).reason not in _TRAINABLE:
         return None
     if state.locked:
         return _refuse(state, tap, Reason.MACHINE_LOCKED)
+    if not tap.clock_trusted:  # the grant, and its expiry, would be dated by a clock that may be wrong
+        return _refuse(state, tap, Reason.CLOCK_UNSYNCHRONISED)
     expires = None
     if machine.induction_valid is not None:
-        if not tap.clock_trusted:  # the expiry would be dated by a clock that may be wrong
-            return _refuse(state, tap, Reason.CLOCK_UNSYNCHRONISED)
         expires = (local + dt.timedelta(seconds=machine.induction_valid)).date()
-    induction = machine.rules.induction
     grant = InductionGrant(member.id, induction, session.member_id, expires, now.wall)
     fields = {"member_id": member.id, "induction": induction, "by": session.member_id,
               "expires": expires.isoformat() if expires else None, **tap.card()}
@@ -600,13 +617,15 @@ def _tick_at_the_machine(state: State, now: Instant, machine: Machine) -> Step |
 
 
 def _out_of_order(state: State, now: Instant, machine: Machine) -> Step:
-    """The button held: a session ends at once (relay off, no run-on), the machine is
-    locked (staff may still use it; unlock clears it), and the report names the member
-    of the machine's last tap before the press (reporter)."""
+    """The button held: a session ends at once and the relay goes off (a run-on in
+    progress too), the machine is locked (staff may still use it; unlock clears it), and
+    the report names the member of the machine's last tap before the press (reporter)."""
     by = state.report.by
     step = Step(state)
     if state.session is not None:
         step = _end(state, now, machine, EndReason.OUT_OF_ORDER, run_on=False, signal=None)
+    elif state.run_on_until is not None:
+        step = Step(replace(state, relay=False, run_on_until=None, last_off=now.mono), (Relay(False),))
     actions = list(step.actions)
     new = step.state
     if not new.locked:

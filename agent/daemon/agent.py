@@ -458,9 +458,12 @@ class Agent:
         return outcome.as_dict()
 
     def _hold_grants(self) -> None:
-        """Hold what the machine granted against the list now in force: a list generated
-        after a grant decides in its place."""
-        in_force = self.storage.list_in_force(self.clock().wall)
+        """Hold what the machine granted against the list now in force (a list generated
+        after a grant decides in its place), and the open session's trainer against what
+        it says of them now."""
+        session = self.state.session
+        trainer = session.member_id if session is not None and session.trainer is not None else None
+        in_force = self.storage.list_in_force(self.clock().wall, trainer)
         if in_force is not None:
             self.handle(in_force)
 

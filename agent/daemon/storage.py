@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,10 @@ class Storage:
         """What this machine granted by itself, as its agent last stored it."""
         return Grants.from_json(self.outbox.get(GRANTS_KEY)) if self.outbox is not None else Grants()
 
-    def list_in_force(self, now: dt.datetime) -> session.NewList | None:
-        """The cached list as the session machine takes it, or None before any list. A list
-        without a readable generated_at counts as generated when it is taken."""
+    def list_in_force(self, now: dt.datetime, holder: str | None = None) -> session.NewList | None:
+        """The cached list as the session machine takes it, with what it says of the member
+        `holder` (an open session's), or None before any list. A list without a readable
+        generated_at counts as generated when it is taken."""
         info = self.cache.info()
         if info.version is None:
             return None
@@ -93,7 +95,7 @@ class Storage:
             generated = parse_rfc3339(info.generated_at) if info.generated_at else now
         except ValueError:
             generated = now
-        return session.NewList(info.version, generated)
+        return session.NewList(info.version, generated, self.member(holder) if holder else None)
 
     def idle_state(self, now: Instant) -> session.State:
         """The machine taken as idle and unlocked (no agent runs), with what it granted."""
@@ -145,11 +147,12 @@ class Storage:
 
     def check(self, uid: str, state: session.State, now: Instant, clock_trusted: bool) -> dict[str, Any]:
         """Would a tap of `uid` be granted in `state` now? The session machine's answer,
-        with no effect."""
+        with no effect; a check never enrols, so an open enrolment does not count."""
         tap = self.tap(uid, now.wall, clock_trusted, state.grants)
+        state = replace(state, at_machine=replace(state.at_machine, enrolment=None))
         outcome = session.handle(state, tap, now, self.machine).outcome
         assert outcome is not None
-        return {"granted": outcome.granted, "reason": outcome.reason,
+        return {"granted": outcome.granted, "action": outcome.action, "reason": outcome.reason,
                 "member_id": tap.member.id if tap.member else None}
 
     def import_list(self, load: Callable[[], Any], now: dt.datetime) -> ListOutcome:

@@ -152,6 +152,31 @@ def test_machine_no_induction_past_a_suspension_or_from_a_non_trainer(machine):
     assert not events(a, "induction_granted")
 
 
+@pytest.mark.parametrize("change", ["suspended", "no longer a trainer", "removed"])
+def test_machine_no_induction_by_a_trainer_a_list_revoked_during_their_session(machine, change):
+    a = machine()
+    a.apply(members())
+    assert a.tap("04AAAA01")["action"] == "started"
+    later = {"suspended": [{**TRAINER, "status": "suspended"}], "no longer a trainer": [{**TRAINER, "roles": []}],
+             "removed": []}[change]
+    a.clock.advance(60)
+    assert a.apply(json.dumps({"v": 1, "version": 2, "generated_at": "2026-11-25T09:00:00Z",
+                               "members": [*MEMBERS["members"], *later]}).encode())["applied"]
+    assert a.tap(ALAN)["reason"] == "not_inducted" and not events(a, "induction_granted")
+    assert a.relay_is_on()  # the session itself goes on, as any session under a newer list
+
+
+def test_machine_members_check_never_enrols_nor_says_granted_for_an_unknown_badge(machine):
+    a = machine()
+    a.apply(members())
+    storage = a.config.storage.dir
+    enrol(a, "alan")
+    assert request(storage, {"op": "check", "badge": NEW_BADGE}) == {
+        "granted": False, "action": "refused", "reason": "unknown_badge", "member_id": None}
+    assert a.agent.call(a.agent.status)["enrolling"] == "alan"  # the check took nothing from it
+    assert a.tap(NEW_BADGE)["action"] == "enrolled"
+
+
 # --- the out-of-order button ---------------------------------------------------------------------------
 
 def press(a: RunningAgent, pressed: bool) -> None:
@@ -255,10 +280,11 @@ def test_machine_simulated_inputs_are_set_through_the_control_socket(machine):
         assert caught.value.usage
 
 
-def test_machine_members_check_without_the_agent_knows_what_it_granted(machine, tmp_path):
+def test_machine_members_check_without_the_agent_knows_what_it_granted(machine, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from agent.cli import main
+    from agent.daemon.clock import SystemClock
 
     a = machine()
     a.apply(members())
@@ -271,10 +297,13 @@ def test_machine_members_check_without_the_agent_knows_what_it_granted(machine, 
                                   extra=f"[report]\npin = {REPORT_PIN}\n[bypass]\npin = {BYPASS_PIN}\n"))
     check = ["members", "check", NEW_BADGE, "--config", str(config), "--json"]
     simulated = CliRunner().invoke(main, check, env={"FABPASS_SIMULATE": "1"})  # the host's clock trusted
-    assert json.loads(simulated.output) == {"granted": True, "reason": None, "member_id": "alan"}
-    # on a Pi whose clock is not synchronised the induction's expiry cannot be trusted: it is there
+    assert json.loads(simulated.output) == {"granted": True, "action": "started", "reason": None, "member_id": "alan"}
+    # on a Pi whose clock is not synchronised the induction's expiry cannot be trusted (this
+    # host's own clock state is its own: the kernel's answer is what is replaced)
+    monkeypatch.setattr(SystemClock, "synchronised", lambda self: False)
     untrusted = CliRunner().invoke(main, check, env={"FABPASS_SIMULATE": "0"})
-    assert json.loads(untrusted.output)["reason"] in ("clock_unsynchronised", None)
+    assert json.loads(untrusted.output) == {"granted": False, "action": "refused", "reason": "clock_unsynchronised",
+                                            "member_id": "alan"}
 
 
 def test_machine_a_report_never_names_the_member_whose_badge_a_clone_carried(tmp_path):

@@ -68,7 +68,7 @@ taps = st.tuples(st.just("tap"), st.sampled_from(sorted(BADGES)))
 advances = st.tuples(st.just("advance"), st.sampled_from([1, 5, 11, 29, 31, 120, 301, 600, 3300, 3601]))
 commands = st.tuples(st.just("command"), st.sampled_from(["lock", "lock_now", "unlock", "unlock", "end_session"]))
 sensor = st.tuples(st.just("sensor"), st.booleans())
-updates = st.tuples(st.just("update"), st.tuples(st.sampled_from(["ada", "alan", "bob", "grace"]),
+updates = st.tuples(st.just("update"), st.tuples(st.sampled_from(["ada", "alan", "bob", "grace", "tess"]),
                                                   st.sampled_from(["suspend", "remove", "restore"]),
                                                   st.booleans()))  # generated now, or long ago
 restarts = st.tuples(st.just("restart"), st.sampled_from(["clean", "crash"]))
@@ -221,6 +221,8 @@ class Harness:
             elif answer["action"] == "inducted":
                 m = model.member_of(badge)
                 assert session is not None and session["member_id"] == "tess" != m["id"], "induction without its trainer"
+                tess = model.members.get("tess")
+                assert tess is not None and tess["status"] == "active", "an induction by a trainer the list revoked"
                 assert m["status"] == "active" and not model.inducted_on_laser(m) and not model.locked
                 model.inducted[m["id"]] = self.clock().wall
             elif idle and answer["action"] == "refused":
@@ -273,7 +275,7 @@ class Harness:
             assert reported == reports + (arg >= 2.0), f"held {arg} s: {reported - reports} reports"
             if arg >= 2.0:
                 model.locked = True
-                assert self.open_session() is None and (not self.relay_on() or self.run_on), "reported, yet on"
+                assert self.open_session() is None and not self.relay_on(), "reported, yet on"
             self.clock.advance(2.0)  # the release settles
             a.tick()
         elif kind == "bypass":

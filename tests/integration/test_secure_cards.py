@@ -315,7 +315,7 @@ def test_secure_cards_members_check_counts_uid_badges(tmp_path):
     try:
         a.apply(members_json(members=MEMBERS_UID))
         result = a.agent.call(lambda: a.agent.storage.check(CLASSIC, a.agent.state, a.agent.clock(), True))
-        assert result == {"granted": True, "reason": None, "member_id": "linus"}
+        assert result == {"granted": True, "action": "started", "reason": None, "member_id": "linus"}
     finally:
         a.stop()
 

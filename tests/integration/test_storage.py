@@ -18,8 +18,8 @@ def test_storage_check_on_a_machine_that_never_ran_creates_nothing(tmp_path) -> 
     directory = tmp_path / "state"
     storage = Storage(parse(config_text(directory)), create=False)
     try:
-        assert storage.check(ADA, State(), NOW, True) == {"granted": False, "reason": "unknown_badge",
-                                                          "member_id": None}
+        assert storage.check(ADA, State(), NOW, True) == {"granted": False, "action": "refused",
+                                                          "reason": "unknown_badge", "member_id": None}
         assert storage.list_age(NOW.wall) is None
     finally:
         storage.close()

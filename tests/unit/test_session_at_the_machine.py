@@ -134,11 +134,37 @@ def test_induction_only_while_the_trainers_session_is_in_force():
     assert handle(ended, tap(UNINDUCTED), at(60), PLAIN).outcome.reason == "not_inducted"
 
 
-def test_induction_needs_a_trusted_clock_only_to_date_its_expiry():
+def test_grants_need_a_trusted_clock_which_dates_them_against_lists():
+    """A grant holds until a list generated after it: dated by a clock running ahead, it
+    would outlive every list; so an untrusted clock grants nothing (the tap is refused,
+    an enrolment stays open)."""
     dated = Machine(PLAIN.rules, PLAIN.timing, PLAIN.tz, induction_valid=86400)
     untrusted = Tap(UNINDUCTED.badges[0], UNINDUCTED, clock_trusted=False)
-    assert handle(training(dated), untrusted, at(60), dated).outcome.reason == "clock_unsynchronised"
-    assert handle(training(), untrusted, at(60), PLAIN).outcome.action == "inducted"
+    for m in (dated, PLAIN):
+        step = handle(training(m), untrusted, at(60), m)
+        assert step.outcome.reason == "clock_unsynchronised" and not step.state.grants
+    step = handle(enrolling(), Tap("0A0045B352", None, clock_trusted=False), at(30), PLAIN)
+    assert step.outcome.reason == "clock_unsynchronised" and not step.state.grants
+    assert step.state.enrolment is not None
+
+
+def test_induction_never_by_a_trainer_a_newer_list_suspends_or_unroles():
+    state = training()
+    for later in (TRAINER._replace(status="suspended"), TRAINER._replace(roles=frozenset()), None):
+        held = handle(state, NewList(2, at(30).wall, later), at(30), PLAIN).state
+        assert held.session is not None and held.relay  # the session itself goes on
+        step = handle(held, tap(UNINDUCTED), at(60), PLAIN)
+        assert step.outcome.reason == "not_inducted" and not step.state.grants
+    # a list that still makes them a trainer keeps them one
+    kept = handle(state, NewList(2, at(30).wall, TRAINER._replace(name="Tess B.")), at(30), PLAIN).state
+    assert handle(kept, tap(UNINDUCTED), at(60), PLAIN).outcome.action == "inducted"
+
+
+def test_induction_never_by_a_trainer_whose_membership_lapsed_during_the_session():
+    ending = TRAINER._replace(expires=dt.date(2026, 11, 25))  # at(0) is 2026-11-25, 10:00 UTC
+    state = training(who=ending)
+    step = handle(state, tap(UNINDUCTED), at(24 * 3600), PLAIN)  # the next day, still in session
+    assert step.outcome.action != "inducted" and not step.state.grants
 
 
 def test_induction_a_staff_member_without_it_is_inducted_rather_than_ending_the_training():
@@ -290,6 +316,14 @@ def test_report_ends_a_session_without_its_run_on():
     m = machine(run_on=30)
     state, steps = run([(0, tap(ADA)), (10, ReportButton(True)), (12, Tick())], m)
     assert relays(steps[2]) == [False] and not state.relay and state.run_on_until is None
+
+
+def test_report_cuts_a_run_on_in_progress():
+    m = machine(run_on=30)
+    state, steps = run([(0, tap(ADA)), (10, tap(ADA)), (12, ReportButton(True)), (14, Tick())], m)
+    assert relays(steps[1]) == [] and steps[1].state.relay  # the run-on held it after the session
+    assert relays(steps[3]) == [False] and not state.relay and state.run_on_until is None and state.locked
+    assert next_wakeup(state, m) is None or next_wakeup(state, m) > mono(14)
 
 
 def test_report_hold_time_comes_from_the_machine():
