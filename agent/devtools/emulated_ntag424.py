@@ -23,9 +23,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.devtools.emulated_mfrc522 import HLTA, Card, crc_a, from_bits, to_bits
+from agent.devtools.emulated_mfrc522 import (
+    CARRIER_HZ,
+    HLTA,
+    Card,
+    crc_a,
+    from_bits,
+    to_bits,
+)
 
-CARRIER_HZ = 13.56e6
 COMMAND_WORK = 0.002  # seconds a card works on a command, by default (an assumption: NXP publishes none)
 NTAG424_ATS = bytes.fromhex("067777710280")  # TL T0 TA TB TC T1: FSC 128, FWI 7 (38.7 ms), SFGI 1, CID
 SIZES = (16, 24, 32, 40, 48, 64, 96, 128, 256)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.hardware import isodep
-from agent.hardware.isodep import NoAnswer
+from agent.hardware.isodep import CARRIER_HZ, NoAnswer
 
 # Registers (datasheet 9.2).
 COMMAND, COMM_IRQ, ERROR, FIFO_DATA, FIFO_LEVEL, CONTROL, BIT_FRAMING = 0x01, 0x04, 0x06, 0x09, 0x0A, 0x0C, 0x0D
@@ -49,7 +49,6 @@ KNOWN_VERSIONS = {0x91: "MFRC522 v1.0", 0x92: "MFRC522 v2.0", 0x88: "FM17522 clo
 STATUS_BURST = [0x80 | COMM_IRQ << 1, 0x80 | ERROR << 1, 0x80 | FIFO_LEVEL << 1, 0x80 | CONTROL << 1, 0]
 
 # Time on the air (ISO 14443-2/3 at 106 kbit/s).
-CARRIER_HZ = 13.56e6
 BIT_SECONDS = 128 / CARRIER_HZ
 FRAME_DELAY = 1172 / CARRIER_HZ  # FDT: the end of the reader's frame to the card's answer
 TICK_SECONDS = (2 * 169 + 1) / CARRIER_HZ  # the timer's usual prescaler: 25 us ticks, up to 1.6 s
@@ -66,7 +65,6 @@ NVB_ANTICOLLISION = 0x20  # no UID bits known: every card sends its whole level
 NVB_SELECT = 0x70  # all 40 bits of the level follow
 CASCADE_TAG = 0x88
 SAK_CASCADE = 0x04  # the UID continues at the next cascade level
-SAK_ISO14443_4 = 0x20
 # The answers to WUPA, anticollision and SELECT begin a fixed FDT (86 or 91 us) after the
 # reader's frame: one timer value for them all, so that its registers are never rewritten.
 ACTIVATION_TIMEOUT = 0.0004
@@ -88,11 +86,6 @@ class Activation:
 
     uid: bytes
     sak: int
-
-    @property
-    def iso14443_4(self) -> bool:
-        """The card speaks ISO 14443-4 (RATS may follow)."""
-        return bool(self.sak & SAK_ISO14443_4)
 
 
 def air_time(bits: int) -> float:
