@@ -528,10 +528,10 @@ def enrol(member_id: str, machine: str, **options) -> None:
     (enrolment_refused). The badge is the member's on that machine at once, until
     a member list generated after it arrives: add it to the lab's list.
     """
-    from agent.cli.technician import _send
+    from agent.cli.technician import send_command
     from agent.link.commands import MAX_MEMBER_ID
 
     if not member_id.strip() or len(member_id) > MAX_MEMBER_ID:
         raise InputError(f"MEMBER_ID: a member id of 1 to {MAX_MEMBER_ID} characters")
-    _send(machine, "enrol", "", options.pop("by"), False, member_id=member_id, **options)
+    send_command(machine, "enrol", "", options.pop("by"), False, member_id=member_id, **options)
     click.echo(f"tap the badge on {machine} within 60 s")

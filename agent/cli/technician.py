@@ -94,7 +94,7 @@ def logs(what: str, broker_url: str, password_file: str | None, topic_prefix: st
 STATUS_WAIT_S = 3.0  # how long the CLI waits for a machine's retained status
 
 
-def _send(machine: str, kind: str, reason: str, by: str | None, now: bool, broker_url: str,
+def send_command(machine: str, kind: str, reason: str, by: str | None, now: bool, broker_url: str,
           password_file: str | None, topic_prefix: str, sign_key: Path | None, force: bool,
           member_id: str | None = None) -> None:
     """Send a command to `machine`, timed (ts) and, when it ends a session, aimed at the
@@ -193,7 +193,7 @@ def _command_options(f):
 @_command_options
 def lock(machine: str, reason: str, now: bool, **options) -> None:
     """Lock MACHINE for maintenance: members are refused, staff still admitted."""
-    _send(machine, "lock", reason, options.pop("by"), now, **options)
+    send_command(machine, "lock", reason, options.pop("by"), now, **options)
 
 
 @click.command()
@@ -202,7 +202,7 @@ def lock(machine: str, reason: str, now: bool, **options) -> None:
 @_command_options
 def unlock(machine: str, reason: str, **options) -> None:
     """Unlock MACHINE."""
-    _send(machine, "unlock", reason, options.pop("by"), False, **options)
+    send_command(machine, "unlock", reason, options.pop("by"), False, **options)
 
 
 @click.command("end-session")
@@ -211,4 +211,4 @@ def unlock(machine: str, reason: str, **options) -> None:
 @_command_options
 def end_session(machine: str, reason: str, **options) -> None:
     """End the session in progress on MACHINE (the relay goes off)."""
-    _send(machine, "end_session", reason, options.pop("by"), False, **options)
+    send_command(machine, "end_session", reason, options.pop("by"), False, **options)
