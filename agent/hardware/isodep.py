@@ -5,7 +5,7 @@ the reader chip sends one frame (the chip adds CRC_A), and returns the card's
 answer (CRC_A checked and removed), raises NoAnswer when none comes within
 `timeout` seconds, or BadFrame for a CRC, parity or framing error. The
 MFRC522's transceive (agent/hardware/mfrc522chip.py) and the tests' emulated
-field (tests/support/emulated_ntag424.py) both speak it.
+field (tests/support/card_field.py) both speak it.
 
 What the standard asks of the reader (PCD), ISO/IEC 14443-4 §5 and §7:
 - activation: RATS with FSDI 5 (the reader takes frames of 64 bytes, its

@@ -18,7 +18,7 @@ from agent.devtools.emulated_ntag424 import (
     UidClone,
 )
 from agent.hardware.isodep import FIFO_BYTES, Ats, IsoDep, IsoDepError
-from tests.support.emulated_ntag424 import CardField, Noise
+from tests.support.card_field import CardField, Noise
 
 UID = "04A1B2C3D4E5F6"
 FWT = 4096 / 13.56e6 * 2**7  # NTAG 424's FWI 7: 38.7 ms

@@ -9,7 +9,7 @@ from agent.devtools.emulated_ntag424 import KeylessClone, Ntag424, UidClone
 from agent.hardware.cardkeys import diversify
 from agent.hardware.provision import ProvisionError, provision
 from agent.hardware.securecard import CardVerifier
-from tests.support.emulated_ntag424 import CardField
+from tests.support.card_field import CardField
 
 MASTER = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
 UID = bytes.fromhex("04A1B2C3D4E5F6")

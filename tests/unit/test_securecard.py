@@ -18,7 +18,7 @@ from agent.devtools.emulated_ntag424 import (
 )
 from agent.hardware.cardkeys import diversify
 from agent.hardware.securecard import SECURE_BUDGET, CardVerifier
-from tests.support.emulated_ntag424 import CardField, Noise
+from tests.support.card_field import CardField, Noise
 
 MASTER = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
 UID = bytes.fromhex("04A1B2C3D4E5F6")
