@@ -24,6 +24,7 @@ from agent.members.update import update_cache
 from agent.members.version import next_version
 
 OUTBOX_FILE = "agent.db"
+MEMBERS_REMEMBERED = 64  # members looked up by id (enrolments, a session's trainer) per list
 GRANTS_KEY = "grants"  # the outbox meta key of what the machine granted by itself (agent.core.grants)
 
 
@@ -72,9 +73,10 @@ class Storage:
         return self.hasher(uid) if self.hasher else uid
 
     def member(self, member_id: str) -> Member | None:
-        """The list's member with this id, remembered until the list changes (a scan of the cache)."""
+        """The list's member with this id, remembered until the list changes (a scan of the
+        cache; at most MEMBERS_REMEMBERED remembered, so commands naming ids cannot grow it)."""
         version = self.cache.version
-        if version != self._members_version:
+        if version != self._members_version or len(self._members) >= MEMBERS_REMEMBERED:
             self._members, self._members_version = {}, version
         if member_id not in self._members:
             self._members[member_id] = self.cache.member(member_id)
