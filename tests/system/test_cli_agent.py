@@ -41,9 +41,10 @@ def test_cli_members_import_and_check_without_an_agent(tmp_path):
     result = run("members", "import", str(members), "--config", str(config), "--version", "5")
     assert result.exit_code == 0 and "imported version 5: 2 members" in result.output
     check = run("members", "check", ADA.lower(), "--config", str(config), "--json")
-    assert json.loads(check.output) == {"granted": True, "reason": None, "member_id": "m-1"}
+    assert json.loads(check.output) == {"granted": True, "action": "started", "reason": None, "member_id": "m-1"}
     check = run("members", "check", "CAFEBABE", "--config", str(config), "--json")
-    assert json.loads(check.output) == {"granted": False, "reason": "not_inducted", "member_id": "m-2"}
+    assert json.loads(check.output) == {"granted": False, "action": "refused", "reason": "not_inducted",
+                                        "member_id": "m-2"}
     again = run("members", "import", str(members), "--config", str(config), "--version", "5")
     assert again.exit_code == 0 and "already" in again.output
     older = run("members", "import", str(members), "--config", str(config), "--version", "4")
