@@ -98,7 +98,7 @@ def test_badgehash_publish_sends_only_hashes_and_the_agent_accepts_them(tmp_path
         assert agent.ask({"op": "tap", "badge": ADA})["action"] == "started"
         check = subprocess.run([sys.executable, "-m", "agent", "members", "check", ADA, "--config", str(config),
                                 "--json"], capture_output=True, text=True, timeout=30)
-        assert json.loads(check.stdout) == {"granted": True, "action": "started", "reason": None, "member_id": "ada"}
+        assert json.loads(check.stdout) == {"granted": True, "action": "ended", "reason": None, "member_id": "ada"}
     finally:
         agent.stop()
         retained.close()
