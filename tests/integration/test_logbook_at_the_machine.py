@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from agent.cli import main
 from agent.logbook import queries
-from agent.logbook.store import ingest, open_db
+from agent.logbook.store import open_db
 from tests.support.agents import AgentProcess, config_text
 from tests.support.helpers import publish, wait_for
-from tests.support.logbook import UTC, FakeMachine
+from tests.support.logbook import UTC, FakeMachine, logbook_of
 
 T = dt.datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 H = dt.timedelta(hours=1)
@@ -41,11 +41,7 @@ def db_path(tmp_path):
         laser.event("bypass_off", T + 6 * H),
         cnc.event("bypass_on", T + 22 * H),       # still on now
     ]
-    path = tmp_path / "logbook.db"
-    with open_db(path, create=True) as db:
-        for event in events:
-            ingest(db, event)
-    return path
+    return logbook_of(tmp_path / "logbook.db", events)
 
 
 def test_logbook_report_inductions_out_of_order_and_bypass(db_path):

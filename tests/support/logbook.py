@@ -8,6 +8,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from agent.core.timespec import rfc3339
@@ -55,6 +56,16 @@ def publish(url: str, messages: Iterable[tuple[str, bytes | dict]], retain: bool
             client.publish(topic, body, qos=1, retain=retain).wait_for_publish(10)
     finally:
         disconnect(client)
+
+
+def logbook_of(path: Path, events: Iterable[dict[str, Any]]) -> Path:
+    """A logbook database at `path` holding `events`, archived as the collector does."""
+    from agent.logbook.store import ingest, open_db
+
+    with open_db(path, create=True) as db:
+        for event in events:
+            ingest(db, event)
+    return path
 
 
 def events_topic(event: dict[str, Any], prefix: str = "fabpass") -> tuple[str, dict[str, Any]]:

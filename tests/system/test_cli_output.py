@@ -17,9 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
-from agent.logbook.store import ingest, open_db
 from tests.support.helpers import publish, read_line
-from tests.support.logbook import UTC, FakeMachine
+from tests.support.logbook import UTC, FakeMachine, logbook_of
 
 NOW = dt.datetime.now(UTC).replace(microsecond=0)
 FORMULAS = ["=HYPERLINK(\"http://evil\",\"Pay here\")", "+1+1", "-2+3", "@SUM(A1:A9)", "\t=1+1", "\r=1+1"]
@@ -36,11 +35,7 @@ def db_path(tmp_path):
     events = []
     for n, member in enumerate([*FORMULAS, "m-1", ESCAPES]):
         events += laser.session(member, "04A1B2C3", NOW - dt.timedelta(hours=n + 1), 10)
-    path = tmp_path / "logbook.db"
-    with open_db(path, create=True) as db:
-        for event in events:
-            ingest(db, event)
-    return path
+    return logbook_of(tmp_path / "logbook.db", events)
 
 
 def test_output_csv_export_neutralises_formulas(db_path):

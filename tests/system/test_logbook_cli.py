@@ -18,7 +18,7 @@ from agent.logbook import queries, store
 from agent.logbook.names import record_names
 from agent.logbook.store import ingest, open_db
 from tests.support import ROOT
-from tests.support.logbook import UTC, FakeMachine
+from tests.support.logbook import UTC, FakeMachine, logbook_of
 
 NOW = dt.datetime.now(UTC).replace(microsecond=0)
 DAY = dt.timedelta(days=1)
@@ -42,11 +42,7 @@ def db_path(tmp_path):
               + [cnc.event("session_started", NOW - dt.timedelta(minutes=20), member_id="m-3", badge="04A1B2C5"),
                  laser.refusal(NOW - 2 * DAY, "04A1B2C5", "not_inducted", member_id="m-3"),
                  cnc.refusal(NOW - 12 * DAY, "0BADBADB", "unknown_badge")])
-    path = tmp_path / "logbook.db"
-    with open_db(path, create=True) as db:
-        for event in events:
-            ingest(db, event)
-    return path
+    return logbook_of(tmp_path / "logbook.db", events)
 
 
 def invoke(*args: str):
@@ -174,11 +170,7 @@ def _aged(tmp_path):
                  cnc.event("session_started", NOW - 210 * DAY, member_id="m-3", badge="04A1B2C5")]
               + laser.session("m-1", "04A1B2C3", NOW - 150 * DAY, 30)
               + laser.session("m-2", "04A1B2C4", NOW - DAY, 45))
-    path = tmp_path / "aged.db"
-    with open_db(path, create=True) as db:
-        for event in events:
-            ingest(db, event)
-    return path
+    return logbook_of(tmp_path / "aged.db", events)
 
 
 def test_logbook_retention_deletes_only_what_is_older(tmp_path):
