@@ -483,7 +483,8 @@ def _sync_every(source, target, db_path, dry_run, max_shrink, every_s: float, no
 def pending(db_path: Path, fmt: str | None) -> None:
     """What machines granted (enrolled badges, inductions) that the lab's source does not hold yet.
 
-    An entry leaves once `members sync --db` finds it in the source.
+    An entry leaves once `members sync --db` finds it in the source, or once
+    `members dismiss ID` refuses it (ID: the table's first column).
     """
     from agent.logbook.grants import KEYS
     from agent.logbook.grants import pending as pending_grants
@@ -506,9 +507,42 @@ def pending(db_path: Path, fmt: str | None) -> None:
     else:
         from agent.cli.text import table
 
-        click.echo(table(["KIND", "MEMBER", "VALUE", "EXPIRES", "BY", "MACHINE", "WHEN"],
-                         [[r["kind"], r["member_id"], r["value"], r["expires"] or "", r["by"] or "",
-                           r["machine"], r["ts"]] for r in rows]))
+        click.echo(table(["ID", "KIND", "MEMBER", "VALUE", "EXPIRES", "BY", "MACHINE", "WHEN"],
+                         [[r["event_id"][:8], r["kind"], r["member_id"], r["value"], r["expires"] or "",
+                           r["by"] or "", r["machine"], r["ts"]] for r in rows]))
+
+
+@members.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--db", "db_path", required=True, envvar="FABPASS_LOGBOOK_DB",
+              type=click.Path(dir_okay=False, path_type=Path), help="The logbook database; or FABPASS_LOGBOOK_DB.")
+@click.option("--by", help="Who refuses them (default: your user name).")
+def dismiss(ids: tuple[str, ...], db_path: Path, by: str | None) -> None:
+    """Refuse what a machine granted: IDS from `members pending` (8 characters or more).
+
+    The sync merges them no more, and the next list it publishes retires them on
+    their machines (a list generated after a grant decides in its place).
+    """
+    import datetime as dt
+    import getpass
+
+    from agent.cli.text import shown
+    from agent.logbook.grants import UnknownGrant
+    from agent.logbook.grants import dismiss as dismiss_grants
+    from agent.logbook.store import LogbookMissing, open_db
+
+    try:
+        db = open_db(db_path)
+    except LogbookMissing as err:
+        raise InputError(str(err)) from None
+    with db:
+        try:
+            done = dismiss_grants(db, ids, by or getpass.getuser(), dt.datetime.now(dt.timezone.utc))
+        except UnknownGrant as err:
+            raise InputError(str(err)) from None
+    for g in done:
+        click.echo(shown(f"dismissed {g['kind']} {g['value']} for {g['member_id']} (granted on {g['machine']}): "
+                         "the next `members sync --db` publishes a list that retires it"))
 
 
 @members.command()

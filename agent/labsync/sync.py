@@ -87,8 +87,11 @@ def _retained(payload: bytes | None, warnings: list[str]) -> Snapshot | None:
 
 
 def plan(listing: Listing, retained_payload: bytes | None, grants: list[dict[str, Any]] | None,
-         asked: set[str] | None, now: dt.datetime, max_shrink: float = DEFAULT_MAX_SHRINK) -> Plan:
-    """Decide, without I/O. Raises SyncRefused for a list that must not be published."""
+         asked: set[str] | None, now: dt.datetime, max_shrink: float = DEFAULT_MAX_SHRINK,
+         dismissed_at: str | None = None) -> Plan:
+    """Decide, without I/O. `dismissed_at`: when the lab last dismissed a machine-made
+    grant (a list generated after it retires it on its machine). Raises SyncRefused for
+    a list that must not be published."""
     warnings = list(listing.warnings)
     merged = merge(listing.rows, grants) if grants is not None else None
     retained = _retained(retained_payload, warnings)
@@ -111,6 +114,9 @@ def plan(listing: Listing, retained_payload: bytes | None, grants: list[dict[str
         why = "no list on the broker yet"
     elif not changes.empty:
         why = "the members changed"
+    elif dismissed_at is not None and (retained.generated_at is None or parse_rfc3339(dismissed_at)
+                                       > parse_rfc3339(retained.generated_at)):
+        why = "a machine-made grant was dismissed since the retained list was generated"
     elif retained.generated_at is None or now - parse_rfc3339(retained.generated_at) > REFRESH_AFTER:
         why = f"the retained list is more than a day old (generated {retained.generated_at or 'at an unknown time'})"
     return Plan(snapshot, changes, retained.version if retained else None,
@@ -140,13 +146,14 @@ def sync_once(source: Source, target: Target, db_path: Path | None = None, dry_r
     db = _open_logbook(db_path) if db_path else None
     try:
         grants = _pending(db) if db is not None else None
+        dismissed_at = _last_dismissal(db) if db is not None else None
         topic = Topics(target.prefix).members
         try:
             retained = read_retained(target.broker, topic, timeout=15.0)
             asked = _asked_inductions(target)
         except BrokerUnreachable as err:
             raise SyncFailed(str(err)) from None
-        result = plan(listing, retained, grants, asked, now, max_shrink)
+        result = plan(listing, retained, grants, asked, now, max_shrink, dismissed_at)
         if dry_run:
             return result
         if result.why:
@@ -184,3 +191,9 @@ def _pending(db) -> list[dict[str, Any]]:
     from agent.logbook.grants import pending
 
     return pending(db)
+
+
+def _last_dismissal(db) -> str | None:
+    from agent.logbook.grants import last_dismissal
+
+    return last_dismissal(db)

@@ -122,6 +122,13 @@ def _incarnations(db: Database) -> None:
         _advance(db, machine, "", 0)
 
 
+@migrations(name="008_dismissed_grants")
+def _dismissed_grants(db: Database) -> None:
+    """Grants the lab refused (`fabpass members dismiss`): no longer pending, never merged."""
+    db["dismissed_grants"].create({"event_id": str, "dismissed_at": str, "by": str}, pk="event_id",
+                                  not_null={"dismissed_at", "by"})
+
+
 def open_db(path: str | Path, create: bool = False) -> Database:
     """The logbook at `path`, migrated to the current schema; `create` makes a new file if needed."""
     path = Path(path)

@@ -230,6 +230,44 @@ def test_labsync_grants_are_merged_until_the_source_holds_them(mosquitto, sheet_
     assert [g["member_id"] for g in json.loads(pending(db, "--json")[1])] == ["m-0002", "m-0404"]
 
 
+def dismiss(db: Path, *ids: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["members", "dismiss", "--db", str(db), "--by", "giulia", *ids])
+    return result.exit_code, result.output
+
+
+def test_labsync_a_dismissed_grant_is_merged_no_more_and_the_next_sync_retires_it(
+        mosquitto, sheet_file, logbook_with_grants) -> None:
+    db = logbook_with_grants
+    assert sync("--source", str(sheet_file), "--broker", mosquitto.url, "--db", str(db))[0] == 0
+    published = retained(mosquitto.url)
+    assert "DEADBEEF" in {m["id"]: m for m in published["members"]}["m-0001"]["badges"]
+    grants = json.loads(pending(db, "--json")[1])
+    enrolled = next(g for g in grants if g["value"] == "deadbeef")
+    # the ID column of the table is the event id's first 8 characters
+    assert enrolled["event_id"][:8] in pending(db)[1]
+    code, out = dismiss(db, enrolled["event_id"][:8])
+    assert code == 0 and "dismissed badge deadbeef for m-0001 (granted on laser-1)" in out
+    assert enrolled["event_id"] not in [g["event_id"] for g in json.loads(pending(db, "--json")[1])]
+    code, out = sync("--source", str(sheet_file), "--broker", mosquitto.url, "--db", str(db))
+    assert code == 0, out
+    after = retained(mosquitto.url)
+    assert after["version"] > published["version"] and after["generated_at"] > published["generated_at"]
+    assert {m["id"]: m for m in after["members"]}["m-0001"]["badges"] == ["04A10001"]
+    # the next sync has nothing to do: the dismissal is older than the list it retired the grant with
+    code, out = sync("--source", str(sheet_file), "--broker", mosquitto.url, "--db", str(db))
+    assert code == 0 and retained(mosquitto.url)["version"] == after["version"]
+
+
+@pytest.mark.parametrize("ids", [("0000000000",), ("abc",), ("",)])
+def test_labsync_dismiss_refuses_an_id_that_is_not_one_pending_grant_and_changes_nothing(
+        logbook_with_grants, ids) -> None:
+    before = pending(logbook_with_grants, "--json")[1]
+    first = json.loads(before)[0]["event_id"]
+    code, out = dismiss(logbook_with_grants, first, *ids)  # all or none
+    assert code == 2 and "not a pending grant's id" in out
+    assert pending(logbook_with_grants, "--json")[1] == before
+
+
 def test_labsync_pending_csv_pastes_into_a_spreadsheet(logbook_with_grants) -> None:
     code, out = pending(logbook_with_grants, "--csv")
     assert code == 0

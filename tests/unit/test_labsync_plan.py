@@ -88,6 +88,14 @@ def test_labsync_plan_publishes_only_when_something_changed_or_the_list_is_a_day
     assert plan(listing, fresh, None, None, NOW).snapshot.version == int(NOW.timestamp() * 1000)
 
 
+def test_labsync_plan_publishes_after_a_dismissal_made_since_the_retained_list() -> None:
+    """A dismissed grant is retired on its machine only by a list generated after it."""
+    listing = Listing([row("m-1"), row("m-2")])
+    fresh = retained(5, "2026-12-02T08:00:00.000Z", "m-1", "m-2")
+    assert "dismissed" in plan(listing, fresh, None, None, NOW, dismissed_at="2026-12-02T08:30:00.000Z").why
+    assert plan(listing, fresh, None, None, NOW, dismissed_at="2026-12-02T07:30:00.000Z").why is None
+
+
 def test_labsync_plan_refuses_a_list_that_drops_too_many() -> None:
     before = retained(5, "2026-12-02T08:00:00.000Z", *[f"m-{i}" for i in range(10)])
     nine = Listing([row(f"m-{i}") for i in range(9)])
