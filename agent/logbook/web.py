@@ -88,8 +88,9 @@ def _fleet(db: Database, tz: dt.tzinfo, names: dict[str, str]) -> str:
 
 def _pending(db: Database, tz: dt.tzinfo, names: dict[str, str]) -> str:
     rows = [[g["kind"], g["member_id"], names.get(g["member_id"]), g["value"], g["expires"],
-             names.get(g["by"], g["by"]), g["machine"], _local(g["ts"], tz)] for g in grants.pending(db)]
-    return _table("pending", ["Kind", "Member", "Name", "Value", "Expires", "By", "Machine", "When"],
+             names.get(g["by"], g["by"]), g["machine"], _local(g["ts"], tz), g["event_id"][:8]]
+            for g in grants.pending(db)]
+    return _table("pending", ["Kind", "Member", "Name", "Value", "Expires", "By", "Machine", "When", "ID"],
                   rows, "grant")
 
 
@@ -137,7 +138,8 @@ def render_page(db: Database, params: dict[str, str], now: dt.datetime, tz: dt.t
         _table("out-of-order", ["Machine", "When", "Reported by"], reports, "report"),
         "<h2>Machine-made changes the lab's list does not hold yet</h2>",
         "<p>Badges enrolled and inductions given at the machines; <code>fabpass members sync --db</code> "
-        "merges them until the lab's own list has them (<code>fabpass members pending --csv</code>).</p>",
+        "merges them until the lab's own list has them (<code>fabpass members pending --csv</code>), "
+        "or the lab refuses one (<code>fabpass members dismiss ID</code>).</p>",
         _pending(db, tz, names),
         "<h2>Hours per machine per week</h2>",
         weekly_chart(queries.weekly_hours(db, now, tz, WEEKS, machine=machine)),

@@ -91,6 +91,7 @@ def test_logbook_web_shows_lock_reasons_out_of_order_reports_and_pending_changes
     assert cnc[:2] == ["cnc-1", "locked"] and cnc[3] == "out_of_order (by Grace Hopper)"
     assert [(r[0], r[2]) for r in rows(dom, "out-of-order")] == [("cnc-1", "Grace Hopper (m-grace)")]
     assert [r[:4] for r in rows(dom, "pending")] == [["badge", "m-alan", "Alan &lt;b&gt;Turing&lt;/b&gt;", "CAFEBABE"]]
+    assert re.fullmatch(r"[0-9a-f]{8}", rows(dom, "pending")[0][8])  # the ID `members dismiss` takes
 
 
 def test_logbook_web_chart_honours_the_machine_filter_and_shows_whole_hours(web_url, tmp_path):
