@@ -144,6 +144,7 @@ class Agent:
         self._clock_checked = float("-inf")
         self.inputs: MachineInputs | None = None
         self._last_tap: session.LastTap | None = None  # who an out-of-order report names
+        self._held_file: tuple[int, int] | None = None  # the member cache file _hold_grants last read
         self.state = session.State()
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple, Future]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -322,7 +323,13 @@ class Agent:
     def tap(self, uid: str, check: CardCheck | None = None) -> dict[str, Any]:
         """A badge presented to the reader; `check`, from a reader that authenticates cards."""
         now = self.clock()
-        tap = self.storage.tap(uid, now.wall, self.clock_trusted(), self.state.grants, self._authentic(check))
+        for _ in range(3):
+            tap = self.storage.tap(uid, now.wall, self.clock_trusted(), self.state.grants, self._authentic(check))
+            if self.storage.cache.opened == self._held_file:
+                break
+            # A list taken off the loop since: held against the state (its trainer, its
+            # grants) before the tap is judged by it, as the loop would have next.
+            self._hold_grants()
         outcome = self.handle(tap)
         assert outcome is not None
         # for an out-of-order report: nobody known when the card did not authenticate
@@ -464,6 +471,7 @@ class Agent:
         session = self.state.session
         trainer = session.member_id if session is not None and session.trainer is not None else None
         in_force = self.storage.list_in_force(self.clock().wall, trainer)
+        self._held_file = self.storage.cache.opened
         if in_force is not None:
             self.handle(in_force)
 

@@ -174,6 +174,13 @@ class MemberCache:
         self._local.conn = (key, conn)
         return conn
 
+    @property
+    def opened(self) -> tuple[int, int] | None:
+        """Which file this thread last read (inode, mtime), or None: a list taken since
+        is a new file."""
+        cached = getattr(self._local, "conn", None)
+        return cached[0] if cached is not None else None
+
     def lookup(self, *keys: str) -> Member | None:
         """The member with a badge listed as one of `keys`."""
         conn = self._conn()

@@ -166,6 +166,35 @@ def test_machine_no_induction_by_a_trainer_a_list_revoked_during_their_session(m
     assert a.relay_is_on()  # the session itself goes on, as any session under a newer list
 
 
+def test_machine_a_trainer_a_newer_list_still_names_trainer_goes_on_inducting(machine):
+    a = machine()
+    a.apply(members())
+    assert a.tap("04AAAA01")["action"] == "started"
+    a.clock.advance(60)
+    assert a.apply(members(version=2, generated_at="2026-11-25T09:00:00Z"))["applied"]
+    assert a.tap(ALAN)["action"] == "inducted"
+
+
+def test_machine_a_tap_waiting_while_a_list_is_taken_is_judged_with_its_trainer_rejudged(machine):
+    """The list is taken off the loop (its cache file swapped at once) and held against the
+    session on the loop afterwards: a tap already queued must not meet the new list with the
+    old trainer."""
+    import threading
+
+    a = machine()
+    a.apply(members())
+    assert a.tap("04AAAA01")["action"] == "started"
+    a.clock.advance(60)
+    gate = threading.Event()
+    a.agent.submit(gate.wait)  # the loop is busy
+    queued = a.agent.submit(a.agent.tap, ALAN)  # Alan taps meanwhile
+    suspended = {**TRAINER, "status": "suspended"}
+    assert a.apply(json.dumps({"v": 1, "version": 2, "generated_at": "2026-11-25T09:00:00Z",
+                               "members": [*MEMBERS["members"], suspended]}).encode())["applied"]
+    gate.set()
+    assert queued.result(10)["reason"] == "not_inducted" and not events(a, "induction_granted")
+
+
 def test_machine_members_check_never_enrols_nor_says_granted_for_an_unknown_badge(machine):
     a = machine()
     a.apply(members())
