@@ -90,10 +90,12 @@ def may_end_others(member: Member | None, situation: Situation, now: dt.datetime
     return GRANT if member.is_staff else Decision.refuse(Reason.IN_USE)
 
 
-def may_train(trainer: Member, induction: str, situation: Situation, now: dt.datetime) -> bool:
-    """Whether `trainer` may give `induction` to others now: they train it, and their own
-    membership holds (active, not expired, judged as any tap of theirs would be)."""
-    return trainer.trains(induction) and _membership(trainer, situation, now.date()) is None
+def may_train(trainer: Member, induction: str, situation: Situation, now: dt.datetime) -> Decision:
+    """May `trainer` give `induction` to others now: they train it (else not_inducted), and
+    their own membership holds, judged as any tap of theirs would be (else its refusal)."""
+    if not trainer.trains(induction):
+        return Decision.refuse(Reason.NOT_INDUCTED)
+    return _membership(trainer, situation, now.date()) or GRANT
 
 
 def _membership(member: Member | None, situation: Situation, today: dt.date) -> Decision | None:

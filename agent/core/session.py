@@ -244,8 +244,8 @@ class BypassKey:
 @dataclass(frozen=True, slots=True)
 class NewList:
     """A member list in force: `generated` is its generated_at, or when this machine took a list
-    without one. `holder` is the open session's member as this list gives them (None: no
-    session, or the list no longer has them)."""
+    without one. `holder` is the open session's trainer as this list gives them (None: no
+    session, a session whose member trains nobody here, or the list no longer has them)."""
 
     version: int | None
     generated: dt.datetime
@@ -581,10 +581,11 @@ def _induct(state: State, tap: Tap, now: Instant, machine: Machine, local: dt.da
         return None
     situation = tap.situation(state.locked, True)
     induction = machine.rules.induction
-    if not may_train(session.trainer, induction, situation, local):
-        return None
     if decide(member, machine.rules, situation, local).reason not in _TRAINABLE:
         return None
+    training = may_train(session.trainer, induction, situation, local)
+    if not training.granted:  # served as any tap, unless only the clock stands in the way
+        return _refuse(state, tap, training.reason) if training.reason is Reason.CLOCK_UNSYNCHRONISED else None
     if state.locked:
         return _refuse(state, tap, Reason.MACHINE_LOCKED)
     if not tap.clock_trusted:  # the grant, and its expiry, would be dated by a clock that may be wrong

@@ -143,6 +143,8 @@ def test_grants_need_a_trusted_clock_which_dates_them_against_lists():
     for m in (dated, PLAIN):
         step = handle(training(m), untrusted, at(60), m)
         assert step.outcome.reason == "clock_unsynchronised" and not step.state.grants
+    dated_trainer = training(who=TRAINER._replace(expires=dt.date(2027, 1, 1)))
+    assert handle(dated_trainer, untrusted, at(60), PLAIN).outcome.reason == "clock_unsynchronised"
     step = handle(enrolling(), Tap("0A0045B352", None, clock_trusted=False), at(30), PLAIN)
     assert step.outcome.reason == "clock_unsynchronised" and not step.state.grants
     assert step.state.enrolment is not None
