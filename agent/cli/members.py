@@ -16,6 +16,7 @@ from agent.cli.options import (
     password_file_option,
     prefix_option,
     print_json,
+    who,
 )
 from agent.members.version import MAX_VERSION
 
@@ -524,7 +525,6 @@ def dismiss(ids: tuple[str, ...], db_path: Path, by: str | None) -> None:
     their machines (a list generated after a grant decides in its place).
     """
     import datetime as dt
-    import getpass
 
     from agent.cli.text import shown
     from agent.logbook.grants import UnknownGrant
@@ -537,12 +537,13 @@ def dismiss(ids: tuple[str, ...], db_path: Path, by: str | None) -> None:
         raise InputError(str(err)) from None
     with db:
         try:
-            done = dismiss_grants(db, ids, by or getpass.getuser(), dt.datetime.now(dt.timezone.utc))
+            done = dismiss_grants(db, ids, who(by), dt.datetime.now(dt.timezone.utc))
         except UnknownGrant as err:
             raise InputError(str(err)) from None
     for g in done:
         click.echo(shown(f"dismissed {g['kind']} {g['value']} for {g['member_id']} (granted on {g['machine']}): "
-                         "the next `members sync --db` publishes a list that retires it"))
+                         "the next `members sync --db` publishes a list that retires it, unless the lab's "
+                         "source holds it: remove it there"))
 
 
 @members.command()

@@ -79,6 +79,19 @@ def parse_broker(url: str, password_file: str | None = None):
         raise InputError(f"--password-file: {err}") from None
 
 
+def who(by: str | None) -> str:
+    """`--by`, or the user running the command; a clear error where the system cannot say
+    who that is (no USER or LOGNAME, a uid with no account: a container, a DynamicUser unit)."""
+    if by:
+        return by
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise InputError("--by: say who you are (this system cannot tell the user's name)") from None
+
+
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
     sys.stdout.flush()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import signal
 import sys
@@ -19,6 +18,7 @@ from agent.cli.options import (
     parse_broker,
     password_file_option,
     prefix_option,
+    who,
 )
 
 
@@ -147,7 +147,7 @@ def send_command(machine: str, kind: str, reason: str, by: str | None, now: bool
         click.echo(f"warning: {machine} is offline: it refuses the command unless it returns within its "
                    "[commands] max_age (60 s by default)", err=True)
     sent = dt.datetime.now(dt.timezone.utc)
-    payload = Command(kind, by or getpass.getuser(), reason, now, machine, sent, session,
+    payload = Command(kind, who(by), reason, now, machine, sent, session,
                       member_id=member_id).as_payload()
     if key is not None:
         from agent.signing import sign_command

@@ -59,7 +59,9 @@ def dismiss(db: Database, ids: Iterable[str], by: str, now: dt.datetime) -> list
     chosen: dict[str, dict[str, Any]] = {}
     for wanted in ids:
         key = wanted.strip().lower()
-        matches = [g for g in open_grants if len(key) >= 8 and g["event_id"].lower().startswith(key)]
+        if len(key) < 8:
+            raise UnknownGrant(f"{wanted!r}: an id of 8 characters or more (see `fabpass members pending`)")
+        matches = [g for g in open_grants if g["event_id"].lower().startswith(key)]
         if len(matches) != 1:
             raise UnknownGrant(f"{wanted!r}: " + ("not a pending grant's id (see `fabpass members pending`)"
                                                  if not matches else f"the start of {len(matches)} grants' ids"))

@@ -258,14 +258,47 @@ def test_labsync_a_dismissed_grant_is_merged_no_more_and_the_next_sync_retires_i
     assert code == 0 and retained(mosquitto.url)["version"] == after["version"]
 
 
-@pytest.mark.parametrize("ids", [("0000000000",), ("abc",), ("",)])
+def test_labsync_a_dismissed_grant_never_merged_is_retired_by_a_list_published_for_it(
+        mosquitto, sheet_file, logbook_with_grants) -> None:
+    """m-0404's badge was never merged (the source has no m-0404), so dismissing it changes
+    no member: the sync publishes all the same, once, for the machine to drop the grant."""
+    db = logbook_with_grants
+    assert sync("--source", str(sheet_file), "--broker", mosquitto.url, "--db", str(db))[0] == 0
+    published = retained(mosquitto.url)
+    orphan = next(g for g in json.loads(pending(db, "--json")[1]) if g["member_id"] == "m-0404")
+    assert dismiss(db, orphan["event_id"])[0] == 0  # the whole id, as --json gives it
+    code, out = sync("--source", str(sheet_file), "--broker", mosquitto.url, "--db", str(db))
+    assert code == 0 and "dismissed" in out, out
+    after = retained(mosquitto.url)
+    assert after["version"] > published["version"] and after["members"] == published["members"]
+    assert sync("--source", str(sheet_file), "--broker", mosquitto.url, "--db", str(db))[0] == 0
+    assert retained(mosquitto.url)["version"] == after["version"]
+
+
+@pytest.mark.parametrize("ids, message", [
+    (("00000000-0000",), "not a pending grant's id"),
+    (("abc",), "an id of 8 characters or more"),
+    (("",), "an id of 8 characters or more"),
+])
 def test_labsync_dismiss_refuses_an_id_that_is_not_one_pending_grant_and_changes_nothing(
-        logbook_with_grants, ids) -> None:
+        logbook_with_grants, ids, message) -> None:
     before = pending(logbook_with_grants, "--json")[1]
     first = json.loads(before)[0]["event_id"]
     code, out = dismiss(logbook_with_grants, first, *ids)  # all or none
-    assert code == 2 and "not a pending grant's id" in out
+    assert code == 2 and message in out
     assert pending(logbook_with_grants, "--json")[1] == before
+
+
+def test_labsync_dismiss_without_by_where_the_system_cannot_name_the_user(logbook_with_grants, monkeypatch) -> None:
+    import getpass
+
+    def nobody() -> str:
+        raise OSError("No username set in the environment")
+
+    monkeypatch.setattr(getpass, "getuser", nobody)
+    first = json.loads(pending(logbook_with_grants, "--json")[1])[0]["event_id"]
+    result = CliRunner().invoke(main, ["members", "dismiss", "--db", str(logbook_with_grants), first])
+    assert result.exit_code == 2 and "--by: say who you are" in result.output
 
 
 def test_labsync_pending_csv_pastes_into_a_spreadsheet(logbook_with_grants) -> None:
