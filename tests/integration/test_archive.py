@@ -70,6 +70,13 @@ def archived(db: Path) -> list[tuple]:
         return logbook.execute(f"SELECT machine, {incarnation}, seq FROM events").fetchall()
 
 
+def archived_types(db: Path) -> list[tuple[str, int]]:
+    """(type, count) of the archived session events, by type."""
+    with open_db(db) as logbook:
+        return logbook.execute("SELECT type, count(*) FROM events WHERE type LIKE 'session_%' "
+                               "GROUP BY type ORDER BY type").fetchall()
+
+
 def made(storage: Path, machine: str = "laser-1") -> set[tuple]:
     """(machine, incarnation, seq) of every event the agent on `storage` has made: seq 1 to
     its outbox's last_seq (events leave the outbox once delivered, the counter stays)."""
@@ -131,6 +138,9 @@ def test_archive_a_broker_restarted_without_persistence_loses_nothing(mosquitto,
     mosquitto.restart(forget=True)
     start_collector(running, mosquitto.url, db)
     wait_for(lambda: exactly(db, made(storage)), 30, "every event in the archive after the restart")
+    assert archived_types(db) == [("session_ended", 6), ("session_started", 6)]
+    with open_db(db) as logbook:  # all six sessions, paired: what a technician bills
+        assert logbook["sessions"].count == 6
 
 
 def test_archive_a_logbook_started_after_the_machines_gets_their_earlier_events(mosquitto, tmp_path, running):
@@ -141,6 +151,9 @@ def test_archive_a_logbook_started_after_the_machines_gets_their_earlier_events(
     wait_for(lambda: status(agent)["outbox"] == 0, 15, "the broker to acknowledge every event")
     start_collector(running, mosquitto.url, db)
     wait_for(lambda: exactly(db, made(storage)), 30, "the earlier events in the archive")
+    assert archived_types(db) == [("session_ended", 4), ("session_started", 4)]
+    with open_db(db) as logbook:
+        assert logbook["sessions"].count == 4
 
 
 def test_archive_two_agents_sharing_a_machine_id_both_land_and_each_knows(mosquitto, tmp_path, running, caplog):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from agent.link.broker import Broker
 from agent.link.retained import read_retained
+from agent.link.topics import Topics
+from agent.logbook.homeassistant import discovery
 from tests.support.helpers import Collector as Subscriber
 from tests.support.helpers import wait_for
 from tests.support.logbook import FakeMachine, events_topic, publish, stop_cleanly
@@ -70,7 +72,9 @@ def test_lab_side_logbook_run_notifies_and_announces_to_home_assistant(mosquitto
                      f"the collector to connect ({log})")
             publish(mosquitto.url, [events_topic(event)])
             wait_for(lambda: inbox.titles() == ["laser-1 reported out of order"], 20, "the notification")
+            assert "m-7" in inbox.messages[0]["message"]  # who reported it
             wait_for(lambda: len({t for t, p, _ in watcher.messages if p}) == 4, 20, "laser-1's four entities")
+            assert {t for t, p, _ in watcher.messages if p} == {t for t, _ in discovery("laser-1", Topics("fabpass"))}
         finally:
             stop_cleanly(proc)
             watcher.close()
