@@ -208,10 +208,15 @@ def test_machine_members_check_never_enrols_nor_says_granted_for_an_unknown_badg
 
 # --- the out-of-order button ---------------------------------------------------------------------------
 
+def drive(a: RunningAgent, pin_number: int, active: bool, sensed) -> None:
+    """Drive an input (active low, pulled up) and wait until the loop has sensed it."""
+    pin = a.pins.pin(pin_number)
+    pin.drive_low() if active else pin.drive_high()
+    wait_for(lambda: a.agent.call(lambda: sensed(a.agent.state)) == active, 5, f"the loop to see pin {pin_number}")
+
+
 def press(a: RunningAgent, pressed: bool) -> None:
-    pin = a.pins.pin(REPORT_PIN)
-    pin.drive_low() if pressed else pin.drive_high()
-    wait_for(lambda: a.agent.call(lambda: a.agent.state.report.sensed) == pressed, 5, "the loop to see the button")
+    drive(a, REPORT_PIN, pressed, lambda state: state.report.sensed)
 
 
 def test_machine_report_button_held_ends_the_session_and_locks_naming_the_last_tapper(machine):
@@ -265,9 +270,7 @@ def test_machine_a_bouncing_or_stuck_button_never_switches_the_relay_on(machine)
 # --- the bypass key ----------------------------------------------------------------------------------------
 
 def turn(a: RunningAgent, closed: bool) -> None:
-    pin = a.pins.pin(BYPASS_PIN)
-    pin.drive_low() if closed else pin.drive_high()
-    wait_for(lambda: a.agent.call(lambda: a.agent.state.bypass.sensed) == closed, 5, "the loop to see the key")
+    drive(a, BYPASS_PIN, closed, lambda state: state.bypass.sensed)
 
 
 def test_machine_bypass_key_is_reported_once_settled_and_remembered_across_restarts(machine):
