@@ -549,6 +549,7 @@ class Agent:
         if seen != self._clock_seen:
             self._clock_seen = seen
             log.info("%s", self._clock_words())
+            self.status_changed()
     # -- the archive ----------------------------------------------------------------------------
 
     def twin_alive(self, incarnation: str) -> None:

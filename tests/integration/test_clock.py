@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import datetime as dt
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -21,10 +22,12 @@ from tests.support.agents import (
     ADA,
     GRACE,
     AgentProcess,
+    FakeClock,
     RunningAgent,
     config_text,
     members_json,
 )
+from tests.support.helpers import wait_for
 
 NOW = dt.datetime(2026, 11, 25, 10, 0)
 UNTRUSTED = Situation(clock_trusted=False)
@@ -76,6 +79,33 @@ def test_clock_daemon_refuses_a_member_with_an_expiry_until_the_clock_is_synchro
         assert answer["reason"] == "clock_unsynchronised" and not agent.relay_is_on()
         clock.synced = True
         assert agent.tap(ADA)["action"] == "started"
+    finally:
+        agent.stop()
+
+
+def test_clock_synchronised_at_last_is_published_in_the_status(tmp_path, mosquitto):
+    """A Pi that booted without NTP: once the clock is synchronised, the retained status
+    (the fleet view, Home Assistant) says so without waiting for a tap."""
+    from agent.link.broker import Broker
+    from agent.link.retained import read_retained
+
+    clock = FakeClock()
+    agent = RunningAgent(config_text(tmp_path, extra=f'[mqtt]\nurl = "{mosquitto.url}"\n'), clock=clock,
+                         simulate=False, connect=True)
+    state = agent.agent.clock_status = Clock(False)
+    broker, topic = Broker.parse(mosquitto.url), "fabpass/machines/laser-1/status"
+
+    def published() -> dict | None:
+        payload = read_retained(broker, topic, 2.0)
+        return json.loads(payload) if payload else None
+
+    try:
+        agent.agent.call(agent.agent.status_changed)
+        wait_for(lambda: (published() or {}).get("clock_synchronised") is False, 10, "the first status")
+        state.synced = True
+        clock.advance(11)  # past the loop's look at the clock
+        agent.tick()
+        wait_for(lambda: (published() or {}).get("clock_synchronised") is True, 10, "the status to follow the clock")
     finally:
         agent.stop()
 
