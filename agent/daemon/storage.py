@@ -163,15 +163,15 @@ class Storage:
         return self.lists.take(lambda: update_cache(self.cache, load, self.hasher), now)
 
     def import_file(self, path: Path, version: int | None, now: dt.datetime) -> ListOutcome:
-        """Take a member list file (`fabpass members import`). A CSV list without
+        """Take a member list file (`fabpass members import`). A CSV or XLSX list without
         `version` gets the next after the cached one (agent.members.version)."""
 
         def load() -> Any:
             # Imported when used: an agent that only takes lists from the broker never loads it.
-            from agent.members.snapshot import load_file
+            from agent.members.snapshot import TABLES, load_file
 
             given = version
-            if given is None and path.suffix.lower() == ".csv":
+            if given is None and path.suffix.lower() in TABLES:
                 given = next_version(self.cache.version, now)
             return load_file(path, version=given, public_key=self.config.members.public_key)
 

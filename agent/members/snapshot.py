@@ -42,7 +42,7 @@ from agent.members.table import (
     read_csv,
     read_xlsx,
 )
-from agent.members.version import VersionError, check_version
+from agent.members.version import VersionError, check_version, next_version
 
 if TYPE_CHECKING:  # signing (and cryptography, 6 MB of RSS) is imported only where a key is used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -746,7 +746,7 @@ def load_file(path: Path, version: int | None = None,
             message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
             raise SnapshotError(message, err.version) from None
     now = dt.datetime.now(dt.timezone.utc)
-    return load_table_bytes(data, kind, str(path), version if version is not None else int(now.timestamp()),
+    return load_table_bytes(data, kind, str(path), version if version is not None else next_version(None, now),
                             date_order, rfc3339(now))
 
 

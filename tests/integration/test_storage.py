@@ -57,3 +57,24 @@ def test_storage_the_age_is_the_lists_own_even_without_the_outbox(tmp_path) -> N
         assert reader.check(ADA, State(), NOW, False)["reason"] == "stale_member_list", "judged by no clock"
     finally:
         reader.close()
+
+
+def test_storage_a_spreadsheet_imported_without_a_version_follows_a_csv_one(tmp_path) -> None:
+    """CSV and XLSX lists without --version take the same next version: an XLSX after a
+    CSV was refused as not newer (seconds against milliseconds)."""
+    from tests.unit.test_table import workbook
+
+    header = ("id", "name", "badges", "status", "expires", "roles", "inductions")
+    csv = tmp_path / "members.csv"
+    csv.write_text(",".join(header) + f"\nm-1,Ada,{ADA},active,,,laser\n", encoding="utf-8")
+    xlsx = tmp_path / "members.xlsx"
+    xlsx.write_bytes(workbook(header, ("m-1", "Ada", ADA, "active", None, None, "laser"),
+                              ("m-2", "Grace", GRACE, "active", None, None, "laser")))
+    storage = Storage(parse(config_text(tmp_path / "state")))
+    try:
+        first = storage.import_file(csv, None, NOW.wall)
+        second = storage.import_file(xlsx, None, NOW.wall + dt.timedelta(minutes=1))
+        assert first.applied and second.applied, second.as_dict()
+        assert storage.cache.version > first.as_dict()["version"] and storage.cache.info().count == 2
+    finally:
+        storage.close()

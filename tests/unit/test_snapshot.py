@@ -492,8 +492,8 @@ def test_snapshot_load_file_json_and_csv(tmp_path: Path) -> None:
     (tmp_path / "list.CSV").write_text(CSV_HEADER + CSV_ADA)
     assert load_file(tmp_path / "list.json").version == 42
     assert load_file(tmp_path / "list.CSV", version=8).version == 8
-    before = int(time.time())
-    assert before <= load_file(tmp_path / "list.CSV").version <= int(time.time())
+    before = int(time.time() * 1000)  # a list without a version: now in milliseconds, as every publish
+    assert before <= load_file(tmp_path / "list.CSV").version <= int(time.time() * 1000)
 
 
 def test_snapshot_load_file_signed(tmp_path: Path) -> None:
