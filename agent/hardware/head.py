@@ -55,6 +55,9 @@ class HeadReader(SerialReader):
             self._steady = signal
         self._write(headproto.encode(headproto.SHOW, signal.value))
 
+    def _read_ok(self) -> None:
+        """The head answers by its frames (`_received`), not by the port's reads."""
+
     def _connected(self) -> None:
         log.info("%s: opened %s, waiting for the head", self.name, self.port)
         self._heard = time.monotonic()

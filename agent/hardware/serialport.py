@@ -26,8 +26,10 @@ class SerialReader(ThreadedReader):
     """Base of the serial backends: owns the port and the open/read/reopen loop.
 
     Subclasses implement `_received(data, now)`, and may override `_connected()`
-    (the port has just opened; call super() or `_answering()`) and `_tick(now)` (called after every read, so at
-    least every READ_TIMEOUT). `now` is time.monotonic().
+    (the port has just opened), `_read_ok()` (a read returned: by default the device
+    counts as answering) and `_tick(now)` (called after every read, so at least every
+    READ_TIMEOUT). `now` is time.monotonic(). A port that fails is reopened after the
+    back-off, which restarts once the device answers.
     """
 
     default_port = "/dev/serial0"
@@ -49,7 +51,6 @@ class SerialReader(ThreadedReader):
             except (serial.SerialException, OSError, ValueError) as err:
                 self._stop.wait(self._lost(f"cannot open {self.port}: {err}"))
                 continue
-            self._backoff = self.BACKOFF_FIRST  # opened: the next failure starts the back-off afresh
             with self._lock:
                 self._serial = port
             try:
@@ -57,11 +58,13 @@ class SerialReader(ThreadedReader):
                 while not self._stop.is_set():
                     data = port.read(port.in_waiting or 1)
                     now = time.monotonic()
+                    self._read_ok()
                     if data:
                         self._received(data, now)
                     self._tick(now)
             except (serial.SerialException, OSError) as err:
-                self._lost(f"{self.port} went away: {err}")
+                # A port that opens and then fails must not be reopened at once, for ever.
+                self._stop.wait(self._lost(f"{self.port} went away: {err}"))
             except Exception:  # a bug must not silence the reader for good
                 log.exception("%s: unexpected error; reopening %s", self.name, self.port)
                 self._stop.wait(self.BACKOFF_LONGEST)
@@ -73,7 +76,11 @@ class SerialReader(ThreadedReader):
 
     def _connected(self) -> None:
         log.info("%s: reading %s", self.name, self.port)
-        self._answering()
+
+    def _read_ok(self) -> None:
+        """A read returned: a reader that sends nothing until a card comes answers by that."""
+        if not self.healthy:
+            self._answering()
 
     def _tick(self, now: float) -> None:
         pass

@@ -151,6 +151,40 @@ def test_rdm6300_reports_a_missing_device_and_closes_promptly(tmp_path: Path) ->
     assert not reader._thread.is_alive()
 
 
+def test_rdm6300_a_port_that_opens_then_fails_is_reopened_after_a_growing_back_off() -> None:
+    """A serial server that accepts and hangs up at once (a half-dead adapter): the port
+    opens, its first read fails. Reopened at once, for ever, the reader spun a core."""
+    accepted: list[float] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.1)
+        stop = threading.Event()
+
+        def hang_up() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                accepted.append(time.monotonic())
+                conn.close()
+
+        acceptor = threading.Thread(target=hang_up)
+        acceptor.start()
+        host, port = server.getsockname()
+        try:
+            reader = RDM6300Reader(ReaderConfig(type="rdm6300", port=f"socket://{host}:{port}", rearm=1.0))
+            seen = Recorder()
+            reader.start(seen.tap, seen.health_changed)
+            with reader:
+                wait_for(lambda: len(accepted) >= 4, 10, "the reader to reopen the port three times")
+            assert all(not ok for ok, _ in seen.health), "never healthy: no read ever succeeded"
+        finally:
+            stop.set()
+            acceptor.join(5)
+    gaps = [b - a for a, b in zip(accepted, accepted[1:])]
+    assert gaps[0] >= 0.15 and gaps[1] >= 0.3 and gaps[2] >= 0.6, f"reopened after {gaps} s"
+
+
 def test_rdm6300_reads_through_a_pyserial_url() -> None:
     """`port` may be a pyserial URL: here a reader behind a TCP serial server (ser2net)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
