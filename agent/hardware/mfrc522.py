@@ -161,20 +161,20 @@ class MFRC522Reader(ThreadedReader):
     def _look(self, chip: MFRC522Chip) -> tuple[str | CardCheck | None, float]:
         now = self._clock()
         if self._selected or self._debouncer.holding(now):
-            # A card read last time is ACTIVE, and one whose read failed may be READY:
-            # either takes a WUPA as an error and falls silent. HLTA first, so that
-            # the WUPA wakes it.
+            # A card that answered the last look is ACTIVE, or READY when its read failed
+            # (a held card too, whose answer to the WUPA was lost): either takes a WUPA as
+            # an error and falls silent. HLTA first, so that the WUPA wakes it.
             chip.halt()
             self._selected = False
         if not chip.wake():
             return None, self.config.poll_interval
+        self._selected = True
         self._debouncer.present(now)  # something answered: a held card is still there
         try:
             card = chip.activate()
         except BadFrame as err:
             log.debug("%s: garbled read, trying again: %s", self.name, err)
             return None, self.config.poll_interval
-        self._selected = True
         badge = badge_from_bytes(card.uid)
         held = max(HELD_INTERVAL, self.config.poll_interval)
         if not self._debouncer.seen(badge, now):

@@ -284,6 +284,17 @@ def test_reader_rf_noise_never_gives_a_wrong_badge(size: int, faults: list[Fault
         assert reader.healthy
 
 
+@pytest.mark.parametrize("kind", ["drop", "flip", "parity"])
+def test_reader_a_new_card_whose_first_read_is_garbled_is_read_at_the_next_look(rig: Rig, kind: str) -> None:
+    """The card answered the WUPA, then its anticollision answer was lost or garbled: it is
+    READY, and a WUPA alone would silence it for a whole look more (39.7 ms to the relay)."""
+    reader = rig.reader()
+    rig.chip.place(Card(UIDS[7]))
+    rig.chip.inject(Fault("clean"), Fault(kind, 3))  # its ATQA answers; its UID does not arrive whole
+    assert rig.poll(reader, 1) == [] and not rig.chip.faults
+    assert rig.poll(reader, 1) == [UIDS[7]]
+
+
 def test_reader_a_card_held_3_s_under_rf_noise_is_one_tap() -> None:
     # 15 % of the card's answers corrupted (a bit flipped, a parity error, or lost):
     # each of 30 presentations of 3 s is one tap, as the contract says, however
