@@ -155,5 +155,9 @@ class HttpSource:
         answer = {"url": self.url, "etag": response.headers.get("ETag"),
                   "last_modified": response.headers.get("Last-Modified"), "kind": kind}
         if (answer, body) != (meta, kept):  # a server without validators sends the same body each time
-            self._keep(answer, body)
+            try:
+                self._keep(answer, body)
+            except OSError as err:  # only an optimisation: the list itself is good
+                listing.warnings.append(f"cannot keep the answer in {self.state_dir} ({err.strerror or err}): "
+                                        "the next sync downloads it whole")
         return listing

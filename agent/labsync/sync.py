@@ -29,7 +29,7 @@ from agent.members.snapshot import (
     load_json,
     to_json,
 )
-from agent.members.version import MAX_VERSION, next_version
+from agent.members.version import VersionError, next_version
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -95,9 +95,10 @@ def plan(listing: Listing, retained_payload: bytes | None, grants: list[dict[str
     warnings = list(listing.warnings)
     merged = merge(listing.rows, grants) if grants is not None else None
     retained = _retained(retained_payload, warnings)
-    version = next_version(retained.version if retained else None, now)
-    if version > MAX_VERSION:
-        raise SyncRefused(f"the retained list's version {retained.version} leaves no room for a newer one")
+    try:
+        version = next_version(retained.version if retained else None, now)
+    except VersionError as err:
+        raise SyncRefused(str(err)) from None
     try:
         snapshot = from_objects(merged.rows if merged else listing.rows, version, rfc3339(now))
     except SnapshotError as err:
@@ -138,15 +139,18 @@ def sync_once(source: Source, target: Target, db_path: Path | None = None, dry_r
 
     Raises SyncRefused (bad input: nothing published), SourceError (the same,
     from the source) or SyncFailed (broker or logbook unreachable)."""
+    import sqlite3
+
     from agent.link.publish import PublishError, publish_acknowledged
     from agent.link.retained import read_retained
+    from agent.logbook.grants import last_dismissal, pending, settle
 
     now = now or dt.datetime.now(dt.timezone.utc)
     listing = source.fetch()
     db = _open_logbook(db_path) if db_path else None
     try:
-        grants = _pending(db) if db is not None else None
-        dismissed_at = _last_dismissal(db) if db is not None else None
+        grants = pending(db) if db is not None else None
+        dismissed_at = last_dismissal(db) if db is not None else None
         topic = Topics(target.prefix).members
         try:
             retained = read_retained(target.broker, topic, timeout=15.0)
@@ -165,10 +169,10 @@ def sync_once(source: Source, target: Target, db_path: Path | None = None, dry_r
             log.info("published member list version %s (%s members): %s", result.snapshot.version,
                      result.snapshot.count, result.why)
         if db is not None and result.merged and result.merged.held:
-            from agent.logbook.grants import settle
-
             settle(db, result.merged.held, now)
         return result
+    except sqlite3.Error as err:
+        raise SyncFailed(f"--db: {db_path}: {err}") from None
     finally:
         if db is not None:
             db.close()
@@ -186,14 +190,3 @@ def _open_logbook(path: Path):
     except sqlite3.Error as err:
         raise SyncFailed(f"--db: {path}: {err}") from None
 
-
-def _pending(db) -> list[dict[str, Any]]:
-    from agent.logbook.grants import pending
-
-    return pending(db)
-
-
-def _last_dismissal(db) -> str | None:
-    from agent.logbook.grants import last_dismissal
-
-    return last_dismissal(db)

@@ -160,6 +160,23 @@ def test_labsync_http_source_asks_conditionally_and_reuses_the_kept_answer(mosqu
         assert code == 0 and "added 1: m-0099" in out, out
 
 
+def test_labsync_http_source_that_cannot_keep_its_answer_still_publishes(mosquitto, tmp_path: Path) -> None:
+    """The kept answer only saves a download: a state directory that cannot be written is a
+    warning, not a traceback."""
+    from agent.labsync.sources import HttpSource
+
+    sheet = Sheet(body=(HEADER + "".join(ROWS)).encode())
+    state = tmp_path / "state"
+    with serve(SheetHandler, sheet) as base:
+        url = f"{base}/export?format=csv"
+        _, body = HttpSource(url, state)._state_files()
+        body.with_suffix(".body.new").mkdir(parents=True)  # where the body is written first: in the way
+        code, out = sync("--source", url, "--broker", mosquitto.url, "--state-dir", str(state))
+    assert code == 0 and "published" in out, out
+    assert f"warning: cannot keep the answer in {state}" in out
+    assert len(retained(mosquitto.url)["members"]) == len(ROWS)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"status": 500}, "HTTP 500"),
     ({"body": b"<!DOCTYPE html><html><body>Please sign in</body></html>", "content_type": "text/html",

@@ -96,6 +96,13 @@ def test_labsync_plan_publishes_after_a_dismissal_made_since_the_retained_list()
     assert plan(listing, fresh, None, None, NOW, dismissed_at="2026-12-02T07:30:00.000Z").why is None
 
 
+def test_labsync_plan_a_retained_version_at_the_bound_is_refused_not_a_crash() -> None:
+    from agent.members.version import MAX_VERSION
+
+    with pytest.raises(SyncRefused, match=r"leaves no version up to 2\^53-1"):
+        plan(Listing([row("m-1")]), retained(MAX_VERSION, "2026-12-02T08:00:00.000Z", "m-1"), None, None, NOW)
+
+
 def test_labsync_plan_refuses_a_list_that_drops_too_many() -> None:
     before = retained(5, "2026-12-02T08:00:00.000Z", *[f"m-{i}" for i in range(10)])
     nine = Listing([row(f"m-{i}") for i in range(9)])
