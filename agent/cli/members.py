@@ -427,8 +427,10 @@ def _sync_once(source, target, db_path, dry_run, max_shrink) -> None:
         raise InputError(str(err)) from None
     except SyncFailed as err:
         raise RuntimeFailure(str(err)) from None
+    from agent.cli.text import shown
+
     for line in plan.lines():
-        click.echo(line)
+        click.echo(shown(line))
     version, count = plan.snapshot.version, plan.snapshot.count
     if plan.published:
         click.echo(f"published version {version}: {count} members{' (signed)' if target.sign_key else ''} "

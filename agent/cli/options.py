@@ -13,13 +13,21 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class InputError(click.ClickException):
+class _Failure(click.ClickException):
+    def format_message(self) -> str:
+        """The message with control characters escaped: it may quote a list, a source or an event."""
+        from agent.cli.text import shown
+
+        return shown(self.message)
+
+
+class InputError(_Failure):
     """Bad usage or invalid input: exit 2 with one message naming what is wrong."""
 
     exit_code = 2
 
 
-class RuntimeFailure(click.ClickException):
+class RuntimeFailure(_Failure):
     exit_code = 1
 
 

@@ -41,6 +41,18 @@ def sheet_file(tmp_path: Path) -> Path:
     return path
 
 
+def test_labsync_output_escapes_what_the_source_says(mosquitto, sheet_file) -> None:
+    """Member ids come from the lab's source: the diff and the errors show their control
+    characters escaped, never as terminal commands."""
+    assert sync("--source", str(sheet_file), "--broker", mosquitto.url)[0] == 0
+    sheet_file.write_text(sheet_file.read_text() + "m-\x1b[2J;Eve;CAFEBABE;active;;;laser;\n", encoding="utf-8")
+    code, out = sync("--source", str(sheet_file), "--broker", mosquitto.url, "--dry-run")
+    assert code == 0 and "\x1b" not in out and "m-\\x1b[2J" in out, out
+    sheet_file.write_text(sheet_file.read_text() + "m-\x1b[5m;Bad;ZZZ;active;;;;\n", encoding="utf-8")
+    code, out = sync("--source", str(sheet_file), "--broker", mosquitto.url, "--dry-run")
+    assert code == 2 and "\x1b" not in out and "m-\\x1b[5m" in out, out
+
+
 def test_labsync_first_sync_publishes_the_spreadsheet_as_it_is(mosquitto, sheet_file) -> None:
     code, out = sync("--source", str(sheet_file), "--broker", mosquitto.url)
     assert code == 0, out
