@@ -1,7 +1,8 @@
-"""`fabpass members import|publish|refresh|check|enrol`: the lab admin's member list."""
+"""`fabpass members import|publish|refresh|check|sync|pending|dismiss|enrol`: the lab admin's member list."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -502,9 +503,10 @@ def pending(db_path: Path, fmt: str | None) -> None:
     if fmt == "json":
         print_json(rows)
     elif fmt == "csv":
-        from agent.cli.text import csv_text
+        from agent.logbook.queries import to_csv
 
-        click.echo(csv_text(KEYS, rows), nl=False)
+        sys.stdout.write(to_csv(rows, KEYS))  # as written: click.echo would strip escapes when piped
+        sys.stdout.flush()
     elif not rows:
         click.echo("nothing pending: the source holds everything the machines granted")
     else:

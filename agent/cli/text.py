@@ -114,20 +114,3 @@ def _duration(seconds: Any) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_text(keys: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
-    """CSV with a header, for a spreadsheet: a cell that a spreadsheet would run as a
-    formula (it starts with = + - @, a tab or a carriage return) is prefixed with '."""
-    import csv
-    import io
-
-    def cell(value: Any) -> Any:
-        return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value
-
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(keys), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)
-    return out.getvalue()

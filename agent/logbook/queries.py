@@ -11,7 +11,7 @@ import datetime as dt
 import io
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlite_utils import Database
@@ -253,16 +253,15 @@ def spreadsheet_cell(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
-def to_csv(rows: Iterable[dict[str, Any]]) -> str:
-    """The sessions as CSV for a spreadsheet (RFC 4180: CRLF between rows, so that a
-    cell holding a lone CR is quoted too), every cell through spreadsheet_cell;
-    `end_estimated` is `true` or `false`."""
+def to_csv(rows: Iterable[dict[str, Any]], keys: Sequence[str] = SESSION_KEYS) -> str:
+    """Rows (the sessions, by default) as CSV for a spreadsheet (RFC 4180: CRLF between
+    rows, so that a cell holding a lone CR is quoted too), every cell through
+    spreadsheet_cell; booleans (`end_estimated`) are `true` or `false`."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=SESSION_KEYS, lineterminator="\r\n")
+    writer = csv.DictWriter(out, fieldnames=list(keys), lineterminator="\r\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows({k: spreadsheet_cell(v) for k, v in
-                      {**row, "end_estimated": "true" if row["end_estimated"] else "false"}.items()}
-                     for row in rows)
+    writer.writerows({k: spreadsheet_cell(("true" if v else "false") if isinstance(v, bool) else v)
+                      for k, v in row.items()} for row in rows)
     return out.getvalue()
 
 

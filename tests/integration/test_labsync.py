@@ -3,7 +3,9 @@ spreadsheet served over HTTP on loopback."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 from pathlib import Path
 
@@ -338,6 +340,20 @@ def test_labsync_pending_csv_pastes_into_a_spreadsheet(logbook_with_grants) -> N
     assert lines[1].startswith("badge,m-0001,deadbeef,,giulia,laser-1,")
     code, out = pending(logbook_with_grants)
     assert code == 0 and "m-0404" in out and "KIND" in out
+
+
+def test_labsync_pending_csv_keeps_every_cell_as_the_machines_sent_it(tmp_path: Path) -> None:
+    """The CSV goes to a spreadsheet byte for byte: a lone CR is quoted (RFC 4180 rows end
+    in CRLF) and an escape sequence is not stripped on the way through a pipe."""
+    laser = FakeMachine("laser-1")
+    path = tmp_path / "logbook.db"
+    with open_db(path, create=True) as db:
+        ingest(db, laser.event("induction_granted", dt.datetime.now(dt.timezone.utc), member_id="m-1",
+                               induction="la\rser", by="tess\x1b[31m", expires=None))
+    code, out = pending(path, "--csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    assert [(r["value"], r["by"]) for r in rows] == [("la\rser", "tess\x1b[31m")]
 
 
 def test_labsync_dry_run_settles_nothing(mosquitto, sheet_file, logbook_with_grants) -> None:
