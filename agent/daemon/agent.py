@@ -38,7 +38,7 @@ from agent.core.timespec import parse_rfc3339, rfc3339
 from agent.daemon.clock import SystemClock
 from agent.daemon.clock import now as system_now
 from agent.daemon.control import ControlError, ControlServer
-from agent.daemon.listsync import ListOutcome
+from agent.daemon.listsync import ListOutcome, list_age
 from agent.daemon.lock import StorageLock
 from agent.daemon.nonces import Nonces
 from agent.daemon.outbox import StorageError
@@ -574,7 +574,8 @@ class Agent:
     def status(self) -> dict[str, Any]:
         state = self.state
         info = self.cache.info()
-        age = self.members_age()
+        age = list_age(info.generated_at, self.clock().wall)
+        synchronised, trusted = self._clock_now()
         return {
             "v": 1, "machine": self.id, "state": state.label, "locked": state.locked,
             "relay": self.relay.on,
@@ -595,10 +596,10 @@ class Agent:
                        "counters": self.reader.counters},
             "simulated": self.simulated,
             # trust (issue 17)
-            "clock_synchronised": self.clock_status.synchronised(),
-            "clock_trusted": self.clock_trusted(),
+            "clock_synchronised": synchronised,
+            "clock_trusted": trusted,
             # at the machine
-            "member_name": state.session.name if state.session else None,
+            "member_name": state.session.name or None if state.session else None,  # null for no name
             "induction": self.config.machine.induction,
             "bypass": state.bypass.on,
             "enrolling": state.enrolment.member_id if state.enrolment else None,

@@ -139,6 +139,16 @@ def test_machine_trainer_inducts_during_their_session_and_it_lasts_across_a_rest
     assert b.tap(ALAN)["action"] == "started" and b.relay_is_on()
 
 
+def test_machine_status_member_name_is_null_for_a_member_without_one(machine):
+    a = machine()
+    nameless = {"id": "m-x", "badges": ["04BBBB01"], "status": "active", "expires": None, "roles": [],
+                "inductions": {"laser": None}}
+    assert a.apply(members(extra=[nameless]))["applied"]
+    assert a.tap("04BBBB01")["action"] == "started"
+    status = a.agent.call(a.agent.status)
+    assert (status["member_id"], status["member_name"]) == ("m-x", None)
+
+
 def test_machine_no_induction_past_a_suspension_or_from_a_non_trainer(machine):
     a = machine()
     hedy = {**MEMBERS["members"][3], "inductions": {}}  # suspended, not inducted
