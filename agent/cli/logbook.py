@@ -7,6 +7,7 @@ offset are the logbook host's local time; JSON and CSV carry RFC 3339 UTC.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import signal
@@ -49,6 +50,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+@functools.cache  # once per command: every cell of a table is shown in it
 def _local_tz() -> dt.tzinfo:
     """The host's zone with its DST rules (from TZ or /etc/localtime), else today's UTC offset."""
     key = os.environ.get("TZ", "").lstrip(":")
