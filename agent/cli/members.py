@@ -419,11 +419,13 @@ def sync(source_spec: str, broker_url: str, password_file: str | None, topic_pre
 
 
 def _sync_once(source, target, db_path, dry_run, max_shrink) -> None:
-    from agent.labsync.sources import SourceError
+    from agent.labsync.sources import SourceError, SourceUnreachable
     from agent.labsync.sync import SyncFailed, SyncRefused, sync_once
 
     try:
         plan = sync_once(source, target, db_path, dry_run, max_shrink)
+    except SourceUnreachable as err:
+        raise RuntimeFailure(str(err)) from None
     except (SourceError, SyncRefused) as err:
         raise InputError(str(err)) from None
     except SyncFailed as err:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.core.model import BadBadge, normalise_list_badge
-from agent.labsync.sources import TIMEOUT_S, Listing, SourceError
+from agent.labsync.sources import TIMEOUT_S, Listing, SourceError, SourceUnreachable
 
 RETRIES = 6
 PAGE_SIZE = 500
@@ -56,14 +56,14 @@ class FabmanSource:
             try:
                 response = session.get(url, params=params, timeout=TIMEOUT_S)
             except requests.RequestException as err:
-                raise SourceError(f"{self.name}: {err}") from None
+                raise SourceUnreachable(f"{self.name}: {err}") from None
             if response.status_code != 429:
                 break
             retry_after = response.headers.get("Retry-After", "")
             self.sleep(max(wait, float(retry_after)) if retry_after.isdigit() else wait)
             wait *= 2
         else:
-            raise SourceError(f"{self.name}: still 429 Too Many Requests after {RETRIES} retries")
+            raise SourceUnreachable(f"{self.name}: still 429 Too Many Requests after {RETRIES} retries")
         if response.status_code == 401:
             raise SourceError(f"{self.name}: 401 Unauthorized: the API key was refused")
         if response.status_code != 200:

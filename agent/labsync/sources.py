@@ -36,6 +36,11 @@ class SourceError(ValueError):
     """The source gave nothing usable; the message names it and says why."""
 
 
+class SourceUnreachable(SourceError):
+    """The source could not be asked (no connection, no answer, still rate-limited): a
+    failure to try again later (exit 1), not a bad list."""
+
+
 @dataclass
 class Listing:
     rows: list[Row]
@@ -140,7 +145,7 @@ class HttpSource:
             with response:
                 body = response.raw.read(MAX_BYTES + 1, decode_content=True) if response.status_code == 200 else b""
         except requests.RequestException as err:
-            raise SourceError(f"{self.name}: {err}") from None
+            raise SourceUnreachable(f"{self.name}: {err}") from None
         if response.status_code == 304 and kept is not None:
             listing = _listing(kept, meta.get("kind", "csv"), self.name, self.date_order)
             listing.fresh = False

@@ -143,6 +143,16 @@ def test_labsync_unreachable_broker_is_exit_1(sheet_file) -> None:
     assert code == 1 and "cannot reach broker" in out, out
 
 
+def test_labsync_unreachable_source_is_exit_1_and_publishes_nothing(mosquitto, sheet_file) -> None:
+    from tests.support.helpers import free_port
+
+    assert sync("--source", str(sheet_file), "--broker", mosquitto.url)[0] == 0
+    before = retained(mosquitto.url)
+    code, out = sync("--source", f"http://127.0.0.1:{free_port()}/members.csv", "--broker", mosquitto.url)
+    assert code == 1 and "127.0.0.1" in out, out
+    assert retained(mosquitto.url) == before
+
+
 def test_labsync_xlsx_source(mosquitto, tmp_path: Path) -> None:
     from tests.unit.test_table import workbook
 

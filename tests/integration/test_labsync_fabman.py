@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from agent.cli import main
 from agent.labsync.fabman import FabmanSource, induction_name
-from agent.labsync.sources import SourceError
+from agent.labsync.sources import SourceError, SourceUnreachable
 from agent.link.broker import Broker
 from agent.link.retained import read_retained
 from tests.support.webservers import Fabman, FabmanHandler, serve
@@ -80,7 +80,7 @@ def test_labsync_fabman_429_backs_off_and_asks_again() -> None:
 def test_labsync_fabman_gives_up_after_too_many_429() -> None:
     fabman = Fabman(MEMBERS, COURSES, too_many=100)
     with serve(FabmanHandler, fabman) as base:
-        with pytest.raises(SourceError, match="still 429 Too Many Requests"):
+        with pytest.raises(SourceUnreachable, match="still 429 Too Many Requests"):
             source(base)[0].fetch()
 
 
