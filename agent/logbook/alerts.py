@@ -166,9 +166,9 @@ class Alerts:
     def _service(self, machine: str) -> None:
         from agent.logbook.maintenance import counters
 
-        for counter in counters(self._db, self._wall(), self.thresholds):
+        for counter in counters(self._db, self._wall(), self.thresholds, machine):
             key = (machine, counter["last_service"])
-            if counter["machine"] == machine and counter["due"] and key not in self._service_told:
+            if counter["due"] and key not in self._service_told:
                 self._service_told.add(key)
                 self.notifier.submit(machine, f"{machine} is due for service",
                                      f"{machine} has run {counter['hours_since_service']:.1f} h since "

@@ -70,15 +70,19 @@ def _seconds_used(db: Database, machine: str, since: str | None, now: dt.datetim
     return total
 
 
-def counters(db: Database, now: dt.datetime,
-             thresholds: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """Per machine: last service, hours since, interval and whether a service is due."""
+def counters(db: Database, now: dt.datetime, thresholds: dict[str, float] | None = None,
+             machine: str | None = None) -> list[dict[str, Any]]:
+    """Per machine (or only `machine`): last service, hours since, interval and whether a
+    service is due."""
     every = {r["machine"]: r["every_s"] for r in db.query("SELECT * FROM service_intervals")}
     every.update(thresholds or {})
     last = {r["machine"]: r for r in db.query(
         "SELECT machine, max(ts) AS ts, note FROM services GROUP BY machine")}
-    machines = sorted({r["machine"] for r in db.query("SELECT DISTINCT machine FROM sessions")}
-                      | set(every) | set(last))
+    if machine is not None:
+        machines = [machine]
+    else:
+        machines = sorted({r["machine"] for r in db.query("SELECT DISTINCT machine FROM sessions")}
+                          | set(every) | set(last))
     result = []
     for machine in machines:
         service = last.get(machine)
