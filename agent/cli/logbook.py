@@ -25,7 +25,9 @@ from agent.cli.options import (
     InputError,
     RuntimeFailure,
     broker_option,
+    db_option,
     json_option,
+    open_logbook,
     parse_broker,
     password_file_option,
     prefix_option,
@@ -33,12 +35,6 @@ from agent.cli.options import (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def db_option(f: F) -> F:
-    return click.option("--db", "db_path", required=True, envvar="FABPASS_LOGBOOK_DB",
-                        type=click.Path(dir_okay=False, path_type=Path),
-                        help="The logbook database (SQLite); or FABPASS_LOGBOOK_DB.")(f)
 
 
 def since_until_options(f: F) -> F:
@@ -71,15 +67,6 @@ def _when(option: str, text: str | None, now: dt.datetime) -> dt.datetime | None
         return parse_time(text, now, _local_tz())
     except ValueError as err:
         raise InputError(f"{option}: {err}") from None
-
-
-def _open(path: Path):
-    from agent.logbook.store import LogbookMissing, open_db
-
-    try:
-        return open_db(path)
-    except LogbookMissing as err:
-        raise InputError(str(err)) from None
 
 
 def _local(ts: str | None) -> str:
@@ -194,7 +181,7 @@ def sessions_command(db_path: Path, machine: str | None, member: str | None,
     from agent.logbook.queries import sessions
 
     now = _now()
-    rows = sessions(_open(db_path), now, machine=machine, member=member,
+    rows = sessions(open_logbook(db_path), now, machine=machine, member=member,
                     since=_when("--since", since, now), until=_when("--until", until, now))
     if as_json:
         print_json(rows)
@@ -219,7 +206,7 @@ def report(db_path: Path, since: str | None, until: str | None, thresholds: Path
 
     now = _now()
     limits = _thresholds(thresholds)
-    db = _open(db_path)
+    db = open_logbook(db_path)
     result = queries.report(db, now, _local_tz(), since=_when("--since", since, now),
                             until=_when("--until", until, now))
     result["maintenance"] = maintenance.counters(db, now, limits)
@@ -277,7 +264,7 @@ def export(db_path: Path, fmt: str, since: str | None, until: str | None) -> Non
     from agent.logbook import queries
 
     now = _now()
-    rows = queries.sessions(_open(db_path), now, since=_when("--since", since, now),
+    rows = queries.sessions(open_logbook(db_path), now, since=_when("--since", since, now),
                             until=_when("--until", until, now), by_start=True)
     # Not click.echo: off a terminal it strips what looks like an ANSI sequence, and an
     # export is data, to be written as it is (spreadsheet_cell makes the CSV safe).
@@ -310,7 +297,7 @@ def service(machine: str, db_path: Path, note: str | None, at: str | None, every
         if every_s <= 0:
             raise InputError("--every: must be more than zero")
     limits = _thresholds(thresholds)
-    db = _open(db_path)
+    db = open_logbook(db_path)
     if note is not None or done_at is not None:
         maintenance.record_service(db, machine, done_at or now, note)
     if every is not None:
@@ -350,7 +337,7 @@ def retention(db_path: Path, months: int, pseudonymise: bool, key_file: Path | N
     key = key_file.read_bytes().strip() if key_file else b""
     if pseudonymise and len(key) < 16:
         raise InputError(f"--key-file: {key_file} holds {len(key)} bytes; use at least 16 random bytes")
-    db = _open(db_path)
+    db = open_logbook(db_path)
     cutoff = privacy.months_before(_now(), months)
     counts = (privacy.pseudonymise_older(db, cutoff, key) if pseudonymise
               else privacy.delete_older(db, cutoff))
@@ -370,7 +357,7 @@ def quarantine_command(db_path: Path, limit: int | None, as_json: bool) -> None:
     """Messages the collector could not archive (malformed, hostile, a seq taken), and why."""
     from agent.logbook.queries import quarantined
 
-    rows = quarantined(_open(db_path), limit)
+    rows = quarantined(open_logbook(db_path), limit)
     if as_json:
         print_json(rows)
         return
@@ -386,7 +373,7 @@ def member_export(member_id: str, db_path: Path) -> None:
     """One member's own data (sessions, refusals, events) as JSON, for a GDPR access request."""
     from agent.logbook.privacy import member_export as export_member
 
-    print_json(export_member(_open(db_path), member_id, _now()))
+    print_json(export_member(open_logbook(db_path), member_id, _now()))
 
 
 @logbook.command()
@@ -403,7 +390,7 @@ def web(db_path: Path, host: str, port: int, password_file: Path | None) -> None
     password = password_file.read_text(encoding="utf-8").strip() if password_file else None
     if password_file and not password:
         raise InputError(f"--password-file: {password_file} is empty")
-    _open(db_path).close()
+    open_logbook(db_path).close()
     serve(db_path, host, port, password, _local_tz())
 
 
@@ -428,7 +415,7 @@ def retire(machine: str, db_path: Path, undo: bool, ha_prefix: str | None, broke
 
     if ha_prefix and not broker_url:
         raise InputError("--homeassistant: give --broker too (the logbook's account clears the device)")
-    db = _open(db_path)
+    db = open_logbook(db_path)
     with db:
         if machine not in known_machines(db):
             raise InputError(f"{machine}: the logbook has never seen this machine")

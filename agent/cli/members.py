@@ -12,8 +12,10 @@ from agent.cli.options import (
     RuntimeFailure,
     broker_option,
     config_option,
+    db_option,
     json_option,
     load_config,
+    open_logbook,
     password_file_option,
     prefix_option,
     print_json,
@@ -482,8 +484,7 @@ def _sync_every(source, target, db_path, dry_run, max_shrink, every_s: float, no
 
 
 @members.command()
-@click.option("--db", "db_path", required=True, envvar="FABPASS_LOGBOOK_DB",
-              type=click.Path(dir_okay=False, path_type=Path), help="The logbook database; or FABPASS_LOGBOOK_DB.")
+@db_option
 @click.option("--json", "fmt", flag_value="json", help="A JSON array of objects.")
 @click.option("--csv", "fmt", flag_value="csv", help="CSV, to paste into the lab's spreadsheet.")
 def pending(db_path: Path, fmt: str | None) -> None:
@@ -494,12 +495,8 @@ def pending(db_path: Path, fmt: str | None) -> None:
     """
     from agent.logbook.grants import KEYS
     from agent.logbook.grants import pending as pending_grants
-    from agent.logbook.store import LogbookMissing, open_db
 
-    try:
-        db = open_db(db_path)
-    except LogbookMissing as err:
-        raise InputError(str(err)) from None
+    db = open_logbook(db_path)
     with db:
         rows = pending_grants(db)
     if fmt == "json":
@@ -521,8 +518,7 @@ def pending(db_path: Path, fmt: str | None) -> None:
 
 @members.command()
 @click.argument("ids", nargs=-1, required=True)
-@click.option("--db", "db_path", required=True, envvar="FABPASS_LOGBOOK_DB",
-              type=click.Path(dir_okay=False, path_type=Path), help="The logbook database; or FABPASS_LOGBOOK_DB.")
+@db_option
 @click.option("--by", help="Who refuses them (default: your user name).")
 def dismiss(ids: tuple[str, ...], db_path: Path, by: str | None) -> None:
     """Refuse what a machine granted: IDS from `members pending` (8 characters or more).
@@ -535,12 +531,8 @@ def dismiss(ids: tuple[str, ...], db_path: Path, by: str | None) -> None:
     from agent.cli.text import shown
     from agent.logbook.grants import UnknownGrant
     from agent.logbook.grants import dismiss as dismiss_grants
-    from agent.logbook.store import LogbookMissing, open_db
 
-    try:
-        db = open_db(db_path)
-    except LogbookMissing as err:
-        raise InputError(str(err)) from None
+    db = open_logbook(db_path)
     with db:
         try:
             done = dismiss_grants(db, ids, who(by), dt.datetime.now(dt.timezone.utc))

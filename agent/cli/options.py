@@ -65,6 +65,22 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
 
 
+def db_option(f: F) -> F:
+    return click.option("--db", "db_path", required=True, envvar="FABPASS_LOGBOOK_DB",
+                        type=click.Path(dir_okay=False, path_type=Path),
+                        help="The logbook database (SQLite); or FABPASS_LOGBOOK_DB.")(f)
+
+
+def open_logbook(path: Path):
+    """The logbook at `path`; a missing one is bad usage (exit 2), naming it."""
+    from agent.logbook.store import LogbookMissing, open_db
+
+    try:
+        return open_db(path)
+    except LogbookMissing as err:
+        raise InputError(str(err)) from None
+
+
 def load_config(path: Path, simulate: bool = False):
     from agent.config import ConfigError, load
 
