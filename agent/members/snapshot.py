@@ -693,17 +693,9 @@ def load_table(table: Table, version: int, date_order: DateOrder | None = None,
 
 def load_csv(text: str, version: int, source: str = "<csv>", generated_at: str | None = None,
              date_order: DateOrder | None = None) -> Snapshot:
-    """Parse and validate a CSV member list; errors name `source` and the row (the header is row 1)."""
-    try:
-        check_version(version)
-    except VersionError as err:
-        raise SnapshotError(f"{source}: {err}") from None
-    _check_size(text)
-    try:
-        table = read_csv(text, source)
-    except TableError as err:
-        raise SnapshotError(str(err), version) from None
-    return load_table(table, version, date_order, generated_at)
+    """Parse and validate a CSV member list given as text; errors name `source` and the row
+    (the header is row 1)."""
+    return load_table_bytes(text, ".csv", source, version, date_order, generated_at)
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -750,9 +742,13 @@ def load_file(path: Path, version: int | None = None,
                             date_order, rfc3339(now))
 
 
-def load_table_bytes(data: bytes, kind: str, source: str, version: int,
+def load_table_bytes(data: bytes | str, kind: str, source: str, version: int,
                      date_order: DateOrder | None = None, generated_at: str | None = None) -> Snapshot:
-    """A CSV (`kind` ".csv") or XLSX (".xlsx") member list from its bytes; errors name `source`."""
+    """A CSV (`kind` ".csv", bytes or text) or XLSX (".xlsx") member list; errors name `source`."""
+    try:
+        check_version(version)
+    except VersionError as err:
+        raise SnapshotError(f"{source}: {err}") from None
     _check_size(data)
     try:
         table = read_xlsx(data, source) if kind == ".xlsx" else read_csv(data, source)
