@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from agent.core.model import Member
-from agent.members.version import MAX_VERSION
+from agent.members.version import blocks
 
 log = logging.getLogger(__name__)
 
@@ -211,11 +211,10 @@ class MemberCache:
         return self.info().version
 
     def check_version(self, version: int) -> None:
-        """Raise VersionNotNewer unless `version` is above the cached one. A cached
-        version above MAX_VERSION (taken before versions were bounded) blocks nothing:
-        otherwise no list could ever follow it."""
+        """Raise VersionNotNewer unless `version` is above the cached one, where that one
+        `blocks` (agent.members.version)."""
         cached = self.version
-        if cached is not None and cached <= MAX_VERSION and version <= cached:
+        if blocks(cached) and version <= cached:
             raise VersionNotNewer(version, cached)
 
     def replace(self, snapshot: SnapshotLike) -> int:

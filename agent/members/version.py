@@ -32,12 +32,19 @@ def check_version(version: object) -> int:
     return version
 
 
+def blocks(retained: int | None) -> bool:
+    """Whether a retained (or cached) version bars the versions up to it. One above
+    MAX_VERSION (taken before versions were bounded) bars nothing: agents ignore it, and
+    otherwise no list could ever follow it."""
+    return retained is not None and retained <= MAX_VERSION
+
+
 def next_version(retained: int | None, now: dt.datetime) -> int:
     """The version of a list published at `now` after the `retained` one: the Unix
     time in milliseconds, or the retained version + 1 when that is larger (two lists
     in the same millisecond, a retained version from a clock ahead or a date)."""
     version = int(now.timestamp() * 1000)
-    if retained is not None and retained <= MAX_VERSION:  # one above it was never valid: agents ignore it
+    if blocks(retained):
         version = max(version, retained + 1)
     if version > MAX_VERSION:
         raise VersionError(f"the retained version {shown(retained)} leaves no version up to 2^53-1 "
@@ -46,8 +53,8 @@ def next_version(retained: int | None, now: dt.datetime) -> int:
 
 
 def check_follows(version: int, retained: int | None, what: str = "version") -> None:
-    """VersionError unless `version` is above the `retained` one (naming both). A retained
-    version above MAX_VERSION (from before the bound) is no obstacle: agents ignore it too."""
-    if retained is not None and retained <= MAX_VERSION and version <= retained:
+    """VersionError unless `version` is above the `retained` one (naming both), where
+    that one `blocks`."""
+    if blocks(retained) and version <= retained:
         raise VersionError(f"{what} {shown(version)} is not above the retained version {shown(retained)}: "
                            "agents would refuse it")
